@@ -1,1 +1,113 @@
-fn main() {}
+//! The `proxy` binary: arguments, tracing, configuration, bind, run.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use proxy::auth::{AdminToken, TOKEN_ENV};
+use proxy::config::Config;
+use proxy::error::ProxyError;
+use proxy::{Listeners, run};
+use tokio::net::TcpListener;
+
+#[derive(Parser)]
+#[command(
+    name = "proxy",
+    version,
+    about = "A blue-green deployment reverse proxy that cuts over only after real probes pass"
+)]
+struct Args {
+    /// The configuration file.
+    #[arg(long, env = "PROXY_CONFIG", default_value = "config/proxy.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validates a configuration file: exit 0 when valid, else every problem with its key and line.
+    CheckConfig { file: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Some(Command::CheckConfig { file }) = args.command {
+        return match Config::load(&file) {
+            Ok(_) => {
+                println!("{}: valid", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("proxy: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(start(args.config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("proxy: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn start(config_path: PathBuf) -> Result<(), ProxyError> {
+    let config = Config::load(&config_path)?;
+    let token = AdminToken::resolve(&config, std::env::var(TOKEN_ENV).ok())?;
+    let public = bind("public listener", config.public).await?;
+    let admin = bind("admin listener", config.admin).await?;
+    // Harnesses and scripts read these lines to learn the ports (readiness).
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "public listening on {}", public.local_addr()?)?;
+    writeln!(out, "admin listening on {}", admin.local_addr()?)?;
+    writeln!(out, "admin token {}", token.describe())?;
+    out.flush()?;
+    drop(out);
+    tracing::info!(config = %config_path.display(), "proxy started");
+    run(
+        config,
+        Listeners { public, admin },
+        token,
+        shutdown_signal(),
+    )
+    .await
+}
+
+async fn bind(what: &'static str, addr: std::net::SocketAddr) -> Result<TcpListener, ProxyError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ProxyError::Bind { what, addr, source })
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term =
+        signal(SignalKind::terminate()).expect("installing a SIGTERM handler succeeds on unix");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+    }
+}

@@ -1,0 +1,225 @@
+//! The admin API on its own listener: status, switch, rollback, slot
+//! addresses. JSON in, JSON out; every request needs the bearer token;
+//! errors are `{"error": "..."}` with a 4xx.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::auth::AdminToken;
+use crate::control::{ControlError, Controller, ProbeReport};
+use crate::routing::Snapshot;
+use crate::slot::Slot;
+
+#[derive(Clone)]
+pub struct AdminState {
+    pub controller: Arc<Controller>,
+    pub token: Arc<AdminToken>,
+}
+
+pub fn app(state: AdminState) -> Router {
+    Router::new()
+        .route("/status", get(status))
+        .route("/switch", post(switch))
+        .route("/rollback", post(rollback))
+        .route("/slots/{slot}", put(put_slot))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such admin endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this endpoint",
+            )
+        })
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .with_state(state)
+}
+
+async fn require_token(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+    match presented {
+        Some(token) if state.token.matches(token) => next.run(request).await,
+        _ => {
+            let mut response =
+                ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token")
+                    .into_response();
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            response
+        }
+    }
+}
+
+/// A JSON error answer.
+pub struct ApiError {
+    status: StatusCode,
+    body: serde_json::Value,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            body: json!({ "error": message.into() }),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> ApiError {
+        match e {
+            ControlError::Refused(failure) => ApiError {
+                status: StatusCode::CONFLICT,
+                body: json!({ "error": format!("probe failed: {failure}"), "failure": failure }),
+            },
+            ControlError::Conflict(why) => ApiError::new(StatusCode::CONFLICT, why),
+            ControlError::Persist(e) => {
+                tracing::error!(error = %e, "could not persist the routing state; nothing changed");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "could not persist the routing state; nothing changed",
+                )
+            }
+        }
+    }
+}
+
+/// `Json` whose rejections answer 400 with our error shape instead of
+/// axum's plain-text 415/422.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(JsonBody(value)),
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "expected a JSON body with content-type: application/json",
+            )),
+            Err(e) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("malformed JSON: {}", e.body_text()),
+            )),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct StatusView {
+    pub active: Slot,
+    /// Where user requests go now: differs from `active` while it is down.
+    pub serving: Slot,
+    pub previous: Option<Slot>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_switch: Option<time::OffsetDateTime>,
+    pub slots: SlotsView,
+}
+
+#[derive(Serialize)]
+pub struct SlotsView {
+    pub blue: SlotView,
+    pub green: SlotView,
+}
+
+#[derive(Serialize)]
+pub struct SlotView {
+    pub addr: SocketAddr,
+    pub release: Option<String>,
+    pub healthy: bool,
+    pub in_flight: usize,
+    pub last_probe: Option<ProbeReport>,
+    pub last_error: Option<String>,
+}
+
+pub fn status_view(controller: &Controller, snap: &Snapshot) -> StatusView {
+    let slot = |s: Slot| {
+        let health = controller.health().get(s);
+        SlotView {
+            addr: snap.upstream(s).addr,
+            release: health.release,
+            healthy: snap.is_healthy(s),
+            in_flight: snap.upstream(s).in_flight(),
+            last_probe: controller.last_probe(s),
+            last_error: health.last_error,
+        }
+    };
+    StatusView {
+        active: snap.active,
+        serving: snap.serving(),
+        previous: snap.previous,
+        last_switch: snap.last_switch,
+        slots: SlotsView {
+            blue: slot(Slot::Blue),
+            green: slot(Slot::Green),
+        },
+    }
+}
+
+async fn status(State(state): State<AdminState>) -> Json<StatusView> {
+    let snap = state.controller.router().load_full();
+    Json(status_view(&state.controller, &snap))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SwitchRequest {
+    to: Slot,
+}
+
+async fn switch(
+    State(state): State<AdminState>,
+    JsonBody(req): JsonBody<SwitchRequest>,
+) -> Result<Json<StatusView>, ApiError> {
+    let snap = state.controller.switch_to(req.to).await?;
+    Ok(Json(status_view(&state.controller, &snap)))
+}
+
+async fn rollback(State(state): State<AdminState>) -> Result<Json<StatusView>, ApiError> {
+    let snap = state.controller.rollback().await?;
+    Ok(Json(status_view(&state.controller, &snap)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SlotRequest {
+    addr: String,
+}
+
+async fn put_slot(
+    State(state): State<AdminState>,
+    Path(slot): Path<String>,
+    JsonBody(req): JsonBody<SlotRequest>,
+) -> Result<Json<StatusView>, ApiError> {
+    let slot: Slot = slot
+        .parse()
+        .map_err(|e: String| ApiError::new(StatusCode::NOT_FOUND, e))?;
+    let addr: SocketAddr = req.addr.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("addr {:?} is not an IP address with a port", req.addr),
+        )
+    })?;
+    let snap = state.controller.set_addr(slot, addr).await?;
+    Ok(Json(status_view(&state.controller, &snap)))
+}

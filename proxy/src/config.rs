@@ -1,0 +1,297 @@
+//! The proxy's configuration: a pure parse of TOML text into raw structs,
+//! `validate()` that reports every problem with its key and line, then the
+//! typed `Config` the rest of the proxy uses. File I/O is only in `load`.
+
+mod locate;
+mod raw;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::{HeaderName, Method, StatusCode};
+
+use crate::slot::Slot;
+
+pub use raw::RawConfig;
+
+/// Defaults, in one place so the reference config and the code cannot drift.
+pub mod defaults {
+    pub const DATA_DIR: &str = "data";
+    pub const PUBLIC: &str = "127.0.0.1:8080";
+    pub const ADMIN: &str = "127.0.0.1:8099";
+    pub const BLUE: &str = "127.0.0.1:8081";
+    pub const GREEN: &str = "127.0.0.1:8082";
+    pub const CONNECT_MS: u64 = 1_000;
+    pub const RESPONSE_HEADER_MS: u64 = 30_000;
+    pub const UPSTREAM_IDLE_MS: u64 = 90_000;
+    pub const SHUTDOWN_GRACE_MS: u64 = 10_000;
+    pub const GATE_PASSES: u32 = 3;
+    pub const GATE_DEADLINE_MS: u64 = 10_000;
+    pub const PROBE_REQUEST_TIMEOUT_MS: u64 = 2_000;
+    pub const HEALTH_PATH: &str = "/healthz";
+    pub const HEALTH_INTERVAL_MS: u64 = 1_000;
+    pub const HEALTH_TIMEOUT_MS: u64 = 1_000;
+    pub const HEALTH_FALL: u32 = 3;
+    pub const HEALTH_RISE: u32 = 2;
+    pub const HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+    pub const IDLE_TIMEOUT_MS: u64 = 60_000;
+    pub const BODY_TIMEOUT_MS: u64 = 60_000;
+    pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+    pub const MAX_BODY_BYTES: u64 = 100 * 1024 * 1024;
+    pub const MAX_CONNECTIONS: usize = 10_000;
+}
+
+/// The validated configuration. Every value here has been checked; nothing
+/// downstream needs to re-validate it.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub public: SocketAddr,
+    pub admin: SocketAddr,
+    pub token_file: Option<PathBuf>,
+    pub initial_active: Slot,
+    /// Upstream addresses indexed by `Slot::index()`.
+    pub slot_addrs: [SocketAddr; 2],
+    pub timeouts: Timeouts,
+    pub gate: Gate,
+    pub health: Health,
+    pub limits: Limits,
+    pub scenarios: Vec<Scenario>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub response_header: Duration,
+    pub upstream_idle: Duration,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Gate {
+    pub passes: u32,
+    pub deadline: Duration,
+    pub request_timeout: Duration,
+}
+
+/// Background liveness checks of both slots.
+#[derive(Debug, Clone)]
+pub struct Health {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive failures that mark a slot down.
+    pub fall: u32,
+    /// Consecutive successes that mark a slot up again.
+    pub rise: u32,
+}
+
+/// Limits on what a client may send to the public listener.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub body_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_body_bytes: u64,
+    pub max_connections: usize,
+}
+
+/// A probe scenario: steps that do what users do, run in order.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub name: String,
+    pub steps: Vec<Step>,
+}
+
+/// Which slot a probe step is sent to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepTarget {
+    /// The slot being probed (the one that would take traffic).
+    Candidate,
+    /// The slot serving users now, so a scenario can write through one
+    /// release and read through the other.
+    Active,
+}
+
+#[derive(Debug, Clone)]
+pub enum StepBody {
+    None,
+    /// Sent as `application/x-www-form-urlencoded`; values may hold placeholders.
+    Form(Vec<(String, String)>),
+    /// Sent as `application/json`; string values may hold placeholders.
+    Json(serde_json::Value),
+}
+
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub name: String,
+    pub target: StepTarget,
+    pub method: Method,
+    pub path: String,
+    pub headers: Vec<(HeaderName, String)>,
+    pub body: StepBody,
+    pub expect_status: StatusCode,
+    pub expect_headers: Vec<(HeaderName, String)>,
+    pub expect_body: Option<String>,
+    pub captures: Vec<(String, Capture)>,
+}
+
+/// Where a probe step takes a value for the steps that follow.
+#[derive(Debug, Clone)]
+pub enum Capture {
+    /// A JSON pointer (RFC 6901) into the response body.
+    JsonPointer(String),
+    Header(HeaderName),
+}
+
+/// One problem found in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The dotted key, e.g. `slots.green.addr` or `scenario[1].step[0].path`.
+    pub key: String,
+    /// 1-based line of the key in the file, when it is in the file.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+/// Every problem of one file; shown one per line.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", render(.file, .problems))]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+fn render(file: &Path, problems: &[Problem]) -> String {
+    let mut out = format!("invalid configuration {}:", file.display());
+    for p in problems {
+        match p.line {
+            Some(line) => out.push_str(&format!(
+                "\n  {}:{}: {}: {}",
+                file.display(),
+                line,
+                p.key,
+                p.message
+            )),
+            None => out.push_str(&format!("\n  {}: {}: {}", file.display(), p.key, p.message)),
+        }
+    }
+    out
+}
+
+impl Config {
+    /// Reads and validates a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            problems: vec![Problem {
+                key: "(file)".into(),
+                line: None,
+                message: format!("cannot read: {e}"),
+            }],
+        })?;
+        Config::parse(&text).map_err(|problems| ConfigError {
+            file: path.to_path_buf(),
+            problems,
+        })
+    }
+
+    /// A pure parse and validation of TOML text: every problem, or a `Config`.
+    pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| vec![syntax_problem(text, &e)])?;
+        raw.validate().map_err(|mut problems| {
+            for p in &mut problems {
+                p.line = locate::line_of(text, &p.key);
+            }
+            problems
+        })
+    }
+
+    pub fn state_file(&self) -> PathBuf {
+        self.data_dir.join("state.json")
+    }
+
+    pub fn generated_token_file(&self) -> PathBuf {
+        self.data_dir.join("admin.token")
+    }
+}
+
+/// A TOML or type error from serde: toml's message already says what was
+/// wrong; the key is taken from its text where serde names it.
+fn syntax_problem(text: &str, err: &toml::de::Error) -> Problem {
+    let line = err
+        .span()
+        .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+    let message = err.message().trim().to_string();
+    let key = message
+        .split('`')
+        .nth(1)
+        .filter(|_| message.starts_with("unknown field"))
+        .map(str::to_string)
+        .unwrap_or_else(|| "(syntax)".into());
+    Problem { key, line, message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REFERENCE: &str = include_str!("../../config/proxy.toml");
+
+    #[test]
+    fn the_reference_config_is_valid_and_says_the_defaults() {
+        let config = Config::parse(REFERENCE).expect("reference config is valid");
+        let empty = Config::parse("").expect("an empty config takes every default");
+        assert_eq!(config.public, empty.public);
+        assert_eq!(config.admin, empty.admin);
+        assert_eq!(config.slot_addrs, empty.slot_addrs);
+        assert_eq!(config.gate.passes, empty.gate.passes);
+        assert_eq!(config.gate.deadline, empty.gate.deadline);
+        assert_eq!(config.timeouts.connect, empty.timeouts.connect);
+        assert_eq!(config.scenarios.len(), 3);
+        assert!(empty.scenarios.is_empty());
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_key_and_line() {
+        let text = "[listen]\npublic = \"nonsense\"\n\n[slots]\nactive = \"purple\"\n[slots.green]\naddr = \"127.0.0.1:99999\"\n";
+        let problems = Config::parse(text).expect_err("invalid");
+        let keys: Vec<_> = problems.iter().map(|p| (p.key.as_str(), p.line)).collect();
+        assert!(keys.contains(&("listen.public", Some(2))), "{problems:?}");
+        assert!(keys.contains(&("slots.active", Some(5))), "{problems:?}");
+        assert!(
+            keys.contains(&("slots.green.addr", Some(7))),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_key_is_an_error_with_its_line() {
+        let problems = Config::parse("[gate]\npasses = 3\npasess = 4\n").expect_err("typo");
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].line, Some(3), "{problems:?}");
+        assert!(problems[0].message.contains("pasess"), "{problems:?}");
+    }
+
+    #[test]
+    fn scenario_problems_name_the_step() {
+        let text = "[[scenario]]\nname = \"x\"\n[[scenario.step]]\nname = \"s\"\npath = \"no-slash\"\nmethod = \"G E T\"\nslot = \"other\"\ncapture = { v = \"cookie:x\" }\n";
+        let problems = Config::parse(text).expect_err("invalid");
+        let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
+        for key in [
+            "scenario[0].step[0].path",
+            "scenario[0].step[0].method",
+            "scenario[0].step[0].slot",
+            "scenario[0].step[0].capture.v",
+        ] {
+            assert!(keys.contains(&key), "{key} missing from {problems:?}");
+        }
+        let path = problems
+            .iter()
+            .find(|p| p.key.ends_with(".path"))
+            .expect("path problem");
+        assert_eq!(path.line, Some(5));
+    }
+}

@@ -1,0 +1,108 @@
+//! The public listener: accepts connections (bounded in number), serves
+//! HTTP/1.1 and HTTP/2 on each through hyper-util, and on shutdown stops
+//! accepting and drains connections within the grace period.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::config::Limits;
+use crate::forward::Forwarder;
+
+/// How the drain ended, for the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drain {
+    Graceful,
+    /// Connections still open when the grace period ran out.
+    Forced {
+        connections: usize,
+    },
+}
+
+/// Serves until `shutdown` resolves, then drains for at most `grace`.
+pub async fn serve(
+    listener: TcpListener,
+    forwarder: Arc<Forwarder>,
+    limits: Limits,
+    grace: Duration,
+    shutdown: impl Future<Output = ()>,
+) -> Drain {
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_bytes as u32);
+    let builder = Arc::new(builder);
+    let graceful = GracefulShutdown::new();
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    tokio::pin!(shutdown);
+
+    loop {
+        // At the connection limit, stop accepting (the kernel backlog holds
+        // new clients) rather than accept and drop them.
+        let permit = tokio::select! {
+            permit = Arc::clone(&permits).acquire_owned() => permit.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and friends pass; a short pause avoids a hot loop.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let forwarder = Arc::clone(&forwarder);
+        let service = service_fn(move |req| {
+            let forwarder = Arc::clone(&forwarder);
+            async move { Ok::<_, Infallible>(forwarder.handle(req, peer).await) }
+        });
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+
+    drop(listener);
+    let open = graceful.count();
+    tracing::info!(
+        connections = open,
+        grace_ms = grace.as_millis() as u64,
+        "stopped accepting; draining"
+    );
+    match tokio::time::timeout(grace, graceful.shutdown()).await {
+        Ok(()) => Drain::Graceful,
+        Err(_) => Drain::Forced {
+            connections: permits_in_use(&permits, limits.max_connections),
+        },
+    }
+}
+
+fn permits_in_use(permits: &Semaphore, max: usize) -> usize {
+    max.saturating_sub(permits.available_permits())
+}

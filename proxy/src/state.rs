@@ -1,0 +1,145 @@
+//! The persisted routing state: which slot is active, the previous one, and
+//! the slot addresses. Written on every change atomically (temp file, fsync,
+//! rename, fsync of the directory) so a crash leaves the old or the new file,
+//! never a torn one.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::error::ProxyError;
+use crate::slot::Slot;
+
+const VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PersistedState {
+    pub version: u32,
+    pub active: Slot,
+    pub previous: Option<Slot>,
+    pub blue: SocketAddr,
+    pub green: SocketAddr,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_switch: Option<OffsetDateTime>,
+}
+
+impl PersistedState {
+    pub fn new(
+        active: Slot,
+        previous: Option<Slot>,
+        addrs: [SocketAddr; 2],
+        last_switch: Option<OffsetDateTime>,
+    ) -> Self {
+        PersistedState {
+            version: VERSION,
+            active,
+            previous,
+            blue: addrs[Slot::Blue.index()],
+            green: addrs[Slot::Green.index()],
+            last_switch,
+        }
+    }
+
+    pub fn addrs(&self) -> [SocketAddr; 2] {
+        [self.blue, self.green]
+    }
+}
+
+/// Reads the state file: `None` when there is none yet (first start); an
+/// error naming the file when it exists but cannot be trusted.
+pub fn load(path: &Path) -> Result<Option<PersistedState>, ProxyError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(state_error(path, format!("cannot read: {e}"))),
+    };
+    let state: PersistedState = serde_json::from_str(&text).map_err(|e| {
+        state_error(
+            path,
+            format!("corrupt ({e}); fix it, or move it away to start from the configuration"),
+        )
+    })?;
+    if state.version != VERSION {
+        return Err(state_error(
+            path,
+            format!("version {} is not {VERSION}", state.version),
+        ));
+    }
+    Ok(Some(state))
+}
+
+/// Writes the state atomically. The caller serializes writers.
+pub fn save(path: &Path, state: &PersistedState) -> Result<(), ProxyError> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)
+        .map_err(|e| state_error(path, format!("cannot create its folder: {e}")))?;
+    let tmp = temp_path(path);
+    let json = serde_json::to_vec_pretty(state).expect("the state serializes");
+    let write = || -> std::io::Result<()> {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(&json)?;
+        file.write_all(b"\n")?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        // The rename is durable only once the directory entry is.
+        std::fs::File::open(dir)?.sync_all()
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        state_error(path, format!("cannot write: {e}"))
+    })
+}
+
+fn temp_path(path: &Path) -> PathBuf {
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+fn state_error(path: &Path, reason: String) -> ProxyError {
+    ProxyError::State {
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_reports_corruption_by_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sub/state.json");
+        assert_eq!(load(&path).expect("no file is fine"), None);
+        let state = PersistedState::new(
+            Slot::Green,
+            Some(Slot::Blue),
+            [
+                "127.0.0.1:1".parse().expect("addr"),
+                "127.0.0.1:2".parse().expect("addr"),
+            ],
+            Some(OffsetDateTime::UNIX_EPOCH),
+        );
+        save(&path, &state).expect("save");
+        assert_eq!(load(&path).expect("load"), Some(state));
+        assert!(!temp_path(&path).exists());
+
+        std::fs::write(&path, "{\"active\": \"gre").expect("write");
+        let err = load(&path).expect_err("corrupt").to_string();
+        assert!(
+            err.contains("state.json") && err.contains("corrupt"),
+            "{err}"
+        );
+    }
+}
