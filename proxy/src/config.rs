@@ -40,6 +40,25 @@ pub mod defaults {
     pub const MAX_HEADER_BYTES: usize = 64 * 1024;
     pub const MAX_BODY_BYTES: u64 = 100 * 1024 * 1024;
     pub const MAX_CONNECTIONS: usize = 10_000;
+    pub const STATUS: &str = "127.0.0.1:8098";
+    pub const PASSIVE_FALL: u32 = 2;
+    pub const TRUSTED_HOPS: &[&str] = &["127.0.0.1", "::1"];
+    pub const CANARY_COOKIE: &str = "bg_bucket";
+    pub const PREVIEW_HEADER: &str = "x-bluegreen-preview";
+    pub const PREVIEW_COOKIE: &str = "bg_preview";
+    pub const GUARD_WINDOW_MS: u64 = 30_000;
+    pub const GUARD_INTERVAL_MS: u64 = 1_000;
+    pub const GUARD_MAX_FAILURE_RATIO: f64 = 0.02;
+    pub const GUARD_MARGIN: f64 = 0.01;
+    pub const GUARD_MIN_REQUESTS: u64 = 20;
+    pub const GUARD_BAKE_MS: u64 = 60_000;
+    pub const INCIDENT_FAILURES: u64 = 5;
+    pub const INCIDENT_QUIET_MS: u64 = 60_000;
+    pub const SLA_ALLOWED: &str = "20m";
+    pub const SLA_BAD_MINUTE_RATIO: f64 = 0.05;
+    pub const NOTIFY_ATTEMPTS: u32 = 5;
+    pub const NOTIFY_BACKOFF_MS: u64 = 500;
+    pub const NOTIFY_TIMEOUT_MS: u64 = 5_000;
 }
 
 /// The validated configuration. Every value here has been checked; nothing
@@ -49,6 +68,14 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub public: SocketAddr,
     pub admin: SocketAddr,
+    /// The public status page's listener.
+    pub status: SocketAddr,
+    pub forwarding: Forwarding,
+    pub canary: CanaryCfg,
+    pub guard: GuardCfg,
+    pub incidents: IncidentsCfg,
+    pub sla: SlaCfg,
+    pub notify: NotifyCfg,
     pub token_file: Option<PathBuf>,
     pub initial_active: Slot,
     /// Upstream addresses indexed by `Slot::index()`.
@@ -85,6 +112,74 @@ pub struct Health {
     pub fall: u32,
     /// Consecutive successes that mark a slot up again.
     pub rise: u32,
+    /// Consecutive connect failures or resets on user requests that mark a
+    /// slot down at once, without waiting for the next check.
+    pub passive_fall: u32,
+}
+
+/// How user requests are passed on.
+#[derive(Debug, Clone)]
+pub struct Forwarding {
+    /// Peers whose `X-Forwarded-For` is kept and appended to; any other
+    /// client's claim is replaced by its own address.
+    pub trusted_hops: Vec<std::net::IpAddr>,
+    /// Retry a request once on the other slot when it is safe to.
+    pub retry: bool,
+}
+
+/// The canary split's cookies and the private preview.
+#[derive(Debug, Clone)]
+pub struct CanaryCfg {
+    pub cookie: String,
+    pub preview_header: HeaderName,
+    pub preview_cookie: String,
+    /// The preview is off while this is unset.
+    pub preview_secret: Option<String>,
+}
+
+/// The live guard: when a release's user traffic breaches these, it is
+/// pulled back.
+#[derive(Debug, Clone, Copy)]
+pub struct GuardCfg {
+    pub window: Duration,
+    pub interval: Duration,
+    pub max_failure_ratio: f64,
+    /// How much worse than the stable release a canary may be.
+    pub margin: f64,
+    pub min_requests: u64,
+    /// How long the new active slot is watched after a switch or promote.
+    pub bake: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct IncidentsCfg {
+    /// Failed user requests within a minute that open an incident.
+    pub failure_threshold: u64,
+    /// A quiet period this long closes it.
+    pub quiet: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct SlaCfg {
+    /// Downtime the SLA allows per year.
+    pub allowed_downtime: Duration,
+    /// A minute is bad when at least this share of user requests failed.
+    pub bad_minute_ratio: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct NotifyCfg {
+    pub webhooks: Vec<Webhook>,
+    pub max_attempts: u32,
+    pub backoff: Duration,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Webhook {
+    pub url: http::Uri,
+    /// When set, bodies are signed with HMAC-SHA256 in a header.
+    pub secret: Option<String>,
 }
 
 /// Limits on what a client may send to the public listener.

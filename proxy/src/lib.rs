@@ -16,15 +16,18 @@ pub mod body;
 pub mod config;
 pub mod control;
 pub mod error;
+pub mod events;
 pub mod forward;
 pub mod gate;
 pub mod headers;
+pub mod metrics;
 pub mod health;
 pub mod probe;
 pub mod routing;
 pub mod server;
 pub mod slot;
 pub mod state;
+pub mod traffic;
 pub mod upstream;
 
 use std::future::Future;

@@ -11,8 +11,8 @@ use http::{HeaderName, Method, StatusCode};
 use serde::Deserialize;
 
 use super::{
-    Capture, Config, Gate, Health, Limits, Problem, Scenario, Step, StepBody, StepTarget, Timeouts,
-    defaults as d,
+    CanaryCfg, Capture, Config, Forwarding, Gate, GuardCfg, Health, IncidentsCfg, Limits, NotifyCfg, Problem,
+    Scenario, SlaCfg, Step, StepBody, StepTarget, Timeouts, Webhook, defaults as d,
 };
 use crate::slot::Slot;
 
@@ -35,7 +35,77 @@ pub struct RawConfig {
     #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
+    forwarding: RawForwarding,
+    #[serde(default)]
+    canary: RawCanary,
+    #[serde(default)]
+    guard: RawGuard,
+    #[serde(default)]
+    incidents: RawIncidents,
+    #[serde(default)]
+    sla: RawSla,
+    #[serde(default)]
+    notify: RawNotify,
+    #[serde(default)]
     scenario: Vec<RawScenario>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawForwarding {
+    trusted_hops: Option<Vec<String>>,
+    retry: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCanary {
+    cookie: Option<String>,
+    preview_header: Option<String>,
+    preview_cookie: Option<String>,
+    preview_secret: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGuard {
+    window_ms: Option<u64>,
+    interval_ms: Option<u64>,
+    max_failure_ratio: Option<f64>,
+    margin: Option<f64>,
+    min_requests: Option<u64>,
+    bake_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIncidents {
+    failure_threshold: Option<u64>,
+    quiet_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSla {
+    allowed_downtime: Option<String>,
+    bad_minute_ratio: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotify {
+    #[serde(default)]
+    webhook: Vec<RawWebhook>,
+    max_attempts: Option<u32>,
+    backoff_ms: Option<u64>,
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhook {
+    url: Option<String>,
+    secret: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -43,6 +113,7 @@ pub struct RawConfig {
 struct RawListen {
     public: Option<String>,
     admin: Option<String>,
+    status: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -87,6 +158,7 @@ struct RawGate {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawHealth {
+    passive_fall: Option<u32>,
     path: Option<String>,
     interval_ms: Option<u64>,
     timeout_ms: Option<u64>,
@@ -190,6 +262,7 @@ impl RawConfig {
 
         let public = p.addr("listen.public", self.listen.public.as_deref(), d::PUBLIC);
         let admin = p.addr("listen.admin", self.listen.admin.as_deref(), d::ADMIN);
+        let status = p.addr("listen.status", self.listen.status.as_deref(), d::STATUS);
         let blue = p.addr("slots.blue.addr", self.slots.blue.addr.as_deref(), d::BLUE);
         let green = p.addr(
             "slots.green.addr",
@@ -256,6 +329,101 @@ impl RawConfig {
             timeout: p.millis("health.timeout_ms", h.timeout_ms, d::HEALTH_TIMEOUT_MS),
             fall: p.at_least_one("health.fall", h.fall, d::HEALTH_FALL),
             rise: p.at_least_one("health.rise", h.rise, d::HEALTH_RISE),
+            passive_fall: p.at_least_one("health.passive_fall", h.passive_fall, d::PASSIVE_FALL),
+        };
+
+        let mut trusted_hops = Vec::new();
+        for (i, hop) in self.forwarding.trusted_hops.clone().unwrap_or_else(|| d::TRUSTED_HOPS.iter().map(|s| s.to_string()).collect()).iter().enumerate() {
+            match hop.parse::<std::net::IpAddr>() {
+                Ok(ip) => trusted_hops.push(ip),
+                Err(_) => p.push(format!("forwarding.trusted_hops[{i}]"), format!("{hop:?} is not an IP address")),
+            }
+        }
+        let forwarding = Forwarding { trusted_hops, retry: self.forwarding.retry.unwrap_or(true) };
+
+        let c = &self.canary;
+        let header_name = |p: &mut Problems, key: &str, v: &Option<String>, default: &str| -> HeaderName {
+            match HeaderName::from_bytes(v.as_deref().unwrap_or(default).as_bytes()) {
+                Ok(h) => h,
+                Err(_) => {
+                    p.push(key, "not a header name");
+                    HeaderName::from_bytes(default.as_bytes()).expect("default header names are valid")
+                }
+            }
+        };
+        let cookie_name = |p: &mut Problems, key: &str, v: &Option<String>, default: &str| -> String {
+            let name = v.clone().unwrap_or_else(|| default.to_string());
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+                p.push(key, "a cookie name is letters, digits, '_' and '-'");
+            }
+            name
+        };
+        let canary = CanaryCfg {
+            cookie: cookie_name(&mut p, "canary.cookie", &c.cookie, d::CANARY_COOKIE),
+            preview_header: header_name(&mut p, "canary.preview_header", &c.preview_header, d::PREVIEW_HEADER),
+            preview_cookie: cookie_name(&mut p, "canary.preview_cookie", &c.preview_cookie, d::PREVIEW_COOKIE),
+            preview_secret: c.preview_secret.clone().filter(|s| !s.is_empty()),
+        };
+        if let Some(secret) = &canary.preview_secret
+            && secret.len() < 16
+        {
+            p.push("canary.preview_secret", "at least 16 characters: it is a password");
+        }
+
+        let gd = &self.guard;
+        let ratio = |p: &mut Problems, key: &str, v: Option<f64>, default: f64| -> f64 {
+            let r = v.unwrap_or(default);
+            if !(0.0..=1.0).contains(&r) {
+                p.push(key, "a ratio between 0 and 1, like 0.02 for 2%");
+                return default;
+            }
+            r
+        };
+        let guard = GuardCfg {
+            window: p.millis("guard.window_ms", gd.window_ms, d::GUARD_WINDOW_MS),
+            interval: p.millis("guard.interval_ms", gd.interval_ms, d::GUARD_INTERVAL_MS),
+            max_failure_ratio: ratio(&mut p, "guard.max_failure_ratio", gd.max_failure_ratio, d::GUARD_MAX_FAILURE_RATIO),
+            margin: ratio(&mut p, "guard.margin", gd.margin, d::GUARD_MARGIN),
+            min_requests: p.at_least_one("guard.min_requests", gd.min_requests, d::GUARD_MIN_REQUESTS),
+            bake: Duration::from_millis(gd.bake_ms.unwrap_or(d::GUARD_BAKE_MS)),
+        };
+        if guard.window > Duration::from_secs(crate::traffic::MAX_WINDOW_SECS) {
+            p.push("guard.window_ms", format!("at most {} seconds", crate::traffic::MAX_WINDOW_SECS));
+        }
+
+        let incidents = IncidentsCfg {
+            failure_threshold: p.at_least_one("incidents.failure_threshold", self.incidents.failure_threshold, d::INCIDENT_FAILURES),
+            quiet: p.millis("incidents.quiet_ms", self.incidents.quiet_ms, d::INCIDENT_QUIET_MS),
+        };
+
+        let allowed_text = self.sla.allowed_downtime.clone().unwrap_or_else(|| d::SLA_ALLOWED.to_string());
+        let allowed_downtime = match parse_duration(&allowed_text) {
+            Some(d) => d,
+            None => {
+                p.push("sla.allowed_downtime", format!("{allowed_text:?} is not a duration like \"20m\", \"1h\" or \"90s\""));
+                Duration::from_secs(20 * 60)
+            }
+        };
+        let sla = SlaCfg {
+            allowed_downtime,
+            bad_minute_ratio: ratio(&mut p, "sla.bad_minute_ratio", self.sla.bad_minute_ratio, d::SLA_BAD_MINUTE_RATIO),
+        };
+
+        let mut webhooks = Vec::new();
+        for (i, w) in self.notify.webhook.iter().enumerate() {
+            let key = format!("notify.webhook[{i}].url");
+            match w.url.as_deref().map(|u| u.parse::<http::Uri>()) {
+                Some(Ok(uri)) if uri.scheme_str() == Some("http") && uri.authority().is_some() => webhooks.push(Webhook { url: uri, secret: w.secret.clone() }),
+                Some(Ok(_)) => p.push(key, "an http:// URL with a host (TLS is not built in: use a local relay for https)"),
+                Some(Err(_)) => p.push(key, "not a URL"),
+                None => p.push(key, "required"),
+            }
+        }
+        let notify = NotifyCfg {
+            webhooks,
+            max_attempts: p.at_least_one("notify.max_attempts", self.notify.max_attempts, d::NOTIFY_ATTEMPTS),
+            backoff: p.millis("notify.backoff_ms", self.notify.backoff_ms, d::NOTIFY_BACKOFF_MS),
+            timeout: p.millis("notify.timeout_ms", self.notify.timeout_ms, d::NOTIFY_TIMEOUT_MS),
         };
 
         let l = &self.limits;
@@ -310,6 +478,13 @@ impl RawConfig {
             data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from(d::DATA_DIR)),
             public,
             admin,
+            status,
+            forwarding,
+            canary,
+            guard,
+            incidents,
+            sla,
+            notify,
             token_file: self.admin.token_file,
             initial_active,
             slot_addrs: [blue, green],
@@ -457,4 +632,34 @@ fn header_pairs(
         }
     }
     out
+}
+
+/// "20m", "1h", "90s", "1h30m", "500ms": a small, strict duration syntax.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    if text.is_empty() {
+        return None;
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+        if digits == 0 {
+            return None;
+        }
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.checked_mul(60)?),
+            "h" => Duration::from_secs(n.checked_mul(3600)?),
+            "d" => Duration::from_secs(n.checked_mul(86_400)?),
+            _ => return None,
+        };
+        total = total.checked_add(unit)?;
+        rest = &rest[unit_len..];
+    }
+    Some(total)
 }
