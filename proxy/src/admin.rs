@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::auth::AdminToken;
-use crate::control::{ControlError, Controller, ProbeReport};
+use crate::control::{ControlError, Controller, GuardView, Override, ProbeReport};
+use crate::reload;
 use crate::routing::Snapshot;
 use crate::slot::Slot;
 
@@ -24,6 +25,8 @@ use crate::slot::Slot;
 pub struct AdminState {
     pub controller: Arc<Controller>,
     pub token: Arc<AdminToken>,
+    /// The file `POST /reload` reads.
+    pub config_path: Arc<std::path::PathBuf>,
 }
 
 pub fn app(state: AdminState) -> Router {
@@ -32,6 +35,11 @@ pub fn app(state: AdminState) -> Router {
         .route("/switch", post(switch))
         .route("/rollback", post(rollback))
         .route("/slots/{slot}", put(put_slot))
+        .route("/canary", post(canary))
+        .route("/promote", post(promote))
+        .route("/abort", post(abort))
+        .route("/reload", post(reload))
+        .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such admin endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -103,6 +111,25 @@ impl From<ControlError> for ApiError {
     }
 }
 
+/// An optional JSON body: empty means `T::default()`.
+pub struct OptionalJson<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Default> FromRequest<S> for OptionalJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJson(T::default()));
+        }
+        serde_json::from_slice(&bytes)
+            .map(OptionalJson)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")))
+    }
+}
+
 /// `Json` whose rejections answer 400 with our error shape instead of
 /// axum's plain-text 415/422.
 pub struct JsonBody<T>(pub T);
@@ -133,7 +160,15 @@ pub struct StatusView {
     pub previous: Option<Slot>,
     #[serde(with = "time::serde::rfc3339::option")]
     pub last_switch: Option<time::OffsetDateTime>,
+    pub canary: Option<CanaryView>,
+    pub guard: GuardView,
     pub slots: SlotsView,
+}
+
+#[derive(Serialize)]
+pub struct CanaryView {
+    pub slot: Slot,
+    pub percent: u8,
 }
 
 #[derive(Serialize)]
@@ -169,6 +204,11 @@ pub fn status_view(controller: &Controller, snap: &Snapshot) -> StatusView {
         serving: snap.serving(),
         previous: snap.previous,
         last_switch: snap.last_switch,
+        canary: snap.canary.map(|c| CanaryView {
+            slot: c.slot,
+            percent: c.percent,
+        }),
+        guard: controller.guard_view(),
         slots: SlotsView {
             blue: slot(Slot::Blue),
             green: slot(Slot::Green),
@@ -185,13 +225,18 @@ async fn status(State(state): State<AdminState>) -> Json<StatusView> {
 #[serde(deny_unknown_fields)]
 struct SwitchRequest {
     to: Slot,
+    #[serde(default)]
+    override_guard: bool,
 }
 
 async fn switch(
     State(state): State<AdminState>,
     JsonBody(req): JsonBody<SwitchRequest>,
 ) -> Result<Json<StatusView>, ApiError> {
-    let snap = state.controller.switch_to(req.to).await?;
+    let over = Override {
+        guard: req.override_guard,
+    };
+    let snap = state.controller.switch_to(req.to, over).await?;
     Ok(Json(status_view(&state.controller, &snap)))
 }
 
@@ -222,4 +267,78 @@ async fn put_slot(
     })?;
     let snap = state.controller.set_addr(slot, addr).await?;
     Ok(Json(status_view(&state.controller, &snap)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CanaryRequest {
+    slot: Slot,
+    percent: u8,
+    #[serde(default)]
+    override_guard: bool,
+}
+
+async fn canary(
+    State(state): State<AdminState>,
+    JsonBody(req): JsonBody<CanaryRequest>,
+) -> Result<Json<StatusView>, ApiError> {
+    if req.percent > 100 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "percent is 0 to 100",
+        ));
+    }
+    let over = Override {
+        guard: req.override_guard,
+    };
+    let snap = state.controller.canary(req.slot, req.percent, over).await?;
+    Ok(Json(status_view(&state.controller, &snap)))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PromoteRequest {
+    #[serde(default)]
+    override_guard: bool,
+}
+
+async fn promote(
+    State(state): State<AdminState>,
+    OptionalJson(req): OptionalJson<PromoteRequest>,
+) -> Result<Json<StatusView>, ApiError> {
+    let snap = state
+        .controller
+        .promote(Override {
+            guard: req.override_guard,
+        })
+        .await?;
+    Ok(Json(status_view(&state.controller, &snap)))
+}
+
+async fn abort(State(state): State<AdminState>) -> Result<Json<StatusView>, ApiError> {
+    let snap = state.controller.abort().await?;
+    Ok(Json(status_view(&state.controller, &snap)))
+}
+
+async fn reload(State(state): State<AdminState>) -> Result<Json<StatusView>, ApiError> {
+    reload::reload(&state.controller, &state.config_path).map_err(|e| ApiError {
+        status: StatusCode::BAD_REQUEST,
+        body: json!({
+            "error": e.to_string(),
+            "problems": e.problems.iter().map(|p| json!({ "key": p.key, "line": p.line, "message": p.message })).collect::<Vec<_>>(),
+        }),
+    })?;
+    let snap = state.controller.router().load_full();
+    Ok(Json(status_view(&state.controller, &snap)))
+}
+
+async fn metrics(State(state): State<AdminState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.controller.metrics().encode(),
+    )
+        .into_response()
 }

@@ -1,23 +1,30 @@
-//! The operator's changes to routing: switch, rollback, and pointing the idle
-//! slot at another upstream. Each is validated (the gate, the slot rules)
-//! before anything is applied; a refused change touches neither the live
-//! snapshot nor the state file. Changes are serialized, and the state file is
-//! written before the new snapshot is stored.
+//! The changes to routing: the operator's (switch, rollback, slot address,
+//! canary, promote, abort) and the guard's (abort a canary, roll back a
+//! bad release). Each is validated (the gate, the slot rules) before it is
+//! applied; a refused change touches neither the live snapshot nor the
+//! state file. Changes are serialized, the state file is written before the
+//! new snapshot is stored, and every change is an event.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::config::{Config, Scenario, Step, StepBody, StepTarget};
+use crate::config::{Config, GuardCfg, Scenario, Step, StepBody, StepTarget};
 use crate::error::ProxyError;
+use crate::events::{Event, EventKind, EventLog};
 use crate::gate;
+use crate::guard;
 use crate::health::{self, HealthTable};
+use crate::metrics::Metrics;
 use crate::probe::{ProbeFailure, Prober, Targets};
-use crate::routing::{Router, Snapshot};
+use crate::routing::{Canary, Policy, Router, Snapshot};
 use crate::slot::Slot;
 use crate::state::{self, PersistedState};
+use crate::traffic::Traffic;
 use crate::upstream::Upstream;
 
 /// The last gate run against a slot, for the status.
@@ -30,7 +37,7 @@ pub struct ProbeReport {
     pub failure: Option<ProbeFailure>,
 }
 
-/// Why an operator's change was not applied.
+/// Why a change was not applied.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     #[error("probe failed: {0}")]
@@ -41,44 +48,101 @@ pub enum ControlError {
     Persist(ProxyError),
 }
 
+/// A release the guard pulled back: refused until an operator overrides.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Blocked {
+    pub slot: Slot,
+    pub addr: SocketAddr,
+    pub release: Option<String>,
+}
+
+/// What the guard watches and what it last did, for the status.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GuardView {
+    /// The guard pulled a release back, and no operator change has happened since.
+    pub aborted: bool,
+    pub reason: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub at: Option<OffsetDateTime>,
+    pub slot: Option<Slot>,
+    /// "canary", "bake" or null.
+    pub watching: Option<&'static str>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub bake_until: Option<OffsetDateTime>,
+    pub blocked: Option<Blocked>,
+}
+
+/// The guard's working state. A std mutex: a few field writes, never held
+/// across an `.await`.
+#[derive(Default)]
+struct GuardState {
+    view: GuardView,
+    /// When the current canary started taking traffic.
+    canary_since: Option<Instant>,
+    /// The slot being baked, and when the bake started and ends.
+    bake: Option<(Slot, Instant, Instant)>,
+}
+
+/// Options an operator can give with a change.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Override {
+    /// Try a release again that the guard pulled back.
+    pub guard: bool,
+}
+
 pub struct Controller {
     router: Arc<Router>,
     health: Arc<HealthTable>,
     prober: Prober,
-    config: Arc<Config>,
-    scenarios: Vec<Scenario>,
-    /// Serializes operator changes: a gate runs for seconds, and two
-    /// switches must not interleave. A Tokio mutex because it is held across
-    /// the gate's probes; the request path never takes it.
+    /// Replaced whole by a reload.
+    config: ArcSwap<Config>,
+    events: Arc<EventLog>,
+    metrics: Arc<Metrics>,
+    traffic: Arc<Traffic>,
+    /// Serializes changes: a gate runs for seconds, and two switches must
+    /// not interleave. A Tokio mutex because it is held across the gate's
+    /// probes; the request path never takes it.
     ops: tokio::sync::Mutex<()>,
     /// Written by each gate run; read by the status.
     last_probe: [Mutex<Option<ProbeReport>>; 2],
+    guard: Mutex<GuardState>,
+}
+
+/// The parts the controller works with.
+pub struct Parts {
+    pub router: Arc<Router>,
+    pub health: Arc<HealthTable>,
+    pub prober: Prober,
+    pub config: Arc<Config>,
+    pub events: Arc<EventLog>,
+    pub metrics: Arc<Metrics>,
+    pub traffic: Arc<Traffic>,
 }
 
 impl Controller {
-    pub fn new(
-        router: Arc<Router>,
-        health: Arc<HealthTable>,
-        prober: Prober,
-        config: Arc<Config>,
-    ) -> Controller {
-        let scenarios = if config.scenarios.is_empty() {
+    pub fn new(parts: Parts) -> Controller {
+        if parts.config.scenarios.is_empty() {
             tracing::warn!(
                 "no probe scenarios configured: the gate only checks {}",
-                config.health.path
+                parts.config.health.path
             );
-            vec![health_scenario(&config.health.path)]
-        } else {
-            config.scenarios.clone()
-        };
+        }
+        let snap = parts.router.load();
+        parts
+            .metrics
+            .set_routing(snap.active, snap.canary.map_or(0, |c| c.percent));
+        drop(snap);
         Controller {
-            router,
-            health,
-            prober,
-            config,
-            scenarios,
+            router: parts.router,
+            health: parts.health,
+            prober: parts.prober,
+            config: ArcSwap::new(parts.config),
+            events: parts.events,
+            metrics: parts.metrics,
+            traffic: parts.traffic,
             ops: tokio::sync::Mutex::new(()),
             last_probe: Default::default(),
+            guard: Mutex::new(GuardState::default()),
         }
     }
 
@@ -90,6 +154,22 @@ impl Controller {
         &self.health
     }
 
+    pub fn events(&self) -> &Arc<EventLog> {
+        &self.events
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    pub fn guard_config(&self) -> GuardCfg {
+        self.config.load().guard
+    }
+
     pub fn last_probe(&self, slot: Slot) -> Option<ProbeReport> {
         self.last_probe[slot.index()]
             .lock()
@@ -97,15 +177,44 @@ impl Controller {
             .clone()
     }
 
+    pub fn guard_view(&self) -> GuardView {
+        let g = self.guard.lock().expect("guard lock is never poisoned");
+        let mut view = g.view.clone();
+        view.watching = if self.router.load().canary.is_some() {
+            Some("canary")
+        } else if g.bake.is_some_and(|(_, _, until)| Instant::now() < until) {
+            Some("bake")
+        } else {
+            None
+        };
+        if view.watching != Some("bake") {
+            view.bake_until = None;
+        }
+        view
+    }
+
+    fn release(&self, slot: Slot) -> Option<String> {
+        self.health.get(slot).release
+    }
+
     /// Moves all user traffic to `to` after it passes the gate.
-    pub async fn switch_to(&self, to: Slot) -> Result<Arc<Snapshot>, ControlError> {
+    pub async fn switch_to(&self, to: Slot, over: Override) -> Result<Arc<Snapshot>, ControlError> {
         let _op = self.ops.lock().await;
         let current = self.router.load_full();
-        if current.active == to {
+        if current.active == to && current.canary.is_none() {
             return Ok(current);
         }
-        self.gate(to, &current).await?;
-        self.commit_switch(to, "switch").await
+        self.check_blocked(to, &current, over)?;
+        self.gate(to, &current, false, EventKind::SwitchRefused)
+            .await?;
+        self.commit_switch(
+            to,
+            EventKind::Switch,
+            "an operator switched".into(),
+            serde_json::Value::Null,
+            true,
+        )
+        .await
     }
 
     /// Moves traffic back to the previous slot, but only if it passes the
@@ -118,8 +227,16 @@ impl Controller {
                 "there is no previous slot to roll back to".into(),
             ));
         };
-        self.gate(to, &current).await?;
-        self.commit_switch(to, "rollback").await
+        self.gate(to, &current, true, EventKind::RollbackRefused)
+            .await?;
+        self.commit_switch(
+            to,
+            EventKind::Rollback,
+            "an operator rolled back".into(),
+            serde_json::Value::Null,
+            false,
+        )
+        .await
     }
 
     /// Points the idle slot at another upstream address.
@@ -133,6 +250,11 @@ impl Controller {
         if current.active == slot {
             return Err(ControlError::Conflict(format!(
                 "{slot} is the active slot; switch away from it first"
+            )));
+        }
+        if current.canary.is_some_and(|c| c.slot == slot) {
+            return Err(ControlError::Conflict(format!(
+                "{slot} has a canary share; abort it first"
             )));
         }
         if current.upstream(slot).addr == addr {
@@ -149,7 +271,7 @@ impl Controller {
             addrs,
             current.last_switch,
         ))?;
-        let upstream = Upstream::new(slot, addr, &self.config.timeouts);
+        let upstream = Upstream::new(slot, addr, &self.config.load().timeouts);
         self.health.reset(slot, addr);
         let next = self.router.update(|snap| {
             let mut next = snap.to_builder();
@@ -161,19 +283,314 @@ impl Controller {
         *self.last_probe[slot.index()]
             .lock()
             .expect("probe report lock is never poisoned") = None;
-        tracing::info!(%slot, %addr, "slot address changed");
+        self.events.record(
+            Event::new(
+                EventKind::SlotChanged,
+                format!("{slot} now points at {addr}"),
+            )
+            .to_slot(slot)
+            .detail(serde_json::json!({ "addr": addr })),
+        );
         Ok(next)
     }
 
-    async fn gate(&self, candidate: Slot, current: &Snapshot) -> Result<(), ControlError> {
+    /// Gives `slot` a share of user traffic. The first share a slot gets
+    /// needs the gate, like a switch.
+    pub async fn canary(
+        &self,
+        slot: Slot,
+        percent: u8,
+        over: Override,
+    ) -> Result<Arc<Snapshot>, ControlError> {
+        if percent > 100 {
+            return Err(ControlError::Conflict("percent is 0 to 100".into()));
+        }
+        let _op = self.ops.lock().await;
+        let current = self.router.load_full();
+        if current.active == slot {
+            return Err(ControlError::Conflict(format!(
+                "{slot} is the active slot; a canary goes to the other one"
+            )));
+        }
+        let starting = current.canary.is_none_or(|c| c.slot != slot);
+        if starting {
+            self.check_blocked(slot, &current, over)?;
+            self.gate(slot, &current, false, EventKind::CanaryRefused)
+                .await?;
+        }
+        let before = current.canary.map_or(0, |c| c.percent);
+        let next = self.router.update(|snap| {
+            let mut next = snap.to_builder();
+            next.canary = Some(Canary { slot, percent });
+            if starting {
+                // It just passed the gate.
+                next.healthy[slot.index()] = true;
+            }
+            next
+        });
+        {
+            let mut g = self.guard.lock().expect("guard lock is never poisoned");
+            if starting {
+                g.canary_since = Some(Instant::now());
+                g.view.aborted = false;
+                g.view.reason = None;
+            }
+            if over.guard {
+                g.view.blocked = None;
+            }
+        }
+        self.metrics.set_routing(next.active, percent);
+        let (kind, reason) = if starting {
+            (
+                EventKind::CanaryStart,
+                format!("{slot} takes {percent}% of user traffic"),
+            )
+        } else {
+            (
+                EventKind::CanaryChange,
+                format!("{slot}: {before}% -> {percent}% of user traffic"),
+            )
+        };
+        self.events.record(
+            Event::new(kind, reason)
+                .from_slot(next.active)
+                .to_slot(slot)
+                .releases([self.release(next.active), self.release(slot)])
+                .detail(serde_json::json!({ "percent": percent, "previous_percent": before })),
+        );
+        Ok(next)
+    }
+
+    /// Makes the canary slot the active slot for all traffic, after a final
+    /// probe.
+    pub async fn promote(&self, over: Override) -> Result<Arc<Snapshot>, ControlError> {
+        let _op = self.ops.lock().await;
+        let current = self.router.load_full();
+        let Some(canary) = current.canary else {
+            return Err(ControlError::Conflict(
+                "there is no canary to promote".into(),
+            ));
+        };
+        self.check_blocked(canary.slot, &current, over)?;
+        self.gate(canary.slot, &current, false, EventKind::SwitchRefused)
+            .await?;
+        let why = format!("the canary at {}% was promoted", canary.percent);
+        self.commit_switch(
+            canary.slot,
+            EventKind::Promote,
+            why,
+            serde_json::Value::Null,
+            true,
+        )
+        .await
+    }
+
+    /// Sends all traffic back to the active slot.
+    pub async fn abort(&self) -> Result<Arc<Snapshot>, ControlError> {
+        let _op = self.ops.lock().await;
+        let current = self.router.load_full();
+        let Some(canary) = current.canary else {
+            return Err(ControlError::Conflict("there is no canary to abort".into()));
+        };
+        let next = self.clear_canary(canary);
+        self.metrics.aborts.inc();
+        self.events.record(
+            Event::new(EventKind::CanaryAbort, "an operator aborted the canary")
+                .from_slot(canary.slot)
+                .to_slot(next.active)
+                .releases([self.release(canary.slot)])
+                .detail(serde_json::json!({ "percent": canary.percent })),
+        );
+        Ok(next)
+    }
+
+    /// Replaces the configuration: the request-path policy with a new
+    /// snapshot (atomically), the gate's scenarios and limits for the next
+    /// change. Listeners and slot addresses stay: those need a restart or
+    /// `PUT /slots`.
+    pub fn reload(&self, config: Config) {
+        let policy = Arc::new(Policy::from_config(&config));
+        self.router.update(|snap| {
+            let mut next = snap.to_builder();
+            next.policy = Arc::clone(&policy);
+            next
+        });
+        self.config.store(Arc::new(config));
+    }
+
+    /// One evaluation of the guard.
+    pub async fn guard_tick(&self) {
+        let cfg = self.guard_config();
+        let snap = self.router.load_full();
+        let (canary_since, bake) = {
+            let g = self.guard.lock().expect("guard lock is never poisoned");
+            (g.canary_since, g.bake)
+        };
+        if let Some(canary) = snap.canary {
+            let since = canary_since.map_or(cfg.window, |t| t.elapsed() + Duration::from_secs(1));
+            let canary_stats = self.traffic.window(canary.slot, cfg.window.min(since));
+            let stable_stats = self.traffic.window(snap.serving(), cfg.window);
+            if let Some(reason) = guard::judge(canary_stats, Some(stable_stats), &cfg) {
+                self.guard_abort(canary, reason, canary_stats.failures());
+            }
+            return;
+        }
+        let Some((slot, started, until)) = bake else {
+            return;
+        };
+        if Instant::now() >= until || snap.active != slot {
+            return;
+        }
+        let stats = self.traffic.window(
+            slot,
+            cfg.window.min(started.elapsed() + Duration::from_secs(1)),
+        );
+        if let Some(reason) = guard::judge(stats, None, &cfg) {
+            self.guard_rollback(slot, reason, stats.failures()).await;
+        }
+    }
+
+    fn guard_abort(&self, canary: Canary, reason: String, failed: u64) {
+        let next = self.clear_canary(canary);
+        let blocked = Blocked {
+            slot: canary.slot,
+            addr: next.upstream(canary.slot).addr,
+            release: self.release(canary.slot),
+        };
+        {
+            let mut g = self.guard.lock().expect("guard lock is never poisoned");
+            g.view = GuardView {
+                aborted: true,
+                reason: Some(reason.clone()),
+                at: Some(OffsetDateTime::now_utc()),
+                slot: Some(canary.slot),
+                watching: None,
+                bake_until: None,
+                blocked: Some(blocked),
+            };
+        }
+        self.metrics.aborts.inc();
+        tracing::warn!(slot = %canary.slot, %reason, "the guard aborted the canary");
+        self.events.record(
+            Event::new(
+                EventKind::GuardAbort,
+                format!("the guard aborted the canary: {reason}"),
+            )
+            .from_slot(canary.slot)
+            .to_slot(next.active)
+            .releases([self.release(canary.slot), self.release(next.active)])
+            .detail(serde_json::json!({ "percent": canary.percent, "failed_requests": failed })),
+        );
+    }
+
+    async fn guard_rollback(&self, bad: Slot, reason: String, failed: u64) {
+        let _op = self.ops.lock().await;
+        let current = self.router.load_full();
+        if current.active != bad {
+            return;
+        }
+        let blocked = Blocked {
+            slot: bad,
+            addr: current.upstream(bad).addr,
+            release: self.release(bad),
+        };
+        {
+            let mut g = self.guard.lock().expect("guard lock is never poisoned");
+            g.bake = None;
+            g.view = GuardView {
+                aborted: true,
+                reason: Some(reason.clone()),
+                at: Some(OffsetDateTime::now_utc()),
+                slot: Some(bad),
+                watching: None,
+                bake_until: None,
+                blocked: Some(blocked),
+            };
+        }
+        let Some(to) = current.previous.filter(|p| *p != bad) else {
+            tracing::error!(%reason, "the guard found a breach but there is no previous slot to go back to");
+            return;
+        };
+        if self
+            .gate(to, &current, true, EventKind::RollbackRefused)
+            .await
+            .is_err()
+        {
+            tracing::error!(%to, "the guard found a breach but the previous slot fails its probes: staying");
+            return;
+        }
+        let why = format!("the guard rolled back: {reason}");
+        let detail = serde_json::json!({ "failed_requests": failed });
+        if let Ok(next) = self
+            .commit_switch(to, EventKind::GuardRollback, why, detail, false)
+            .await
+        {
+            tracing::warn!(from = %bad, to = %next.active, %reason, "the guard rolled back");
+        }
+    }
+
+    fn clear_canary(&self, canary: Canary) -> Arc<Snapshot> {
+        let next = self.router.update(|snap| {
+            let mut next = snap.to_builder();
+            if snap.canary.is_some_and(|c| c.slot == canary.slot) {
+                next.canary = None;
+            }
+            next
+        });
+        self.guard
+            .lock()
+            .expect("guard lock is never poisoned")
+            .canary_since = None;
+        self.metrics.set_routing(next.active, 0);
+        next
+    }
+
+    fn check_blocked(
+        &self,
+        slot: Slot,
+        current: &Snapshot,
+        over: Override,
+    ) -> Result<(), ControlError> {
+        let g = self.guard.lock().expect("guard lock is never poisoned");
+        let Some(blocked) = &g.view.blocked else {
+            return Ok(());
+        };
+        let same = blocked.slot == slot
+            && blocked.addr == current.upstream(slot).addr
+            && blocked.release == self.release(slot);
+        if same && !over.guard {
+            return Err(ControlError::Conflict(format!(
+                "release {} on {slot} was pulled back by the guard ({}); to try it again, send \"override_guard\": true",
+                blocked.release.as_deref().unwrap_or("(unknown)"),
+                g.view.reason.as_deref().unwrap_or("a breach")
+            )));
+        }
+        Ok(())
+    }
+
+    /// Runs the gate against `candidate`; a rollback does not ask the
+    /// release it leaves to read the candidate's writes (it may be the one
+    /// failing).
+    async fn gate(
+        &self,
+        candidate: Slot,
+        current: &Snapshot,
+        rollback: bool,
+        refused: EventKind,
+    ) -> Result<(), ControlError> {
+        let config = self.config.load_full();
+        let scenarios = if config.scenarios.is_empty() {
+            vec![health_scenario(&config.health.path)]
+        } else {
+            config.scenarios.clone()
+        };
         let active = current.active;
         let targets = Targets {
             candidate: current.upstream(candidate).addr,
-            active: current
-                .is_healthy(active)
+            active: (!rollback && current.is_healthy(active))
                 .then(|| current.upstream(active).addr),
         };
-        let result = gate::run(&self.prober, &self.scenarios, &self.config.gate, targets).await;
+        let result = gate::run(&self.prober, &scenarios, &config.gate, targets).await;
         let report = ProbeReport {
             ok: result.is_ok(),
             at: OffsetDateTime::now_utc(),
@@ -182,10 +599,26 @@ impl Controller {
         *self.last_probe[candidate.index()]
             .lock()
             .expect("probe report lock is never poisoned") = Some(report);
+        for scenario in &scenarios {
+            let failed = result
+                .as_ref()
+                .err()
+                .is_some_and(|f| f.scenario == scenario.name);
+            self.metrics.probe_result(&scenario.name, !failed);
+        }
         match result {
             Ok(()) => Ok(()),
             Err(failure) => {
-                tracing::warn!(%candidate, %failure, "switch refused");
+                self.metrics.refused_switches.inc();
+                self.events.record(
+                    Event::new(refused, format!("{candidate} refused: {failure}"))
+                        .from_slot(active)
+                        .to_slot(candidate)
+                        .releases([self.release(active), self.release(candidate)])
+                        .detail(
+                            serde_json::to_value(&failure).expect("a probe failure serializes"),
+                        ),
+                );
                 Err(ControlError::Refused(failure))
             }
         }
@@ -194,7 +627,10 @@ impl Controller {
     async fn commit_switch(
         &self,
         to: Slot,
-        why: &'static str,
+        kind: EventKind,
+        reason: String,
+        detail: serde_json::Value,
+        bake: bool,
     ) -> Result<Arc<Snapshot>, ControlError> {
         let current = self.router.load_full();
         let from = current.active;
@@ -204,10 +640,9 @@ impl Controller {
             current.upstream(Slot::Green).addr,
         ];
         self.persist(&PersistedState::new(to, Some(from), addrs, Some(now)))?;
+        let config = self.config.load_full();
         // The gate just exercised it; the release label is worth refreshing.
-        if let Ok(release) =
-            health::check(&self.prober, addrs[to.index()], &self.config.health).await
-        {
+        if let Ok(release) = health::check(&self.prober, addrs[to.index()], &config.health).await {
             self.health.set_release(to, release);
         }
         let next = self.router.update(|snap| {
@@ -216,14 +651,38 @@ impl Controller {
             next.previous = Some(from);
             next.healthy[to.index()] = true;
             next.last_switch = Some(now);
+            next.canary = None;
             next
         });
-        tracing::info!(%from, %to, "{why}: traffic moved");
+        {
+            let mut g = self.guard.lock().expect("guard lock is never poisoned");
+            g.canary_since = None;
+            let bake_for = config.guard.bake;
+            g.bake = (bake && !bake_for.is_zero())
+                .then(|| (to, Instant::now(), Instant::now() + bake_for));
+            g.view.bake_until = g.bake.map(|_| now + bake_for);
+            if kind != EventKind::GuardRollback {
+                g.view.aborted = false;
+            }
+        }
+        match kind {
+            EventKind::Rollback | EventKind::GuardRollback => self.metrics.rollbacks.inc(),
+            _ => self.metrics.switches.inc(),
+        };
+        self.metrics.set_routing(to, 0);
+        tracing::info!(%from, %to, "traffic moved: {reason}");
+        self.events.record(
+            Event::new(kind, reason)
+                .from_slot(from)
+                .to_slot(to)
+                .releases([self.release(from), self.release(to)])
+                .detail(detail),
+        );
         Ok(next)
     }
 
     fn persist(&self, state: &PersistedState) -> Result<(), ControlError> {
-        state::save(&self.config.state_file(), state).map_err(ControlError::Persist)
+        state::save(&self.config.load().state_file(), state).map_err(ControlError::Persist)
     }
 }
 

@@ -38,6 +38,10 @@ pub enum UpstreamError {
     Failed(String),
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    #[error("the request body is too large")]
+    TooLarge,
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
 }
 
 impl UpstreamError {
@@ -46,6 +50,8 @@ impl UpstreamError {
             UpstreamError::Connect(_) | UpstreamError::Failed(_) => StatusCode::BAD_GATEWAY,
             UpstreamError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             UpstreamError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            UpstreamError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            UpstreamError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -57,6 +63,8 @@ impl UpstreamError {
             }
             UpstreamError::Timeout => "504 gateway timeout: the service did not answer in time\n",
             UpstreamError::BadRequest(why) => why,
+            UpstreamError::TooLarge => "413 payload too large\n",
+            UpstreamError::BodyTimeout => "408 request timeout: the body did not arrive in time\n",
         }
     }
 }

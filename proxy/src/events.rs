@@ -204,7 +204,13 @@ impl EventLog {
     /// Events with `seq > since`, oldest first, at most `limit`.
     pub fn since(&self, since: u64, limit: usize) -> Vec<Event> {
         let inner = self.inner.lock().expect("event log lock is never poisoned");
-        inner.recent.iter().filter(|e| e.seq > since).take(limit).cloned().collect()
+        inner
+            .recent
+            .iter()
+            .filter(|e| e.seq > since)
+            .take(limit)
+            .cloned()
+            .collect()
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
@@ -221,7 +227,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("events.jsonl");
         let log = EventLog::open(&path).expect("open");
-        log.record(Event::new(EventKind::Switch, "one").from_slot(Slot::Blue).to_slot(Slot::Green));
+        log.record(
+            Event::new(EventKind::Switch, "one")
+                .from_slot(Slot::Blue)
+                .to_slot(Slot::Green),
+        );
         log.record(Event::new(EventKind::Rollback, "two"));
         drop(log);
         let mut text = std::fs::read_to_string(&path).expect("read");

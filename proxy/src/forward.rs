@@ -1,35 +1,61 @@
 //! The request path of the public listener: load the routing snapshot once,
-//! pick the upstream, rewrite the headers, send through the slot's pooled
-//! client, and stream the answer back. Nothing here blocks or buffers a body.
+//! pick the slot, rewrite the headers, send through the slot's pooled
+//! client, and stream the answer back; retry once on the other slot when
+//! that is safe. Nothing here blocks or buffers a body.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http::header::{self, HeaderValue};
-use http::{Request, Response, Version};
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
-use crate::body::ProxyBody;
+use crate::body::{BodyShared, ProxyBody, RequestBody};
 use crate::error::UpstreamError;
 use crate::headers::{X_REQUEST_ID, ensure_request_id, set_forwarded, strip_hop_by_hop};
-use crate::routing::Router;
+use crate::health::Monitor;
+use crate::metrics::Metrics;
+use crate::routing::{Policy, Router};
+use crate::traffic::{FailureKind, Outcome, Traffic};
+use crate::upstream::Upstream;
 
 pub struct Forwarder {
     router: Arc<Router>,
-    response_timeout: Duration,
+    traffic: Arc<Traffic>,
+    metrics: Arc<Metrics>,
+    monitor: Arc<Monitor>,
+}
+
+/// One attempt's result: the response, or why there is none and whether
+/// the request may go to the other slot.
+enum Attempt {
+    Answered(Response<Incoming>),
+    Failed {
+        error: UpstreamError,
+        kind: Option<FailureKind>,
+        body: Option<Incoming>,
+    },
 }
 
 impl Forwarder {
-    pub fn new(router: Arc<Router>, response_timeout: Duration) -> Forwarder {
+    pub fn new(
+        router: Arc<Router>,
+        traffic: Arc<Traffic>,
+        metrics: Arc<Metrics>,
+        monitor: Arc<Monitor>,
+    ) -> Forwarder {
         Forwarder {
             router,
-            response_timeout,
+            traffic,
+            metrics,
+            monitor,
         }
     }
 
     /// Answers one user request; never fails, because every upstream
-    /// problem becomes a short 502/504 answer.
+    /// problem becomes a short 4xx/5xx answer.
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
         let started = Instant::now();
         let host = match request_host(&req) {
@@ -37,48 +63,72 @@ impl Forwarder {
             Err(e) => return local_error(&e, None),
         };
         let (mut parts, body) = req.into_parts();
+        // The only read of routing state for this request.
+        let (route, upstream, alternate, policy) = {
+            let snap = self.router.load();
+            let route = snap.route(&parts.headers);
+            let other = route.slot.other();
+            let alternate = (snap.policy.retry && snap.is_healthy(other))
+                .then(|| Arc::clone(snap.upstream(other)));
+            (
+                route,
+                Arc::clone(snap.upstream(route.slot)),
+                alternate,
+                Arc::clone(&snap.policy),
+            )
+        };
+        if let Some(length) = content_length(&parts)
+            && length > policy.max_body_bytes
+        {
+            return local_error(&UpstreamError::TooLarge, None);
+        }
         strip_hop_by_hop(&mut parts.headers);
         let request_id = ensure_request_id(&mut parts.headers);
+        let trusted = policy.trusted_hops.contains(&peer.ip());
         set_forwarded(
             &mut parts.headers,
             peer.ip(),
             Some(host.clone()),
             "http",
-            true,
+            trusted,
         );
         // HTTP/2 carries the host as `:authority`; the HTTP/1.1 upstream needs it as `Host`.
         parts.headers.entry(header::HOST).or_insert(host);
-
-        // The only read of routing state for this request.
-        let upstream = {
-            let snapshot = self.router.load();
-            Arc::clone(snapshot.upstream(snapshot.serving()))
-        };
-        parts.uri = upstream.uri_for(parts.uri.path_and_query());
         parts.version = Version::HTTP_11;
-        let in_flight = upstream.start_request();
-        let method = parts.method.clone();
-        let sent = tokio::time::timeout(
-            self.response_timeout,
-            upstream.client().request(Request::from_parts(parts, body)),
-        )
-        .await;
+        // Kept only when a retry is possible: the attempt consumes `parts`.
+        let retry_parts = alternate.as_ref().map(|_| parts.clone());
 
-        let result = match sent {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect(error_chain(&e))),
-            Ok(Err(e)) => Err(UpstreamError::Failed(error_chain(&e))),
-            Err(_) => Err(UpstreamError::Timeout),
+        let (result, answered_by) = match self.attempt(&upstream, parts, body, &policy).await {
+            Attempt::Answered(response) => (Ok(response), upstream),
+            Attempt::Failed { error, kind, body } => {
+                self.record_failure(&upstream, kind, &error);
+                match (alternate, retry_parts, body) {
+                    (Some(other), Some(parts), Some(body)) if may_retry(&parts.method, &error) => {
+                        tracing::info!(from = %upstream.slot, to = %other.slot, error = %error, "retrying on the other slot");
+                        self.metrics.retried();
+                        match self.attempt(&other, parts, body, &policy).await {
+                            Attempt::Answered(response) => (Ok(response), other),
+                            Attempt::Failed { error, kind, .. } => {
+                                self.record_failure(&other, kind, &error);
+                                (Err((error, kind)), other)
+                            }
+                        }
+                    }
+                    _ => (Err((error, kind)), upstream),
+                }
+            }
         };
-        match result {
-            Ok(response) => {
-                let (mut parts, body) = response.into_parts();
+        let latency = started.elapsed();
+        let slot = answered_by.slot;
+        let answer = match result {
+            Ok(answer) => {
+                let (mut parts, body) = answer.into_parts();
+                let outcome = Outcome::Answered(parts.status.as_u16());
+                self.traffic.record(slot, outcome, latency);
+                self.metrics.record(slot, outcome, latency.as_secs_f64());
                 strip_hop_by_hop(&mut parts.headers);
                 parts.headers.insert(&X_REQUEST_ID, request_id);
-                tracing::debug!(
-                    slot = %upstream.slot, %method, status = parts.status.as_u16(),
-                    latency_ms = started.elapsed().as_millis() as u64, "forwarded"
-                );
+                let in_flight = answered_by.start_request();
                 Response::from_parts(
                     parts,
                     ProxyBody::Upstream {
@@ -87,12 +137,135 @@ impl Forwarder {
                     },
                 )
             }
-            Err(e) => {
-                tracing::warn!(slot = %upstream.slot, upstream = %upstream.addr, %method, error = %e, "upstream failed");
-                local_error(&e, Some(request_id))
+            Err((error, kind)) => {
+                // A refused client body is the client's doing: not an upstream failure.
+                if let Some(kind) = kind {
+                    self.traffic.record(slot, Outcome::Failed(kind), latency);
+                    self.metrics
+                        .record(slot, Outcome::Failed(kind), latency.as_secs_f64());
+                }
+                local_error(&error, Some(request_id))
             }
+        };
+        with_bucket_cookie(answer, route.new_bucket, &policy.canary.cookie)
+    }
+
+    async fn attempt(
+        &self,
+        upstream: &Arc<Upstream>,
+        mut parts: Parts,
+        body: Incoming,
+        policy: &Policy,
+    ) -> Attempt {
+        parts.uri = upstream.uri_for(parts.uri.path_and_query());
+        let (body, shared) = RequestBody::new(body, policy.max_body_bytes, policy.body_timeout);
+        let _in_flight = upstream.start_request();
+        let sent = tokio::time::timeout(
+            policy.response_timeout,
+            upstream.client().request(Request::from_parts(parts, body)),
+        )
+        .await;
+        match sent {
+            Ok(Ok(response)) => {
+                upstream.passive_success();
+                Attempt::Answered(response)
+            }
+            Ok(Err(e)) => classify(&e, &shared),
+            Err(_) => Attempt::Failed {
+                error: UpstreamError::Timeout,
+                kind: Some(FailureKind::Timeout),
+                body: None,
+            },
         }
     }
+
+    fn record_failure(
+        &self,
+        upstream: &Upstream,
+        kind: Option<FailureKind>,
+        error: &UpstreamError,
+    ) {
+        tracing::warn!(slot = %upstream.slot, upstream = %upstream.addr, error = %error, "upstream failed");
+        if matches!(kind, Some(FailureKind::Connect | FailureKind::Reset)) {
+            self.metrics
+                .upstream_failure(upstream.slot, kind.expect("matched above"));
+            let consecutive = upstream.passive_failure();
+            self.monitor.passive_failure(
+                upstream.slot,
+                upstream.addr,
+                consecutive,
+                &error.to_string(),
+            );
+        }
+    }
+}
+
+/// Sorts a client error: a refused connection never reached the upstream
+/// (the body is still unread, safe to resend anywhere); a reset before any
+/// answer is retried for idempotent methods only; a refused client body is
+/// the client's fault, not the upstream's.
+fn classify(e: &hyper_util::client::legacy::Error, shared: &BodyShared) -> Attempt {
+    if shared.too_large() {
+        return Attempt::Failed {
+            error: UpstreamError::TooLarge,
+            kind: None,
+            body: None,
+        };
+    }
+    if shared.timed_out() {
+        return Attempt::Failed {
+            error: UpstreamError::BodyTimeout,
+            kind: None,
+            body: None,
+        };
+    }
+    let body = shared.take_unsent();
+    if e.is_connect() {
+        Attempt::Failed {
+            error: UpstreamError::Connect(error_chain(e)),
+            kind: Some(FailureKind::Connect),
+            body,
+        }
+    } else {
+        Attempt::Failed {
+            error: UpstreamError::Failed(error_chain(e)),
+            kind: Some(FailureKind::Reset),
+            body,
+        }
+    }
+}
+
+fn may_retry(method: &Method, error: &UpstreamError) -> bool {
+    match error {
+        UpstreamError::Connect(_) => true,
+        UpstreamError::Failed(_) => method.is_idempotent(),
+        _ => false,
+    }
+}
+
+fn content_length(parts: &Parts) -> Option<u64> {
+    parts
+        .headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn with_bucket_cookie(
+    mut response: Response<ProxyBody>,
+    bucket: Option<u8>,
+    name: &str,
+) -> Response<ProxyBody> {
+    if let Some(bucket) = bucket
+        && let Ok(value) = HeaderValue::from_str(&format!(
+            "{name}={bucket}; Path=/; Max-Age=2592000; HttpOnly; SameSite=Lax"
+        ))
+    {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+    response
 }
 
 /// The host the client addressed: exactly one valid `Host` header, or the
@@ -121,7 +294,7 @@ fn request_host(req: &Request<Incoming>) -> Result<HeaderValue, UpstreamError> {
         .ok()
         .filter(|h| !h.is_empty())
         .and_then(|h| h.parse::<http::uri::Authority>().ok())
-        .is_some_and(|a| a.as_str().find('@').is_none());
+        .is_some_and(|a| !a.as_str().contains('@'));
     if valid {
         Ok(host)
     } else {
@@ -138,6 +311,14 @@ pub fn local_error(e: &UpstreamError, request_id: Option<HeaderValue>) -> Respon
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    if e.status_code() == StatusCode::PAYLOAD_TOO_LARGE
+        || e.status_code() == StatusCode::REQUEST_TIMEOUT
+    {
+        // The rest of the client's body is unread: the connection cannot be reused.
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     if let Some(id) = request_id {
         response.headers_mut().insert(&X_REQUEST_ID, id);
     }

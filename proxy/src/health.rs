@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use time::OffsetDateTime;
 
 use crate::config::Health;
+use crate::events::{Event, EventKind, EventLog};
 use crate::probe::Prober;
 use crate::routing::Router;
 use crate::slot::Slot;
@@ -124,62 +125,122 @@ pub async fn check(
         }))
 }
 
-/// Checks both slots every interval until `shutdown` resolves.
-pub async fn run(
-    router: Arc<Router>,
-    table: Arc<HealthTable>,
-    prober: Prober,
-    cfg: Health,
-    shutdown: tokio::sync::watch::Receiver<bool>,
-) {
-    let mut ticker = tokio::time::interval(cfg.interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut shutdown = shutdown;
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = shutdown.changed() => return,
-        }
-        let addrs = {
-            let snap = router.load();
-            [
-                snap.upstream(Slot::Blue).addr,
-                snap.upstream(Slot::Green).addr,
-            ]
-        };
-        let (blue, green) = tokio::join!(
-            check(&prober, addrs[0], &cfg),
-            check(&prober, addrs[1], &cfg)
-        );
-        for (slot, result) in [(Slot::Blue, blue), (Slot::Green, green)] {
-            apply(&router, &table, slot, addrs[slot.index()], &result, &cfg);
-        }
-    }
+/// The health verdicts' writer: the background checker and the request
+/// path's passive detection both go through it, so a flip is stored, logged
+/// and recorded as an event the same way whoever saw it.
+pub struct Monitor {
+    pub router: Arc<Router>,
+    pub table: Arc<HealthTable>,
+    pub events: Arc<EventLog>,
+    pub cfg: Health,
 }
 
-/// Records a result and, on a flip, stores a snapshot with the new verdict.
-pub fn apply(
-    router: &Router,
-    table: &HealthTable,
-    slot: Slot,
-    addr: SocketAddr,
-    result: &Result<Option<String>, String>,
-    cfg: &Health,
-) {
-    let currently = router.load().is_healthy(slot);
-    let Some(up) = table.record(slot, addr, result, currently, cfg) else {
-        return;
-    };
-    router.update(|snap| {
-        let mut next = snap.to_builder();
-        // Only if the address checked is still the slot's address.
-        if snap.upstream(slot).addr == addr {
-            next.healthy[slot.index()] = up;
+impl Monitor {
+    /// Checks both slots every interval until `shutdown` changes.
+    pub async fn run(
+        self: Arc<Self>,
+        prober: Prober,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut ticker = tokio::time::interval(self.cfg.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let addrs = {
+                let snap = self.router.load();
+                [
+                    snap.upstream(Slot::Blue).addr,
+                    snap.upstream(Slot::Green).addr,
+                ]
+            };
+            let (blue, green) = tokio::join!(
+                check(&prober, addrs[0], &self.cfg),
+                check(&prober, addrs[1], &self.cfg)
+            );
+            for (slot, result) in [(Slot::Blue, blue), (Slot::Green, green)] {
+                let addr = addrs[slot.index()];
+                let currently = self.router.load().is_healthy(slot);
+                if let Some(up) = self.table.record(slot, addr, &result, currently, &self.cfg) {
+                    let why = match &result {
+                        Ok(_) => format!("{} consecutive checks passed", self.cfg.rise),
+                        Err(e) => format!("{} consecutive checks failed; last: {e}", self.cfg.fall),
+                    };
+                    self.flip(slot, addr, up, why);
+                }
+            }
         }
-        next
-    });
-    match result {
-        Ok(_) => tracing::info!(%slot, %addr, "slot is up"),
-        Err(e) => tracing::warn!(%slot, %addr, error = %e, "slot is down"),
+    }
+
+    /// A user request could not connect or was reset: after `passive_fall`
+    /// in a row, the slot is down at once (the checker brings it back).
+    pub fn passive_failure(&self, slot: Slot, addr: SocketAddr, consecutive: u32, error: &str) {
+        if consecutive >= self.cfg.passive_fall && self.router.load().is_healthy(slot) {
+            self.table
+                .record(slot, addr, &Err(error.to_string()), false, &self.cfg);
+            self.flip(
+                slot,
+                addr,
+                false,
+                format!("{consecutive} user requests in a row failed: {error}"),
+            );
+        }
+    }
+
+    /// Stores the new verdict (if the address is still the slot's) and
+    /// records the flip, and a failover or failback when it changes where
+    /// users go.
+    fn flip(&self, slot: Slot, addr: SocketAddr, up: bool, why: String) {
+        let mut changed = None;
+        self.router.update(|snap| {
+            let mut next = snap.to_builder();
+            if snap.upstream(slot).addr == addr && snap.is_healthy(slot) != up {
+                next.healthy[slot.index()] = up;
+                changed = Some((snap.serving(), next.serving()));
+            } else {
+                changed = None;
+            }
+            next
+        });
+        let Some((serving_before, serving_after)) = changed else {
+            return;
+        };
+        let release = self.table.get(slot).release;
+        let kind = if up {
+            EventKind::UpstreamUp
+        } else {
+            EventKind::UpstreamDown
+        };
+        let events = Arc::clone(&self.events);
+        let mut list = vec![
+            Event::new(kind, why)
+                .to_slot(slot)
+                .releases([release])
+                .detail(serde_json::json!({ "addr": addr })),
+        ];
+        if serving_before != serving_after {
+            let snap = self.router.load();
+            let kind = if serving_after == snap.active {
+                EventKind::Failback
+            } else {
+                EventKind::Failover
+            };
+            list.push(
+                Event::new(
+                    kind,
+                    format!("users now go to {serving_after} (active: {})", snap.active),
+                )
+                .from_slot(serving_before)
+                .to_slot(serving_after),
+            );
+        }
+        // The log's file write must not stall a request or the checker.
+        tokio::task::spawn_blocking(move || {
+            for event in list {
+                events.record(event);
+            }
+        });
     }
 }

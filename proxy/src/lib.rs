@@ -19,10 +19,12 @@ pub mod error;
 pub mod events;
 pub mod forward;
 pub mod gate;
+pub mod guard;
 pub mod headers;
-pub mod metrics;
 pub mod health;
+pub mod metrics;
 pub mod probe;
+pub mod reload;
 pub mod routing;
 pub mod server;
 pub mod slot;
@@ -31,6 +33,7 @@ pub mod traffic;
 pub mod upstream;
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -40,12 +43,16 @@ use crate::auth::AdminToken;
 use crate::config::Config;
 use crate::control::Controller;
 use crate::error::ProxyError;
+use crate::events::EventLog;
 use crate::forward::Forwarder;
 use crate::health::HealthTable;
+use crate::health::Monitor;
+use crate::metrics::Metrics;
 use crate::probe::Prober;
-use crate::routing::{Router, Snapshot};
+use crate::routing::{Policy, Router, Snapshot};
 use crate::server::Drain;
 use crate::slot::Slot;
+use crate::traffic::Traffic;
 use crate::upstream::Upstream;
 
 /// The bound listeners, so callers (and tests) can bind port 0 first.
@@ -55,35 +62,51 @@ pub struct Listeners {
 }
 
 /// Runs the proxy until `shutdown` resolves, then drains and returns.
+/// `config_path` is what a reload (SIGHUP, `POST /reload`) reads again.
 pub async fn run(
     config: Config,
+    config_path: PathBuf,
     listeners: Listeners,
     token: AdminToken,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ProxyError> {
     let config = Arc::new(config);
+    let events = Arc::new(EventLog::open(&config.data_dir.join("events.jsonl"))?);
     let prober = Prober::new(config.timeouts.connect, config.gate.request_timeout);
     let health = Arc::new(HealthTable::default());
     let router = Arc::new(restore(&config, &prober, &health).await?);
+    let traffic = Arc::new(Traffic::new());
+    let metrics = Arc::new(Metrics::new());
+    let monitor = Arc::new(Monitor {
+        router: Arc::clone(&router),
+        table: Arc::clone(&health),
+        events: Arc::clone(&events),
+        cfg: config.health.clone(),
+    });
+    let controller = Arc::new(Controller::new(control::Parts {
+        router: Arc::clone(&router),
+        health: Arc::clone(&health),
+        prober: prober.clone(),
+        config: Arc::clone(&config),
+        events: Arc::clone(&events),
+        metrics: Arc::clone(&metrics),
+        traffic: Arc::clone(&traffic),
+    }));
 
+    // One shutdown path: every background task watches this.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let checker = tokio::spawn(health::run(
-        Arc::clone(&router),
-        Arc::clone(&health),
-        prober.clone(),
-        config.health.clone(),
+    let checker = tokio::spawn(Arc::clone(&monitor).run(prober, stop_rx.clone()));
+    let guard = tokio::spawn(guard::run(Arc::clone(&controller), stop_rx.clone()));
+    let reloader = tokio::spawn(reload_on_sighup(
+        Arc::clone(&controller),
+        config_path.clone(),
         stop_rx.clone(),
     ));
 
-    let controller = Arc::new(Controller::new(
-        Arc::clone(&router),
-        Arc::clone(&health),
-        prober,
-        Arc::clone(&config),
-    ));
     let admin_app = admin::app(AdminState {
-        controller,
+        controller: Arc::clone(&controller),
         token: Arc::new(token),
+        config_path: Arc::new(config_path),
     });
     let mut admin_stop = stop_rx.clone();
     let admin = tokio::spawn(async move {
@@ -97,7 +120,9 @@ pub async fn run(
 
     let forwarder = Arc::new(Forwarder::new(
         Arc::clone(&router),
-        config.timeouts.response_header,
+        traffic,
+        metrics,
+        monitor,
     ));
     let drain = server::serve(
         listeners.public,
@@ -115,13 +140,37 @@ pub async fn run(
             "grace period over: cut the connections still open"
         ),
     }
-    let _ = checker.await;
+    let _ = tokio::join!(checker, guard, reloader);
     match tokio::time::timeout(config.timeouts.shutdown_grace, admin).await {
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "admin listener failed"),
         Err(_) => tracing::warn!("admin listener did not stop in time"),
         _ => {}
     }
     Ok(())
+}
+
+async fn reload_on_sighup(
+    controller: Arc<Controller>,
+    path: PathBuf,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(hup) => hup,
+        Err(e) => {
+            tracing::warn!(error = %e, "no SIGHUP handler: reload with POST /reload");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading {}", path.display());
+                let _ = reload::reload(&controller, &path);
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
 }
 
 /// The first snapshot: from the state file when there is one, else from the
@@ -171,5 +220,7 @@ async fn restore(
         upstreams: Slot::ALL.map(|slot| Upstream::new(slot, addrs[slot.index()], &config.timeouts)),
         healthy,
         last_switch,
+        canary: None,
+        policy: Arc::new(Policy::from_config(config)),
     }))
 }

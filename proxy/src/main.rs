@@ -88,6 +88,7 @@ async fn start(config_path: PathBuf) -> Result<(), ProxyError> {
     tracing::info!(config = %config_path.display(), "proxy started");
     run(
         config,
+        config_path,
         Listeners { public, admin },
         token,
         shutdown_signal(),

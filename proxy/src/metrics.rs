@@ -17,7 +17,11 @@ use crate::traffic::{FailureKind, Outcome};
 type Labels = Vec<(&'static str, String)>;
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-const KINDS: [FailureKind; 3] = [FailureKind::Connect, FailureKind::Timeout, FailureKind::Reset];
+const KINDS: [FailureKind; 3] = [
+    FailureKind::Connect,
+    FailureKind::Timeout,
+    FailureKind::Reset,
+];
 
 pub struct Metrics {
     registry: Registry,
@@ -48,7 +52,11 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("bluegreen");
         let requests_family = Family::<Labels, Counter>::default();
-        registry.register("requests", "User requests by slot and status class", requests_family.clone());
+        registry.register(
+            "requests",
+            "User requests by slot and status class",
+            requests_family.clone(),
+        );
         let failures_family = Family::<Labels, Counter>::default();
         registry.register(
             "upstream_failures",
@@ -58,36 +66,91 @@ impl Metrics {
         let latency_family = Family::<Labels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
         });
-        registry.register("request_duration_seconds", "Time to the upstream's response headers, by slot", latency_family.clone());
+        registry.register(
+            "request_duration_seconds",
+            "Time to the upstream's response headers, by slot",
+            latency_family.clone(),
+        );
 
         let requests = Slot::ALL.map(|slot| {
-            CLASSES.map(|class| requests_family.get_or_create_owned(&vec![("slot", slot.to_string()), ("class", class.to_string())]))
+            CLASSES.map(|class| {
+                requests_family.get_or_create_owned(&vec![
+                    ("slot", slot.to_string()),
+                    ("class", class.to_string()),
+                ])
+            })
         });
         let upstream_failures = Slot::ALL.map(|slot| {
-            KINDS.map(|kind| failures_family.get_or_create_owned(&vec![("slot", slot.to_string()), ("kind", kind.as_str().to_string())]))
+            KINDS.map(|kind| {
+                failures_family.get_or_create_owned(&vec![
+                    ("slot", slot.to_string()),
+                    ("kind", kind.as_str().to_string()),
+                ])
+            })
         });
-        let latency = Slot::ALL.map(|slot| latency_family.get_or_create_owned(&vec![("slot", slot.to_string())]));
+        let latency = Slot::ALL
+            .map(|slot| latency_family.get_or_create_owned(&vec![("slot", slot.to_string())]));
 
         let retries = Counter::default();
-        registry.register("retries", "User requests retried on the other slot", retries.clone());
+        registry.register(
+            "retries",
+            "User requests retried on the other slot",
+            retries.clone(),
+        );
         let active = Family::<Labels, Gauge>::default();
-        registry.register("active_slot", "1 for the slot recorded as active", active.clone());
+        registry.register(
+            "active_slot",
+            "1 for the slot recorded as active",
+            active.clone(),
+        );
         let canary_percent = Gauge::default();
-        registry.register("canary_percent", "Share of user traffic sent to the canary slot", canary_percent.clone());
+        registry.register(
+            "canary_percent",
+            "Share of user traffic sent to the canary slot",
+            canary_percent.clone(),
+        );
         let switches = Counter::default();
-        registry.register("switches", "Switches and promotions that moved traffic", switches.clone());
+        registry.register(
+            "switches",
+            "Switches and promotions that moved traffic",
+            switches.clone(),
+        );
         let refused_switches = Counter::default();
-        registry.register("refused_switches", "Switches, rollbacks and canaries refused by the probe gate", refused_switches.clone());
+        registry.register(
+            "refused_switches",
+            "Switches, rollbacks and canaries refused by the probe gate",
+            refused_switches.clone(),
+        );
         let aborts = Counter::default();
-        registry.register("canary_aborts", "Canaries aborted, by an operator or the guard", aborts.clone());
+        registry.register(
+            "canary_aborts",
+            "Canaries aborted, by an operator or the guard",
+            aborts.clone(),
+        );
         let rollbacks = Counter::default();
-        registry.register("rollbacks", "Rollbacks, by an operator or the guard", rollbacks.clone());
+        registry.register(
+            "rollbacks",
+            "Rollbacks, by an operator or the guard",
+            rollbacks.clone(),
+        );
         let probe_results = Family::<Labels, Counter>::default();
-        registry.register("probe_results", "Probe scenario runs by scenario and result", probe_results.clone());
+        registry.register(
+            "probe_results",
+            "Probe scenario runs by scenario and result",
+            probe_results.clone(),
+        );
         let budget_used_minutes = Gauge::<f64, AtomicU64>::default();
-        registry.register("error_budget_used_minutes", "Bad minutes counted against the SLA this year", budget_used_minutes.clone());
+        registry.register(
+            "error_budget_used_minutes",
+            "Bad minutes counted against the SLA this year",
+            budget_used_minutes.clone(),
+        );
         let budget_left_minutes = Gauge::<f64, AtomicU64>::default();
-        registry.register("error_budget_left_minutes", "Minutes of downtime the SLA still allows this year", budget_left_minutes.clone());
+        registry.register(
+            "error_budget_left_minutes",
+            "Minutes of downtime the SLA still allows this year",
+            budget_left_minutes.clone(),
+        );
 
         Metrics {
             registry,
@@ -116,12 +179,19 @@ impl Metrics {
                 self.requests[s][class].inc();
                 self.latency[s].observe(latency_seconds);
             }
-            Outcome::Failed(kind) => {
+            Outcome::Failed(_) => {
                 self.requests[s][4].inc();
-                let k = KINDS.iter().position(|x| *x == kind).expect("every kind is listed");
-                self.upstream_failures[s][k].inc();
             }
-        }
+        };
+    }
+
+    /// Counts one failed attempt on an upstream, retried or not.
+    pub fn upstream_failure(&self, slot: Slot, kind: FailureKind) {
+        let k = KINDS
+            .iter()
+            .position(|x| *x == kind)
+            .expect("every kind is listed");
+        self.upstream_failures[slot.index()][k].inc();
     }
 
     pub fn retried(&self) {
@@ -139,7 +209,10 @@ impl Metrics {
 
     pub fn probe_result(&self, scenario: &str, ok: bool) {
         self.probe_results
-            .get_or_create(&vec![("scenario", scenario.to_string()), ("result", if ok { "pass" } else { "fail" }.to_string())])
+            .get_or_create(&vec![
+                ("scenario", scenario.to_string()),
+                ("result", if ok { "pass" } else { "fail" }.to_string()),
+            ])
             .inc();
     }
 

@@ -166,9 +166,10 @@ impl Traffic {
             }
             Outcome::Answered(_) => {}
         }
-        bucket
-            .latency_us
-            .fetch_add(latency.as_micros().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+        bucket.latency_us.fetch_add(
+            latency.as_micros().min(u64::MAX as u128) as u64,
+            Ordering::Relaxed,
+        );
     }
 
     /// The last `window` (whole seconds, the current one included) of `slot`.
@@ -206,10 +207,22 @@ mod tests {
     fn counts_outcomes_per_slot_in_the_window() {
         let t = Traffic::new();
         for _ in 0..8 {
-            t.record(Slot::Green, Outcome::Answered(200), Duration::from_millis(2));
+            t.record(
+                Slot::Green,
+                Outcome::Answered(200),
+                Duration::from_millis(2),
+            );
         }
-        t.record(Slot::Green, Outcome::Answered(503), Duration::from_millis(2));
-        t.record(Slot::Green, Outcome::Failed(FailureKind::Connect), Duration::ZERO);
+        t.record(
+            Slot::Green,
+            Outcome::Answered(503),
+            Duration::from_millis(2),
+        );
+        t.record(
+            Slot::Green,
+            Outcome::Failed(FailureKind::Connect),
+            Duration::ZERO,
+        );
         t.record(Slot::Blue, Outcome::Answered(404), Duration::ZERO);
         let green = t.window(Slot::Green, Duration::from_secs(30));
         assert_eq!(green.count, 10);
@@ -217,6 +230,12 @@ mod tests {
         assert_eq!(green.upstream_failures, 1);
         assert!((green.failure_ratio() - 0.2).abs() < 1e-9);
         assert_eq!(t.window(Slot::Blue, Duration::from_secs(30)).failures(), 0);
-        assert_eq!(t.totals(Slot::Green), Totals { requests: 10, failures: 2 });
+        assert_eq!(
+            t.totals(Slot::Green),
+            Totals {
+                requests: 10,
+                failures: 2
+            }
+        );
     }
 }

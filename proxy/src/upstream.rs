@@ -3,15 +3,15 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use http::Uri;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use crate::body::RequestBody;
 use crate::config::Timeouts;
 use crate::slot::Slot;
 
@@ -22,10 +22,13 @@ pub struct Upstream {
     pub slot: Slot,
     pub addr: SocketAddr,
     authority: Authority,
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, RequestBody>,
     /// Requests sent and not yet finished (the response body streamed to the
     /// end or dropped). Written only through `InFlight`.
     in_flight: AtomicUsize,
+    /// Connect failures and resets on user requests since the last success;
+    /// written by the forwarder, for passive down-marking.
+    passive_failures: AtomicU32,
 }
 
 impl Upstream {
@@ -48,10 +51,11 @@ impl Upstream {
             authority,
             client,
             in_flight: AtomicUsize::new(0),
+            passive_failures: AtomicU32::new(0),
         })
     }
 
-    pub fn client(&self) -> &Client<HttpConnector, Incoming> {
+    pub fn client(&self) -> &Client<HttpConnector, RequestBody> {
         &self.client
     }
 
@@ -71,6 +75,19 @@ impl Upstream {
 
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts a connect failure or reset; returns the consecutive count.
+    pub fn passive_failure(&self) -> u32 {
+        self.passive_failures.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    pub fn passive_success(&self) {
+        // A load first: the common case (no failures) then writes nothing,
+        // so busy upstreams do not bounce a cache line between cores.
+        if self.passive_failures.load(Ordering::Relaxed) != 0 {
+            self.passive_failures.store(0, Ordering::Relaxed);
+        }
     }
 
     pub fn start_request(self: &Arc<Self>) -> InFlight {

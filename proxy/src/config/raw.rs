@@ -11,8 +11,9 @@ use http::{HeaderName, Method, StatusCode};
 use serde::Deserialize;
 
 use super::{
-    CanaryCfg, Capture, Config, Forwarding, Gate, GuardCfg, Health, IncidentsCfg, Limits, NotifyCfg, Problem,
-    Scenario, SlaCfg, Step, StepBody, StepTarget, Timeouts, Webhook, defaults as d,
+    CanaryCfg, Capture, Config, Forwarding, Gate, GuardCfg, Health, IncidentsCfg, Limits,
+    NotifyCfg, Problem, Scenario, SlaCfg, Step, StepBody, StepTarget, Timeouts, Webhook,
+    defaults as d,
 };
 use crate::slot::Slot;
 
@@ -333,41 +334,74 @@ impl RawConfig {
         };
 
         let mut trusted_hops = Vec::new();
-        for (i, hop) in self.forwarding.trusted_hops.clone().unwrap_or_else(|| d::TRUSTED_HOPS.iter().map(|s| s.to_string()).collect()).iter().enumerate() {
+        for (i, hop) in self
+            .forwarding
+            .trusted_hops
+            .clone()
+            .unwrap_or_else(|| d::TRUSTED_HOPS.iter().map(|s| s.to_string()).collect())
+            .iter()
+            .enumerate()
+        {
             match hop.parse::<std::net::IpAddr>() {
                 Ok(ip) => trusted_hops.push(ip),
-                Err(_) => p.push(format!("forwarding.trusted_hops[{i}]"), format!("{hop:?} is not an IP address")),
+                Err(_) => p.push(
+                    format!("forwarding.trusted_hops[{i}]"),
+                    format!("{hop:?} is not an IP address"),
+                ),
             }
         }
-        let forwarding = Forwarding { trusted_hops, retry: self.forwarding.retry.unwrap_or(true) };
+        let forwarding = Forwarding {
+            trusted_hops,
+            retry: self.forwarding.retry.unwrap_or(true),
+        };
 
         let c = &self.canary;
-        let header_name = |p: &mut Problems, key: &str, v: &Option<String>, default: &str| -> HeaderName {
-            match HeaderName::from_bytes(v.as_deref().unwrap_or(default).as_bytes()) {
-                Ok(h) => h,
-                Err(_) => {
-                    p.push(key, "not a header name");
-                    HeaderName::from_bytes(default.as_bytes()).expect("default header names are valid")
+        let header_name =
+            |p: &mut Problems, key: &str, v: &Option<String>, default: &str| -> HeaderName {
+                match HeaderName::from_bytes(v.as_deref().unwrap_or(default).as_bytes()) {
+                    Ok(h) => h,
+                    Err(_) => {
+                        p.push(key, "not a header name");
+                        HeaderName::from_bytes(default.as_bytes())
+                            .expect("default header names are valid")
+                    }
                 }
-            }
-        };
-        let cookie_name = |p: &mut Problems, key: &str, v: &Option<String>, default: &str| -> String {
-            let name = v.clone().unwrap_or_else(|| default.to_string());
-            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
-                p.push(key, "a cookie name is letters, digits, '_' and '-'");
-            }
-            name
-        };
+            };
+        let cookie_name =
+            |p: &mut Problems, key: &str, v: &Option<String>, default: &str| -> String {
+                let name = v.clone().unwrap_or_else(|| default.to_string());
+                if name.is_empty()
+                    || !name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                {
+                    p.push(key, "a cookie name is letters, digits, '_' and '-'");
+                }
+                name
+            };
         let canary = CanaryCfg {
             cookie: cookie_name(&mut p, "canary.cookie", &c.cookie, d::CANARY_COOKIE),
-            preview_header: header_name(&mut p, "canary.preview_header", &c.preview_header, d::PREVIEW_HEADER),
-            preview_cookie: cookie_name(&mut p, "canary.preview_cookie", &c.preview_cookie, d::PREVIEW_COOKIE),
+            preview_header: header_name(
+                &mut p,
+                "canary.preview_header",
+                &c.preview_header,
+                d::PREVIEW_HEADER,
+            ),
+            preview_cookie: cookie_name(
+                &mut p,
+                "canary.preview_cookie",
+                &c.preview_cookie,
+                d::PREVIEW_COOKIE,
+            ),
             preview_secret: c.preview_secret.clone().filter(|s| !s.is_empty()),
         };
         if let Some(secret) = &canary.preview_secret
             && secret.len() < 16
         {
-            p.push("canary.preview_secret", "at least 16 characters: it is a password");
+            p.push(
+                "canary.preview_secret",
+                "at least 16 characters: it is a password",
+            );
         }
 
         let gd = &self.guard;
@@ -382,48 +416,100 @@ impl RawConfig {
         let guard = GuardCfg {
             window: p.millis("guard.window_ms", gd.window_ms, d::GUARD_WINDOW_MS),
             interval: p.millis("guard.interval_ms", gd.interval_ms, d::GUARD_INTERVAL_MS),
-            max_failure_ratio: ratio(&mut p, "guard.max_failure_ratio", gd.max_failure_ratio, d::GUARD_MAX_FAILURE_RATIO),
+            max_failure_ratio: ratio(
+                &mut p,
+                "guard.max_failure_ratio",
+                gd.max_failure_ratio,
+                d::GUARD_MAX_FAILURE_RATIO,
+            ),
             margin: ratio(&mut p, "guard.margin", gd.margin, d::GUARD_MARGIN),
-            min_requests: p.at_least_one("guard.min_requests", gd.min_requests, d::GUARD_MIN_REQUESTS),
+            min_requests: p.at_least_one(
+                "guard.min_requests",
+                gd.min_requests,
+                d::GUARD_MIN_REQUESTS,
+            ),
             bake: Duration::from_millis(gd.bake_ms.unwrap_or(d::GUARD_BAKE_MS)),
         };
         if guard.window > Duration::from_secs(crate::traffic::MAX_WINDOW_SECS) {
-            p.push("guard.window_ms", format!("at most {} seconds", crate::traffic::MAX_WINDOW_SECS));
+            p.push(
+                "guard.window_ms",
+                format!("at most {} seconds", crate::traffic::MAX_WINDOW_SECS),
+            );
         }
 
         let incidents = IncidentsCfg {
-            failure_threshold: p.at_least_one("incidents.failure_threshold", self.incidents.failure_threshold, d::INCIDENT_FAILURES),
-            quiet: p.millis("incidents.quiet_ms", self.incidents.quiet_ms, d::INCIDENT_QUIET_MS),
+            failure_threshold: p.at_least_one(
+                "incidents.failure_threshold",
+                self.incidents.failure_threshold,
+                d::INCIDENT_FAILURES,
+            ),
+            quiet: p.millis(
+                "incidents.quiet_ms",
+                self.incidents.quiet_ms,
+                d::INCIDENT_QUIET_MS,
+            ),
         };
 
-        let allowed_text = self.sla.allowed_downtime.clone().unwrap_or_else(|| d::SLA_ALLOWED.to_string());
+        let allowed_text = self
+            .sla
+            .allowed_downtime
+            .clone()
+            .unwrap_or_else(|| d::SLA_ALLOWED.to_string());
         let allowed_downtime = match parse_duration(&allowed_text) {
             Some(d) => d,
             None => {
-                p.push("sla.allowed_downtime", format!("{allowed_text:?} is not a duration like \"20m\", \"1h\" or \"90s\""));
+                p.push(
+                    "sla.allowed_downtime",
+                    format!("{allowed_text:?} is not a duration like \"20m\", \"1h\" or \"90s\""),
+                );
                 Duration::from_secs(20 * 60)
             }
         };
         let sla = SlaCfg {
             allowed_downtime,
-            bad_minute_ratio: ratio(&mut p, "sla.bad_minute_ratio", self.sla.bad_minute_ratio, d::SLA_BAD_MINUTE_RATIO),
+            bad_minute_ratio: ratio(
+                &mut p,
+                "sla.bad_minute_ratio",
+                self.sla.bad_minute_ratio,
+                d::SLA_BAD_MINUTE_RATIO,
+            ),
         };
 
         let mut webhooks = Vec::new();
         for (i, w) in self.notify.webhook.iter().enumerate() {
             let key = format!("notify.webhook[{i}].url");
             match w.url.as_deref().map(|u| u.parse::<http::Uri>()) {
-                Some(Ok(uri)) if uri.scheme_str() == Some("http") && uri.authority().is_some() => webhooks.push(Webhook { url: uri, secret: w.secret.clone() }),
-                Some(Ok(_)) => p.push(key, "an http:// URL with a host (TLS is not built in: use a local relay for https)"),
+                Some(Ok(uri)) if uri.scheme_str() == Some("http") && uri.authority().is_some() => {
+                    webhooks.push(Webhook {
+                        url: uri,
+                        secret: w.secret.clone(),
+                    })
+                }
+                Some(Ok(_)) => p.push(
+                    key,
+                    "an http:// URL with a host (TLS is not built in: use a local relay for https)",
+                ),
                 Some(Err(_)) => p.push(key, "not a URL"),
                 None => p.push(key, "required"),
             }
         }
         let notify = NotifyCfg {
             webhooks,
-            max_attempts: p.at_least_one("notify.max_attempts", self.notify.max_attempts, d::NOTIFY_ATTEMPTS),
-            backoff: p.millis("notify.backoff_ms", self.notify.backoff_ms, d::NOTIFY_BACKOFF_MS),
-            timeout: p.millis("notify.timeout_ms", self.notify.timeout_ms, d::NOTIFY_TIMEOUT_MS),
+            max_attempts: p.at_least_one(
+                "notify.max_attempts",
+                self.notify.max_attempts,
+                d::NOTIFY_ATTEMPTS,
+            ),
+            backoff: p.millis(
+                "notify.backoff_ms",
+                self.notify.backoff_ms,
+                d::NOTIFY_BACKOFF_MS,
+            ),
+            timeout: p.millis(
+                "notify.timeout_ms",
+                self.notify.timeout_ms,
+                d::NOTIFY_TIMEOUT_MS,
+            ),
         };
 
         let l = &self.limits;
@@ -649,7 +735,9 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
         }
         let n: u64 = rest[..digits].parse().ok()?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = match &rest[..unit_len] {
             "ms" => Duration::from_millis(n),
             "s" => Duration::from_secs(n),
