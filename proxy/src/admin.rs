@@ -1,12 +1,12 @@
 //! The admin API on its own listener: status, switch, rollback, slot
-//! addresses. JSON in, JSON out; every request needs the bearer token;
+//! addresses, events. JSON in, JSON out; every request needs the bearer token;
 //! errors are `{"error": "..."}` with a 4xx.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Path, Request, State};
+use axum::extract::{FromRequest, Path, RawQuery, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::auth::AdminToken;
+use crate::budget::{Budget, BudgetView};
 use crate::control::{ControlError, Controller, GuardView, Override, ProbeReport};
+use crate::events::Event;
 use crate::reload;
 use crate::routing::Snapshot;
 use crate::slot::Slot;
@@ -27,6 +29,8 @@ pub struct AdminState {
     pub token: Arc<AdminToken>,
     /// The file `POST /reload` reads.
     pub config_path: Arc<std::path::PathBuf>,
+    /// The SLA's error budget, shown in the status.
+    pub budget: Arc<Budget>,
 }
 
 pub fn app(state: AdminState) -> Router {
@@ -40,6 +44,7 @@ pub fn app(state: AdminState) -> Router {
         .route("/abort", post(abort))
         .route("/reload", post(reload))
         .route("/metrics", get(metrics))
+        .route("/events", get(events))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such admin endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -163,6 +168,7 @@ pub struct StatusView {
     pub canary: Option<CanaryView>,
     pub guard: GuardView,
     pub slots: SlotsView,
+    pub error_budget: BudgetView,
 }
 
 #[derive(Serialize)]
@@ -187,7 +193,8 @@ pub struct SlotView {
     pub last_error: Option<String>,
 }
 
-pub fn status_view(controller: &Controller, snap: &Snapshot) -> StatusView {
+pub fn status_view(state: &AdminState, snap: &Snapshot) -> StatusView {
+    let controller = &state.controller;
     let slot = |s: Slot| {
         let health = controller.health().get(s);
         SlotView {
@@ -213,12 +220,13 @@ pub fn status_view(controller: &Controller, snap: &Snapshot) -> StatusView {
             blue: slot(Slot::Blue),
             green: slot(Slot::Green),
         },
+        error_budget: state.budget.view(),
     }
 }
 
 async fn status(State(state): State<AdminState>) -> Json<StatusView> {
     let snap = state.controller.router().load_full();
-    Json(status_view(&state.controller, &snap))
+    Json(status_view(&state, &snap))
 }
 
 #[derive(Deserialize)]
@@ -237,12 +245,12 @@ async fn switch(
         guard: req.override_guard,
     };
     let snap = state.controller.switch_to(req.to, over).await?;
-    Ok(Json(status_view(&state.controller, &snap)))
+    Ok(Json(status_view(&state, &snap)))
 }
 
 async fn rollback(State(state): State<AdminState>) -> Result<Json<StatusView>, ApiError> {
     let snap = state.controller.rollback().await?;
-    Ok(Json(status_view(&state.controller, &snap)))
+    Ok(Json(status_view(&state, &snap)))
 }
 
 #[derive(Deserialize)]
@@ -266,7 +274,7 @@ async fn put_slot(
         )
     })?;
     let snap = state.controller.set_addr(slot, addr).await?;
-    Ok(Json(status_view(&state.controller, &snap)))
+    Ok(Json(status_view(&state, &snap)))
 }
 
 #[derive(Deserialize)]
@@ -292,7 +300,7 @@ async fn canary(
         guard: req.override_guard,
     };
     let snap = state.controller.canary(req.slot, req.percent, over).await?;
-    Ok(Json(status_view(&state.controller, &snap)))
+    Ok(Json(status_view(&state, &snap)))
 }
 
 #[derive(Deserialize, Default)]
@@ -312,12 +320,12 @@ async fn promote(
             guard: req.override_guard,
         })
         .await?;
-    Ok(Json(status_view(&state.controller, &snap)))
+    Ok(Json(status_view(&state, &snap)))
 }
 
 async fn abort(State(state): State<AdminState>) -> Result<Json<StatusView>, ApiError> {
     let snap = state.controller.abort().await?;
-    Ok(Json(status_view(&state.controller, &snap)))
+    Ok(Json(status_view(&state, &snap)))
 }
 
 async fn reload(State(state): State<AdminState>) -> Result<Json<StatusView>, ApiError> {
@@ -329,7 +337,7 @@ async fn reload(State(state): State<AdminState>) -> Result<Json<StatusView>, Api
         }),
     })?;
     let snap = state.controller.router().load_full();
-    Ok(Json(status_view(&state.controller, &snap)))
+    Ok(Json(status_view(&state, &snap)))
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
@@ -341,4 +349,51 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         state.controller.metrics().encode(),
     )
         .into_response()
+}
+
+/// `GET /events` answers at most this many events by default ...
+const EVENTS_LIMIT: usize = 100;
+/// ... and never more than this.
+const EVENTS_MAX: usize = 1000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    since: Option<String>,
+    limit: Option<String>,
+}
+
+#[derive(Serialize)]
+struct EventsView {
+    events: Vec<Event>,
+}
+
+/// `GET /events?since=<seq>&limit=<n>`: the events after `since`, oldest first.
+async fn events(
+    State(state): State<AdminState>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<EventsView>, ApiError> {
+    let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, message);
+    let query: EventsQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
+        .map_err(|e| bad(format!("bad query: {e}; expected since=<seq>&limit=<n>")))?;
+    let since = match query.since.as_deref() {
+        None | Some("") => 0,
+        Some(text) => text
+            .parse::<u64>()
+            .map_err(|_| bad(format!("since={text:?} is not an event sequence number")))?,
+    };
+    let limit = match query.limit.as_deref() {
+        None | Some("") => EVENTS_LIMIT,
+        Some(text) => match text.parse::<usize>() {
+            Ok(n) if (1..=EVENTS_MAX).contains(&n) => n,
+            _ => {
+                return Err(bad(format!(
+                    "limit={text:?} is not a number from 1 to {EVENTS_MAX}"
+                )));
+            }
+        },
+    };
+    Ok(Json(EventsView {
+        events: state.controller.events().since(since, limit),
+    }))
 }

@@ -65,24 +65,50 @@ impl Body for ProxyBody {
 }
 
 /// What the request body's reader learned, shared with the forwarder so it
-/// can tell a refused body from a failed upstream, and take an unread body
-/// back to send it to the other slot.
+/// can tell a refused body from a failed upstream, and get the body back to
+/// send it to the other slot.
 #[derive(Default)]
 pub struct BodyShared {
     /// The client's body until the upstream connection first reads it.
     /// Still here after a failure means nothing of it was sent.
     pending: std::sync::Mutex<Option<Incoming>>,
+    /// Copies (reference-counted, not copied bytes) of the chunks sent so
+    /// far, kept only while a replay is allowed and under the retain limit.
+    retained: std::sync::Mutex<Option<Vec<Bytes>>>,
+    complete: std::sync::atomic::AtomicBool,
     too_large: std::sync::atomic::AtomicBool,
     timed_out: std::sync::atomic::AtomicBool,
 }
 
+/// A request body that can be sent again.
+pub enum Resend {
+    /// Never read: nothing of it reached the upstream.
+    Unsent(Incoming),
+    /// Read to the end and kept: the whole body, to send again.
+    Replay(Vec<Bytes>),
+}
+
 impl BodyShared {
-    /// Takes the unread body back, for a retry.
-    pub fn take_unsent(&self) -> Option<Incoming> {
+    fn take_pending(&self) -> Option<Incoming> {
         self.pending
             .lock()
             .expect("body lock is never poisoned")
             .take()
+    }
+
+    /// The body to send again, if it can be: unread, or read whole and kept.
+    pub fn take_for_resend(&self) -> Option<Resend> {
+        if let Some(body) = self.take_pending() {
+            return Some(Resend::Unsent(body));
+        }
+        if !self.complete.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
+        self.retained
+            .lock()
+            .expect("body lock is never poisoned")
+            .take()
+            .map(Resend::Replay)
     }
 
     pub fn too_large(&self) -> bool {
@@ -105,47 +131,74 @@ pub enum RequestBodyError {
     Client(#[from] hyper::Error),
 }
 
+/// Where a request body's bytes come from.
+enum Source {
+    /// Not yet taken from `BodyShared::pending`.
+    Pending,
+    Client(Incoming),
+    Replay(std::collections::VecDeque<Bytes>),
+}
+
 /// The request body sent upstream: streams the client's body, enforcing the
-/// size limit and the deadline for receiving it.
+/// size limit and the deadline for receiving it, and keeping what it sent
+/// when a replay may be needed.
 pub struct RequestBody {
     shared: std::sync::Arc<BodyShared>,
-    body: Option<Incoming>,
+    source: Source,
     received: u64,
     limit: u64,
+    /// Bytes kept for a replay at most; 0 keeps nothing.
+    retain: u64,
     timeout: std::time::Duration,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
+/// Limits of one request body.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    pub max_bytes: u64,
+    pub timeout: std::time::Duration,
+    /// Keep up to this many bytes for a replay (0: never replay).
+    pub retain: u64,
+}
+
 impl RequestBody {
-    pub fn new(
-        body: Incoming,
-        limit: u64,
-        timeout: std::time::Duration,
-    ) -> (RequestBody, std::sync::Arc<BodyShared>) {
+    pub fn new(resend: Resend, limits: BodyLimits) -> (RequestBody, std::sync::Arc<BodyShared>) {
+        let (pending, source) = match resend {
+            Resend::Unsent(body) => (Some(body), Source::Pending),
+            Resend::Replay(chunks) => (None, Source::Replay(chunks.into())),
+        };
+        let retained = (limits.retain > 0).then(Vec::new);
         let shared = std::sync::Arc::new(BodyShared {
-            pending: std::sync::Mutex::new(Some(body)),
+            pending: std::sync::Mutex::new(pending),
+            retained: std::sync::Mutex::new(retained),
             ..BodyShared::default()
         });
         let body = RequestBody {
             shared: std::sync::Arc::clone(&shared),
-            body: None,
+            source,
             received: 0,
-            limit,
-            timeout,
+            limit: limits.max_bytes,
+            retain: limits.retain,
+            timeout: limits.timeout,
             deadline: None,
         };
         (body, shared)
     }
 
-    fn with_pending<T>(&self, f: impl FnOnce(Option<&Incoming>) -> T) -> T {
-        match &self.body {
-            Some(body) => f(Some(body)),
-            None => f(self
-                .shared
-                .pending
-                .lock()
-                .expect("body lock is never poisoned")
-                .as_ref()),
+    fn keep(&self, data: &Bytes) {
+        if self.retain == 0 {
+            return;
+        }
+        let mut retained = self
+            .shared
+            .retained
+            .lock()
+            .expect("body lock is never poisoned");
+        if self.received > self.retain {
+            *retained = None;
+        } else if let Some(chunks) = retained.as_mut() {
+            chunks.push(data.clone());
         }
     }
 }
@@ -160,12 +213,19 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
         use std::sync::atomic::Ordering;
         let this = self.get_mut();
-        if this.body.is_none() {
-            match this.shared.take_unsent() {
-                Some(body) => this.body = Some(body),
+        if matches!(this.source, Source::Pending) {
+            match this.shared.take_pending() {
+                Some(body) => this.source = Source::Client(body),
                 None => return Poll::Ready(None),
             }
         }
+        let body = match &mut this.source {
+            Source::Replay(chunks) => {
+                return Poll::Ready(chunks.pop_front().map(|data| Ok(Frame::data(data))));
+            }
+            Source::Client(body) => body,
+            Source::Pending => unreachable!("taken above"),
+        };
         let deadline = this
             .deadline
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(this.timeout)));
@@ -173,7 +233,6 @@ impl Body for RequestBody {
             this.shared.timed_out.store(true, Ordering::Relaxed);
             return Poll::Ready(Some(Err(RequestBodyError::TimedOut)));
         }
-        let body = this.body.as_mut().expect("taken above");
         match Pin::new(body).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
@@ -182,20 +241,46 @@ impl Body for RequestBody {
                         this.shared.too_large.store(true, Ordering::Relaxed);
                         return Poll::Ready(Some(Err(RequestBodyError::TooLarge(this.limit))));
                     }
+                    this.keep(data);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                this.shared.complete.store(true, Ordering::Release);
+                Poll::Ready(None)
+            }
             Poll::Pending => Poll::Pending,
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.with_pending(|b| b.is_none_or(Body::is_end_stream))
+        match &self.source {
+            Source::Pending => self
+                .shared
+                .pending
+                .lock()
+                .expect("body lock is never poisoned")
+                .as_ref()
+                .is_none_or(Body::is_end_stream),
+            Source::Client(body) => body.is_end_stream(),
+            Source::Replay(chunks) => chunks.is_empty(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.with_pending(|b| b.map_or_else(|| SizeHint::with_exact(0), Body::size_hint))
+        match &self.source {
+            Source::Pending => self
+                .shared
+                .pending
+                .lock()
+                .expect("body lock is never poisoned")
+                .as_ref()
+                .map_or_else(|| SizeHint::with_exact(0), Body::size_hint),
+            Source::Client(body) => body.size_hint(),
+            Source::Replay(chunks) => {
+                SizeHint::with_exact(chunks.iter().map(|c| c.len() as u64).sum())
+            }
+        }
     }
 }

@@ -211,12 +211,12 @@ impl Ledger {
         let newly_bad = !was_bad && merged.is_bad(bad_minute_ratio);
         if newly_bad {
             hour.bad += 1;
-            *self
-                .used_by_year
-                .entry(year_of(minute.start))
-                .or_default() += 1;
+            *self.used_by_year.entry(year_of(minute.start)).or_default() += 1;
         }
-        if self.last_minute.is_none_or(|(start, _)| start <= minute.start) {
+        if self
+            .last_minute
+            .is_none_or(|(start, _)| start <= minute.start)
+        {
             self.last_minute = Some((minute.start, merged));
         }
         newly_bad
@@ -329,20 +329,24 @@ impl Budget {
             path: path.to_path_buf(),
             reason,
         };
-        let ledger = match atomic_file::read(path).map_err(|e| problem(format!("cannot read: {e}")))? {
-            None => Ledger::default(),
-            Some(bytes) => {
-                let ledger: Ledger = serde_json::from_slice(&bytes).map_err(|e| {
-                    problem(format!(
-                        "corrupt ({e}); fix it, or move it away to start the budget over"
-                    ))
-                })?;
-                if ledger.version != VERSION {
-                    return Err(problem(format!("version {} is not {VERSION}", ledger.version)));
+        let ledger =
+            match atomic_file::read(path).map_err(|e| problem(format!("cannot read: {e}")))? {
+                None => Ledger::default(),
+                Some(bytes) => {
+                    let ledger: Ledger = serde_json::from_slice(&bytes).map_err(|e| {
+                        problem(format!(
+                            "corrupt ({e}); fix it, or move it away to start the budget over"
+                        ))
+                    })?;
+                    if ledger.version != VERSION {
+                        return Err(problem(format!(
+                            "version {} is not {VERSION}",
+                            ledger.version
+                        )));
+                    }
+                    ledger
                 }
-                ledger
-            }
-        };
+            };
         Ok(Budget {
             path: path.to_path_buf(),
             cfg,
@@ -443,10 +447,11 @@ pub async fn run(
             .sample(OffsetDateTime::now_utc(), totals, serving_healthy)
             .is_some()
         {
+            // The gauges first: they must never lag the status behind a slow disk.
+            budget.publish(&metrics);
             if let Err(e) = budget.save().await {
                 tracing::error!(path = %budget.path.display(), error = %e, "could not save the error budget");
             }
-            budget.publish(&metrics);
         }
     }
     // The totals since the last tick belong to the partial minute.
@@ -454,7 +459,11 @@ pub async fn run(
         let snap = router.load();
         snap.is_healthy(snap.serving())
     };
-    budget.sample(OffsetDateTime::now_utc(), sum_totals(&traffic), serving_healthy);
+    budget.sample(
+        OffsetDateTime::now_utc(),
+        sum_totals(&traffic),
+        serving_healthy,
+    );
     budget.flush();
     if let Err(e) = budget.save().await {
         tracing::error!(path = %budget.path.display(), error = %e, "could not save the error budget at shutdown");
@@ -504,8 +513,14 @@ mod tests {
         };
         assert!(!counts(0, 0, false).is_bad(RATIO), "an idle minute is good");
         assert!(!counts(100, 4, false).is_bad(RATIO));
-        assert!(counts(100, 5, false).is_bad(RATIO), "the ratio itself is bad");
-        assert!(counts(0, 0, true).is_bad(RATIO), "down with no traffic is still bad");
+        assert!(
+            counts(100, 5, false).is_bad(RATIO),
+            "the ratio itself is bad"
+        );
+        assert!(
+            counts(0, 0, true).is_bad(RATIO),
+            "down with no traffic is still bad"
+        );
     }
 
     #[test]
@@ -524,7 +539,11 @@ mod tests {
             closed,
             Some(ClosedMinute {
                 start: T0,
-                counts: MinuteCounts { requests: 20, failures: 1, no_healthy_upstream: false },
+                counts: MinuteCounts {
+                    requests: 20,
+                    failures: 1,
+                    no_healthy_upstream: false
+                },
             }),
             "counts from before the first sample are not counted; the last delta is the old minute's"
         );
@@ -532,7 +551,11 @@ mod tests {
             next,
             Some(ClosedMinute {
                 start: T0 + 60,
-                counts: MinuteCounts { requests: 1, failures: 1, no_healthy_upstream: true },
+                counts: MinuteCounts {
+                    requests: 1,
+                    failures: 1,
+                    no_healthy_upstream: true
+                },
             }),
             "the health seen at the boundary belongs to the new minute"
         );
@@ -544,7 +567,11 @@ mod tests {
         let mut ledger = Ledger::default();
         let minute = |start, requests, failures, down| ClosedMinute {
             start,
-            counts: MinuteCounts { requests, failures, no_healthy_upstream: down },
+            counts: MinuteCounts {
+                requests,
+                failures,
+                no_healthy_upstream: down,
+            },
         };
 
         // Act
@@ -565,11 +592,17 @@ mod tests {
         assert_eq!(view.last_24h.requests, 200);
         assert_eq!(view.last_24h.failed_requests, 51);
         assert_eq!(view.last_24h.successful_requests_percent, Some(74.5));
+        let later = ledger.view(at(T0 + 29 * 24 * 3600), &cfg());
+        assert_eq!(later.last_24h.observed_minutes, 0);
+        assert_eq!(later.last_30d.observed_minutes, 4);
+        assert_eq!(later.last_30d.bad_minutes, 2);
         let next_year = ledger.view(at(T0 + 366 * 24 * 3600), &cfg());
         assert_eq!(next_year.used_minutes, 0, "a new year starts a new budget");
-        assert_eq!(next_year.last_30d.observed_minutes, 4, "not pruned yet");
         ledger.prune(at(T0 + 31 * 24 * 3600));
-        assert!(ledger.hours.is_empty(), "history older than 30 days is dropped");
+        assert!(
+            ledger.hours.is_empty(),
+            "history older than 30 days is dropped"
+        );
         assert_eq!(ledger.view(at(T0 + 31 * 24 * 3600), &cfg()).used_minutes, 2);
     }
 
@@ -579,14 +612,22 @@ mod tests {
         let mut ledger = Ledger::default();
         let first = ClosedMinute {
             start: T0,
-            counts: MinuteCounts { requests: 10, failures: 0, no_healthy_upstream: false },
+            counts: MinuteCounts {
+                requests: 10,
+                failures: 0,
+                no_healthy_upstream: false,
+            },
         };
         assert!(!ledger.fold(first, RATIO));
 
         // Act: the second process sees the rest of the same minute fail.
         let rest = ClosedMinute {
             start: T0,
-            counts: MinuteCounts { requests: 10, failures: 10, no_healthy_upstream: false },
+            counts: MinuteCounts {
+                requests: 10,
+                failures: 10,
+                no_healthy_upstream: false,
+            },
         };
         let newly_bad = ledger.fold(rest, RATIO);
         let again = ledger.fold(rest, RATIO);

@@ -125,6 +125,9 @@ pub struct Forwarding {
     pub trusted_hops: Vec<std::net::IpAddr>,
     /// Retry a request once on the other slot when it is safe to.
     pub retry: bool,
+    /// Also retry a non-idempotent request reset before any answer; only
+    /// for upstreams that deduplicate writes by `x-request-id`.
+    pub retry_writes: bool,
 }
 
 /// The canary split's cookies and the private preview.
@@ -295,13 +298,26 @@ impl Config {
 
     /// A pure parse and validation of TOML text: every problem, or a `Config`.
     pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| vec![syntax_problem(text, &e)])?;
-        raw.validate().map_err(|mut problems| {
-            for p in &mut problems {
-                p.line = locate::line_of(text, &p.key);
-            }
-            problems
+        let deserializer =
+            toml::Deserializer::parse(text).map_err(|e| vec![syntax_problem(text, &e)])?;
+        let mut problems = Vec::new();
+        let raw: RawConfig = serde_ignored::deserialize(deserializer, |path| {
+            problems.push(Problem {
+                key: key_of(&path),
+                line: None,
+                message: "unknown key (config/proxy.toml lists every key)".into(),
+            });
         })
+        .map_err(|e| vec![syntax_problem(text, &e)])?;
+        match raw.validate() {
+            Ok(config) if problems.is_empty() => return Ok(config),
+            Ok(_) => {}
+            Err(invalid) => problems.extend(invalid),
+        }
+        for p in &mut problems {
+            p.line = locate::line_of(text, &p.key);
+        }
+        Err(problems)
     }
 
     pub fn state_file(&self) -> PathBuf {
@@ -310,6 +326,26 @@ impl Config {
 
     pub fn generated_token_file(&self) -> PathBuf {
         self.data_dir.join("admin.token")
+    }
+}
+
+/// A serde path as our dotted key: `scenario[0].step[1].name`.
+fn key_of(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", key_of(parent)),
+        Path::Map { parent, key } => {
+            let parent = key_of(parent);
+            if parent.is_empty() {
+                key.clone()
+            } else {
+                format!("{parent}.{key}")
+            }
+        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => key_of(parent),
     }
 }
 
@@ -367,7 +403,19 @@ mod tests {
         let problems = Config::parse("[gate]\npasses = 3\npasess = 4\n").expect_err("typo");
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].line, Some(3), "{problems:?}");
-        assert!(problems[0].message.contains("pasess"), "{problems:?}");
+        assert_eq!(problems[0].key, "gate.pasess", "{problems:?}");
+    }
+
+    #[test]
+    fn unknown_keys_and_invalid_values_are_reported_together() {
+        let text = "[listen]\npublic = \"nowhere\"\n[[scenario]]\nname = \"s\"\n[[scenario.step]]\nname = \"x\"\npath = \"/\"\nexpect_stauts = 200\n";
+        let problems = Config::parse(text).expect_err("invalid");
+        let keys: Vec<_> = problems.iter().map(|p| (p.key.as_str(), p.line)).collect();
+        assert!(keys.contains(&("listen.public", Some(2))), "{problems:?}");
+        assert!(
+            keys.contains(&("scenario[0].step[0].expect_stauts", Some(8))),
+            "{problems:?}"
+        );
     }
 
     #[test]

@@ -80,7 +80,16 @@ struct GuardState {
     /// When the current canary started taking traffic.
     canary_since: Option<Instant>,
     /// The slot being baked, and when the bake started and ends.
-    bake: Option<(Slot, Instant, Instant)>,
+    bake: Option<Bake>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bake {
+    slot: Slot,
+    started: Instant,
+    until: Instant,
+    /// `until` on the wall clock, for the status.
+    until_utc: OffsetDateTime,
 }
 
 /// Options an operator can give with a change.
@@ -182,13 +191,14 @@ impl Controller {
         let mut view = g.view.clone();
         view.watching = if self.router.load().canary.is_some() {
             Some("canary")
-        } else if g.bake.is_some_and(|(_, _, until)| Instant::now() < until) {
+        } else if g.bake.is_some_and(|b| Instant::now() < b.until) {
             Some("bake")
         } else {
             None
         };
-        if view.watching != Some("bake") {
-            view.bake_until = None;
+        view.bake_until = None;
+        if view.watching == Some("bake") {
+            view.bake_until = g.bake.map(|b| b.until_utc);
         }
         view
     }
@@ -265,12 +275,12 @@ impl Controller {
             current.upstream(Slot::Green).addr,
         ];
         addrs[slot.index()] = addr;
-        self.persist(&PersistedState::new(
-            current.active,
-            current.previous,
-            addrs,
-            current.last_switch,
-        ))?;
+        let mut vetted = current.vetted;
+        vetted[slot.index()] = false;
+        self.persist(
+            &PersistedState::new(current.active, current.previous, addrs, current.last_switch)
+                .with_vetted(self.vetted_releases(vetted)),
+        )?;
         let upstream = Upstream::new(slot, addr, &self.config.load().timeouts);
         self.health.reset(slot, addr);
         let next = self.router.update(|snap| {
@@ -278,6 +288,7 @@ impl Controller {
             next.upstreams[slot.index()] = Arc::clone(&upstream);
             // Unknown until checked: never routed to before it is.
             next.healthy[slot.index()] = false;
+            next.vetted[slot.index()] = false;
             next
         });
         *self.last_probe[slot.index()]
@@ -325,6 +336,7 @@ impl Controller {
             if starting {
                 // It just passed the gate.
                 next.healthy[slot.index()] = true;
+                next.vetted[slot.index()] = true;
             }
             next
         });
@@ -435,7 +447,13 @@ impl Controller {
             }
             return;
         }
-        let Some((slot, started, until)) = bake else {
+        let Some(Bake {
+            slot,
+            started,
+            until,
+            ..
+        }) = bake
+        else {
             return;
         };
         if Instant::now() >= until || snap.active != slot {
@@ -639,17 +657,20 @@ impl Controller {
             current.upstream(Slot::Blue).addr,
             current.upstream(Slot::Green).addr,
         ];
-        self.persist(&PersistedState::new(to, Some(from), addrs, Some(now)))?;
+        self.refresh_release(to, addrs[to.index()]).await;
+        let mut vetted = current.vetted;
+        vetted[to.index()] = true;
+        self.persist(
+            &PersistedState::new(to, Some(from), addrs, Some(now))
+                .with_vetted(self.vetted_releases(vetted)),
+        )?;
         let config = self.config.load_full();
-        // The gate just exercised it; the release label is worth refreshing.
-        if let Ok(release) = health::check(&self.prober, addrs[to.index()], &config.health).await {
-            self.health.set_release(to, release);
-        }
         let next = self.router.update(|snap| {
             let mut next = snap.to_builder();
             next.active = to;
             next.previous = Some(from);
             next.healthy[to.index()] = true;
+            next.vetted[to.index()] = true;
             next.last_switch = Some(now);
             next.canary = None;
             next
@@ -658,9 +679,12 @@ impl Controller {
             let mut g = self.guard.lock().expect("guard lock is never poisoned");
             g.canary_since = None;
             let bake_for = config.guard.bake;
-            g.bake = (bake && !bake_for.is_zero())
-                .then(|| (to, Instant::now(), Instant::now() + bake_for));
-            g.view.bake_until = g.bake.map(|_| now + bake_for);
+            g.bake = (bake && !bake_for.is_zero()).then(|| Bake {
+                slot: to,
+                started: Instant::now(),
+                until: Instant::now() + bake_for,
+                until_utc: now + bake_for,
+            });
             if kind != EventKind::GuardRollback {
                 g.view.aborted = false;
             }
@@ -679,6 +703,20 @@ impl Controller {
                 .detail(detail),
         );
         Ok(next)
+    }
+
+    /// The gate just exercised the slot: its release label is worth
+    /// refreshing before it is named in events and the status.
+    async fn refresh_release(&self, slot: Slot, addr: SocketAddr) {
+        let cfg = self.config.load().health.clone();
+        if let Ok(release) = health::check(&self.prober, addr, &cfg).await {
+            self.health.set_release(slot, release);
+        }
+    }
+
+    /// The release labels of the vetted slots, for the state file.
+    fn vetted_releases(&self, vetted: [bool; 2]) -> [Option<String>; 2] {
+        Slot::ALL.map(|slot| vetted[slot.index()].then(|| self.release(slot)).flatten())
     }
 
     fn persist(&self, state: &PersistedState) -> Result<(), ControlError> {

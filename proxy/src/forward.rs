@@ -12,7 +12,7 @@ use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
-use crate::body::{BodyShared, ProxyBody, RequestBody};
+use crate::body::{BodyLimits, BodyShared, ProxyBody, RequestBody, Resend};
 use crate::error::UpstreamError;
 use crate::headers::{X_REQUEST_ID, ensure_request_id, set_forwarded, strip_hop_by_hop};
 use crate::health::Monitor;
@@ -20,6 +20,10 @@ use crate::metrics::Metrics;
 use crate::routing::{Policy, Router};
 use crate::traffic::{FailureKind, Outcome, Traffic};
 use crate::upstream::Upstream;
+
+/// Bytes of a request body kept for a replay on the other slot; a larger
+/// body is streamed without a copy and never replayed.
+const REPLAY_LIMIT: u64 = 64 * 1024;
 
 pub struct Forwarder {
     router: Arc<Router>,
@@ -35,7 +39,7 @@ enum Attempt {
     Failed {
         error: UpstreamError,
         kind: Option<FailureKind>,
-        body: Option<Incoming>,
+        body: Option<Resend>,
     },
 }
 
@@ -68,7 +72,7 @@ impl Forwarder {
             let snap = self.router.load();
             let route = snap.route(&parts.headers);
             let other = route.slot.other();
-            let alternate = (snap.policy.retry && snap.is_healthy(other))
+            let alternate = (snap.policy.retry && snap.can_take_over(other))
                 .then(|| Arc::clone(snap.upstream(other)));
             (
                 route,
@@ -97,16 +101,22 @@ impl Forwarder {
         parts.version = Version::HTTP_11;
         // Kept only when a retry is possible: the attempt consumes `parts`.
         let retry_parts = alternate.as_ref().map(|_| parts.clone());
+        let can_retry = retry_parts.is_some();
 
-        let (result, answered_by) = match self.attempt(&upstream, parts, body, &policy).await {
+        let (result, answered_by) = match self
+            .attempt(&upstream, parts, Resend::Unsent(body), &policy, can_retry)
+            .await
+        {
             Attempt::Answered(response) => (Ok(response), upstream),
             Attempt::Failed { error, kind, body } => {
                 self.record_failure(&upstream, kind, &error);
                 match (alternate, retry_parts, body) {
-                    (Some(other), Some(parts), Some(body)) if may_retry(&parts.method, &error) => {
+                    (Some(other), Some(parts), Some(body))
+                        if may_retry(&parts.method, &error, &policy) =>
+                    {
                         tracing::info!(from = %upstream.slot, to = %other.slot, error = %error, "retrying on the other slot");
                         self.metrics.retried();
-                        match self.attempt(&other, parts, body, &policy).await {
+                        match self.attempt(&other, parts, body, &policy, false).await {
                             Attempt::Answered(response) => (Ok(response), other),
                             Attempt::Failed { error, kind, .. } => {
                                 self.record_failure(&other, kind, &error);
@@ -154,11 +164,21 @@ impl Forwarder {
         &self,
         upstream: &Arc<Upstream>,
         mut parts: Parts,
-        body: Incoming,
+        body: Resend,
         policy: &Policy,
+        may_resend: bool,
     ) -> Attempt {
         parts.uri = upstream.uri_for(parts.uri.path_and_query());
-        let (body, shared) = RequestBody::new(body, policy.max_body_bytes, policy.body_timeout);
+        let limits = BodyLimits {
+            max_bytes: policy.max_body_bytes,
+            timeout: policy.body_timeout,
+            retain: if may_resend && policy.retry_writes {
+                REPLAY_LIMIT
+            } else {
+                0
+            },
+        };
+        let (body, shared) = RequestBody::new(body, limits);
         let _in_flight = upstream.start_request();
         let sent = tokio::time::timeout(
             policy.response_timeout,
@@ -219,7 +239,7 @@ fn classify(e: &hyper_util::client::legacy::Error, shared: &BodyShared) -> Attem
             body: None,
         };
     }
-    let body = shared.take_unsent();
+    let body = shared.take_for_resend();
     if e.is_connect() {
         Attempt::Failed {
             error: UpstreamError::Connect(error_chain(e)),
@@ -235,10 +255,10 @@ fn classify(e: &hyper_util::client::legacy::Error, shared: &BodyShared) -> Attem
     }
 }
 
-fn may_retry(method: &Method, error: &UpstreamError) -> bool {
+fn may_retry(method: &Method, error: &UpstreamError, policy: &Policy) -> bool {
     match error {
         UpstreamError::Connect(_) => true,
-        UpstreamError::Failed(_) => method.is_idempotent(),
+        UpstreamError::Failed(_) => method.is_idempotent() || policy.retry_writes,
         _ => false,
     }
 }

@@ -163,7 +163,14 @@ impl Monitor {
             for (slot, result) in [(Slot::Blue, blue), (Slot::Green, green)] {
                 let addr = addrs[slot.index()];
                 let currently = self.router.load().is_healthy(slot);
-                if let Some(up) = self.table.record(slot, addr, &result, currently, &self.cfg) {
+                let release_before = self.table.get(slot).release;
+                let flip = self.table.record(slot, addr, &result, currently, &self.cfg);
+                if let Ok(Some(now)) = &result
+                    && release_before.as_ref().is_some_and(|before| before != now)
+                {
+                    self.release_changed(slot, addr, release_before, now);
+                }
+                if let Some(up) = flip {
                     let why = match &result {
                         Ok(_) => format!("{} consecutive checks passed", self.cfg.rise),
                         Err(e) => format!("{} consecutive checks failed; last: {e}", self.cfg.fall),
@@ -172,6 +179,19 @@ impl Monitor {
                 }
             }
         }
+    }
+
+    /// Another release now runs on a slot: it is no failover target until it
+    /// passes the gate.
+    fn release_changed(&self, slot: Slot, addr: SocketAddr, before: Option<String>, now: &str) {
+        self.router.update(|snap| {
+            let mut next = snap.to_builder();
+            if snap.upstream(slot).addr == addr && snap.active != slot {
+                next.vetted[slot.index()] = false;
+            }
+            next
+        });
+        tracing::info!(%slot, before = before.as_deref().unwrap_or("?"), now, "another release runs on the slot");
     }
 
     /// A user request could not connect or was reset: after `passive_fall`

@@ -11,8 +11,10 @@
 //! `run` wires the parts together; `main.rs` only parses arguments and binds.
 
 pub mod admin;
+pub mod atomic_file;
 pub mod auth;
 pub mod body;
+pub mod budget;
 pub mod config;
 pub mod control;
 pub mod error;
@@ -22,13 +24,16 @@ pub mod gate;
 pub mod guard;
 pub mod headers;
 pub mod health;
+pub mod incidents;
 pub mod metrics;
+pub mod notify;
 pub mod probe;
 pub mod reload;
 pub mod routing;
 pub mod server;
 pub mod slot;
 pub mod state;
+pub mod status_page;
 pub mod traffic;
 pub mod upstream;
 
@@ -40,6 +45,7 @@ use tokio::net::TcpListener;
 
 use crate::admin::AdminState;
 use crate::auth::AdminToken;
+use crate::budget::Budget;
 use crate::config::Config;
 use crate::control::Controller;
 use crate::error::ProxyError;
@@ -47,11 +53,14 @@ use crate::events::EventLog;
 use crate::forward::Forwarder;
 use crate::health::HealthTable;
 use crate::health::Monitor;
+use crate::incidents::IncidentStore;
 use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use crate::probe::Prober;
 use crate::routing::{Policy, Router, Snapshot};
 use crate::server::Drain;
 use crate::slot::Slot;
+use crate::status_page::StatusPage;
 use crate::traffic::Traffic;
 use crate::upstream::Upstream;
 
@@ -59,6 +68,8 @@ use crate::upstream::Upstream;
 pub struct Listeners {
     pub public: TcpListener,
     pub admin: TcpListener,
+    /// The public status page: no token, no secrets.
+    pub status: TcpListener,
 }
 
 /// Runs the proxy until `shutdown` resolves, then drains and returns.
@@ -76,6 +87,14 @@ pub async fn run(
     let health = Arc::new(HealthTable::default());
     let router = Arc::new(restore(&config, &prober, &health).await?);
     let traffic = Arc::new(Traffic::new());
+    let budget = Arc::new(Budget::open(
+        &config.data_dir.join("budget.json"),
+        config.sla,
+        time::OffsetDateTime::now_utc(),
+    )?);
+    let incident_store = Arc::new(IncidentStore::open(
+        &config.data_dir.join("incidents.json"),
+    )?);
     let metrics = Arc::new(Metrics::new());
     let monitor = Arc::new(Monitor {
         router: Arc::clone(&router),
@@ -102,11 +121,47 @@ pub async fn run(
         config_path.clone(),
         stop_rx.clone(),
     ));
+    let (notifier, notices) =
+        Notifier::start(config.notify.clone(), Arc::clone(&events), stop_rx.clone());
+    let detector = tokio::spawn(incidents::run(
+        Arc::clone(&incident_store),
+        config.incidents,
+        incidents::Sources {
+            traffic: Arc::clone(&traffic),
+            health: Arc::clone(&health),
+            events: Arc::clone(&events),
+            notifier,
+        },
+        stop_rx.clone(),
+    ));
+    let accountant = tokio::spawn(budget::run(
+        Arc::clone(&budget),
+        Arc::clone(&router),
+        Arc::clone(&traffic),
+        Arc::clone(&metrics),
+        stop_rx.clone(),
+    ));
+    let status_app = status_page::app(StatusPage {
+        router: Arc::clone(&router),
+        health: Arc::clone(&health),
+        budget: Arc::clone(&budget),
+        incidents: incident_store,
+    });
+    let mut status_stop = stop_rx.clone();
+    let status_listener = tokio::spawn(async move {
+        let stopped = async move {
+            let _ = status_stop.changed().await;
+        };
+        axum::serve(listeners.status, status_app)
+            .with_graceful_shutdown(stopped)
+            .await
+    });
 
     let admin_app = admin::app(AdminState {
         controller: Arc::clone(&controller),
         token: Arc::new(token),
         config_path: Arc::new(config_path),
+        budget,
     });
     let mut admin_stop = stop_rx.clone();
     let admin = tokio::spawn(async move {
@@ -140,10 +195,15 @@ pub async fn run(
             "grace period over: cut the connections still open"
         ),
     }
-    let _ = tokio::join!(checker, guard, reloader);
+    let _ = tokio::join!(checker, guard, reloader, detector, accountant, notices);
     match tokio::time::timeout(config.timeouts.shutdown_grace, admin).await {
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "admin listener failed"),
         Err(_) => tracing::warn!("admin listener did not stop in time"),
+        _ => {}
+    }
+    match tokio::time::timeout(config.timeouts.shutdown_grace, status_listener).await {
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "status listener failed"),
+        Err(_) => tracing::warn!("status listener did not stop in time"),
         _ => {}
     }
     Ok(())
@@ -182,7 +242,7 @@ async fn restore(
     health: &HealthTable,
 ) -> Result<Router, ProxyError> {
     let state_path = config.state_file();
-    let (active, previous, addrs, last_switch) = match state::load(&state_path)? {
+    let (active, previous, addrs, last_switch, vetted_releases) = match state::load(&state_path)? {
         Some(saved) => {
             tracing::info!(file = %state_path.display(), active = %saved.active, blue = %saved.blue, green = %saved.green, "restored routing state");
             (
@@ -190,11 +250,18 @@ async fn restore(
                 saved.previous,
                 saved.addrs(),
                 saved.last_switch,
+                saved.vetted.clone(),
             )
         }
         None => {
             tracing::info!(active = %config.initial_active, "no state file yet: starting from the configuration");
-            (config.initial_active, None, config.slot_addrs, None)
+            (
+                config.initial_active,
+                None,
+                config.slot_addrs,
+                None,
+                [None, None],
+            )
         }
     };
     let (blue, green) = tokio::join!(
@@ -202,6 +269,10 @@ async fn restore(
         health::check(prober, addrs[1], &config.health)
     );
     let mut healthy = [false; 2];
+    // The active slot is the operator's choice; the other takes users in a
+    // failover only if it still runs the release that passed the gate.
+    let mut vetted = [false; 2];
+    vetted[active.index()] = true;
     for (slot, result) in [(Slot::Blue, blue), (Slot::Green, green)] {
         let addr = addrs[slot.index()];
         health.reset(slot, addr);
@@ -209,6 +280,9 @@ async fn restore(
             Ok(release) => {
                 health.set_release(slot, release.clone());
                 healthy[slot.index()] = true;
+                if release.is_some() && *release == vetted_releases[slot.index()] {
+                    vetted[slot.index()] = true;
+                }
                 tracing::info!(%slot, %addr, release = release.as_deref().unwrap_or("?"), "upstream answers");
             }
             Err(e) => tracing::warn!(%slot, %addr, error = %e, "upstream does not answer yet"),
@@ -219,6 +293,7 @@ async fn restore(
         previous,
         upstreams: Slot::ALL.map(|slot| Upstream::new(slot, addrs[slot.index()], &config.timeouts)),
         healthy,
+        vetted,
         last_switch,
         canary: None,
         policy: Arc::new(Policy::from_config(config)),

@@ -51,6 +51,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -78,10 +79,15 @@ async fn start(config_path: PathBuf) -> Result<(), ProxyError> {
     let token = AdminToken::resolve(&config, std::env::var(TOKEN_ENV).ok())?;
     let public = bind("public listener", config.public).await?;
     let admin = bind("admin listener", config.admin).await?;
+    let status = bind("status listener", config.status).await?;
+    // Installed before the readiness lines, so a SIGTERM right after them
+    // already drains instead of killing.
+    let shutdown = shutdown_signal()?;
     // Harnesses and scripts read these lines to learn the ports (readiness).
     let mut out = std::io::stdout().lock();
     writeln!(out, "public listening on {}", public.local_addr()?)?;
     writeln!(out, "admin listening on {}", admin.local_addr()?)?;
+    writeln!(out, "status listening on {}", status.local_addr()?)?;
     writeln!(out, "admin token {}", token.describe())?;
     out.flush()?;
     drop(out);
@@ -89,9 +95,13 @@ async fn start(config_path: PathBuf) -> Result<(), ProxyError> {
     run(
         config,
         config_path,
-        Listeners { public, admin },
+        Listeners {
+            public,
+            admin,
+            status,
+        },
         token,
-        shutdown_signal(),
+        shutdown,
     )
     .await
 }
@@ -102,13 +112,16 @@ async fn bind(what: &'static str, addr: std::net::SocketAddr) -> Result<TcpListe
         .map_err(|source| ProxyError::Bind { what, addr, source })
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// A future that resolves on SIGTERM or SIGINT; the handlers are in place
+/// when this returns.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, ProxyError> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term =
-        signal(SignalKind::terminate()).expect("installing a SIGTERM handler succeeds on unix");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+    })
 }

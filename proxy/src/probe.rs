@@ -285,13 +285,30 @@ fn describe(capture: &Capture) -> String {
     }
 }
 
+/// The start of a body as readable text: tags dropped and whitespace
+/// collapsed, so an HTML error page reads as its message.
 fn body_excerpt(body: &[u8]) -> String {
-    if body.is_empty() {
+    let text = String::from_utf8_lossy(body);
+    let mut plain = String::with_capacity(text.len().min(4096));
+    let mut in_tag = false;
+    for c in text.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' if in_tag => {
+                in_tag = false;
+                plain.push(' ');
+            }
+            _ if !in_tag => plain.push(c),
+            _ => {}
+        }
+    }
+    let words: Vec<&str> = plain.split_whitespace().collect();
+    if words.is_empty() {
         return String::new();
     }
-    let text = String::from_utf8_lossy(body);
-    let text: String = text.chars().take(160).collect();
-    format!(", body: {:?}", text.trim())
+    let joined = words.join(" ");
+    let excerpt: String = joined.chars().take(160).collect();
+    format!(", body: {excerpt:?}")
 }
 
 /// A value that is new for each run of a scenario: URL- and code-safe.
@@ -356,6 +373,14 @@ mod tests {
         assert_eq!(substitute("/probe-{random}/{code}", &vars), "/probe-r1/c");
         assert_eq!(substitute("{unknown} {random", &vars), "{unknown} {random");
         assert_eq!(substitute("{}{{random}}", &vars), "{}{r1}");
+    }
+
+    #[test]
+    fn an_html_body_reads_as_its_text() {
+        let html =
+            b"<!doctype html>\n<html><body>\n<h1>Error</h1>\n<p>internal   error</p></body></html>";
+        assert_eq!(body_excerpt(html), ", body: \"Error internal error\"");
+        assert_eq!(body_excerpt(b""), "");
     }
 
     #[test]

@@ -30,6 +30,9 @@ pub struct Policy {
     pub canary: CanaryCfg,
     pub trusted_hops: Vec<IpAddr>,
     pub retry: bool,
+    /// Also resend a write reset before any answer: the upstream treats a
+    /// repeated `x-request-id` as the same write.
+    pub retry_writes: bool,
     pub response_timeout: Duration,
     pub max_body_bytes: u64,
     pub body_timeout: Duration,
@@ -41,6 +44,7 @@ impl Policy {
             canary: config.canary.clone(),
             trusted_hops: config.forwarding.trusted_hops.clone(),
             retry: config.forwarding.retry,
+            retry_writes: config.forwarding.retry_writes,
             response_timeout: config.timeouts.response_header,
             max_body_bytes: config.limits.max_body_bytes,
             body_timeout: config.limits.body_timeout,
@@ -67,6 +71,10 @@ pub struct Snapshot {
     pub upstreams: [Arc<Upstream>; 2],
     /// The health checker's verdict, indexed by `Slot::index()`.
     pub healthy: [bool; 2],
+    /// Whether the release now on each slot passed the gate (or is the
+    /// active one). Only a vetted slot takes users in a failover or a
+    /// retry: a release nobody gated never sees a user request.
+    pub vetted: [bool; 2],
     pub last_switch: Option<OffsetDateTime>,
     pub canary: Option<Canary>,
     pub policy: Arc<Policy>,
@@ -129,16 +137,21 @@ impl Snapshot {
         &self.upstreams[slot.index()]
     }
 
+    /// Healthy and vetted: may take users the active slot cannot serve.
+    pub fn can_take_over(&self, slot: Slot) -> bool {
+        self.is_healthy(slot) && self.vetted[slot.index()]
+    }
+
     pub fn is_healthy(&self, slot: Slot) -> bool {
         self.healthy[slot.index()]
     }
 
     /// Where user requests go now: the active slot, unless it is down and the
-    /// other one is up. Never a slot that failed its checks while a healthy
+    /// other one is up and vetted. Never a slot that failed its checks while a healthy
     /// one exists.
     pub fn serving(&self) -> Slot {
         let active = self.active;
-        if !self.is_healthy(active) && self.is_healthy(active.other()) {
+        if !self.is_healthy(active) && self.can_take_over(active.other()) {
             active.other()
         } else {
             active
@@ -152,6 +165,7 @@ impl Snapshot {
             previous: self.previous,
             upstreams: self.upstreams.clone(),
             healthy: self.healthy,
+            vetted: self.vetted,
             last_switch: self.last_switch,
             canary: self.canary,
             policy: Arc::clone(&self.policy),
@@ -226,6 +240,7 @@ mod tests {
             previous: None,
             upstreams,
             healthy: [true, true],
+            vetted: [true, true],
             last_switch: None,
             canary,
             policy: Arc::new(Policy::from_config(&config)),
@@ -301,5 +316,19 @@ mod tests {
         );
         snap.healthy = [true, false];
         assert_eq!(snap.route(&with_cookie("bg_bucket=1")).slot, Slot::Blue);
+    }
+
+    #[tokio::test]
+    async fn a_down_active_fails_over_only_to_a_vetted_slot() {
+        let mut snap = snapshot(None, None);
+        snap.healthy = [false, true];
+        snap.vetted = [true, false];
+        assert_eq!(
+            snap.serving(),
+            Slot::Blue,
+            "an ungated release never takes users"
+        );
+        snap.vetted = [true, true];
+        assert_eq!(snap.serving(), Slot::Green);
     }
 }

@@ -25,6 +25,11 @@ pub struct PersistedState {
     pub green: SocketAddr,
     #[serde(with = "time::serde::rfc3339::option")]
     pub last_switch: Option<OffsetDateTime>,
+    /// The release label that passed the gate on each slot `[blue, green]`:
+    /// after a restart, a slot still running that release may take users
+    /// in a failover without being gated again.
+    #[serde(default)]
+    pub vetted: [Option<String>; 2],
 }
 
 impl PersistedState {
@@ -41,7 +46,13 @@ impl PersistedState {
             blue: addrs[Slot::Blue.index()],
             green: addrs[Slot::Green.index()],
             last_switch,
+            vetted: [None, None],
         }
+    }
+
+    pub fn with_vetted(mut self, vetted: [Option<String>; 2]) -> Self {
+        self.vetted = vetted;
+        self
     }
 
     pub fn addrs(&self) -> [SocketAddr; 2] {

@@ -1,6 +1,7 @@
-//! The configuration exactly as written in TOML (`deny_unknown_fields`, so a
-//! typo is an error and never a silent default), and its validation into
-//! the typed `Config`.
+//! The configuration exactly as written in TOML, and its validation into the
+//! typed `Config`. Unknown keys are collected while parsing (see
+//! `Config::parse`) and reported with the other problems: a typo is an error,
+//! never a silent default.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -18,7 +19,6 @@ use super::{
 use crate::slot::Slot;
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawConfig {
     data_dir: Option<PathBuf>,
     #[serde(default)]
@@ -52,14 +52,13 @@ pub struct RawConfig {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawForwarding {
     trusted_hops: Option<Vec<String>>,
     retry: Option<bool>,
+    retry_writes: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawCanary {
     cookie: Option<String>,
     preview_header: Option<String>,
@@ -68,7 +67,6 @@ struct RawCanary {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawGuard {
     window_ms: Option<u64>,
     interval_ms: Option<u64>,
@@ -79,21 +77,18 @@ struct RawGuard {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawIncidents {
     failure_threshold: Option<u64>,
     quiet_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawSla {
     allowed_downtime: Option<String>,
     bad_minute_ratio: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawNotify {
     #[serde(default)]
     webhook: Vec<RawWebhook>,
@@ -103,14 +98,12 @@ struct RawNotify {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawWebhook {
     url: Option<String>,
     secret: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawListen {
     public: Option<String>,
     admin: Option<String>,
@@ -118,13 +111,11 @@ struct RawListen {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawAdmin {
     token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawSlots {
     active: Option<String>,
     #[serde(default)]
@@ -134,13 +125,11 @@ struct RawSlots {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawSlot {
     addr: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawTimeouts {
     connect_ms: Option<u64>,
     response_header_ms: Option<u64>,
@@ -149,7 +138,6 @@ struct RawTimeouts {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawGate {
     passes: Option<u32>,
     deadline_ms: Option<u64>,
@@ -157,7 +145,6 @@ struct RawGate {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawHealth {
     passive_fall: Option<u32>,
     path: Option<String>,
@@ -168,7 +155,6 @@ struct RawHealth {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawLimits {
     header_read_timeout_ms: Option<u64>,
     idle_timeout_ms: Option<u64>,
@@ -179,7 +165,6 @@ struct RawLimits {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawScenario {
     name: Option<String>,
     #[serde(default)]
@@ -187,7 +172,6 @@ struct RawScenario {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawStep {
     name: Option<String>,
     slot: Option<String>,
@@ -353,6 +337,7 @@ impl RawConfig {
         let forwarding = Forwarding {
             trusted_hops,
             retry: self.forwarding.retry.unwrap_or(true),
+            retry_writes: self.forwarding.retry_writes.unwrap_or(false),
         };
 
         let c = &self.canary;

@@ -1,0 +1,670 @@
+#!/usr/bin/env bash
+# Measures our proxy side by side with nginx and HAProxy on this machine:
+# throughput and latency, memory with many idle keep-alive clients, and what
+# clients see while the admin API switches slots under load. Markdown on stdout,
+# progress on stderr.
+set -euo pipefail
+
+PROG=bench
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib.sh"
+# Progress goes to stderr: stdout is the report.
+log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
+
+BENCH_DIR=$ROOT/scripts/bench
+ROUNDS=3
+DURATION=10
+CONNECTIONS=50
+WARMUP=2
+PATHS='/ /r'
+PIN=1
+BUILD=1
+KEEP=0
+HOLD=1000
+SWITCH_SECONDS=10
+SECTIONS=nginx,shortener,memory,switch
+BIN_DIR=$ROOT/target/release
+
+usage() {
+  cat <<EOF
+Usage: scripts/bench.sh [options]
+
+Benchmarks our proxy against nginx and HAProxy, all on loopback, and prints
+markdown tables. Needs wrk, nginx and haproxy (Debian packages; nothing is
+installed for you: apt-get install -y wrk nginx haproxy), python3, curl and
+taskset.
+
+Sections (--sections, default $SECTIONS):
+  nginx      throughput and latency (requests/s, p50, p99: median over rounds,
+             min..max) of four targets measured in alternation, A B C D A B C D:
+             the upstream directly, ours, nginx (keep-alive upstream pool) and
+             HAProxy (http-reuse always), in front of an nginx upstream that
+             answers 200 on / and 302 on /r; one table per path (--paths);
+             with the ratios ours/nginx and ours/HAProxy.
+  shortener  the same in front of the real shortener (GET /<code>, a 302).
+  memory     each proxy's RSS: idle when started, holding $HOLD open keep-alive
+             client connections (scripts/bench/hold_conns.py), and after.
+  switch     wrk through our proxy in front of two shorteners (v1 on blue, v2 on
+             green) while the admin API switches slots every half second; tallies
+             which release answered (x-release) and every error kind
+             (scripts/bench/tally.lua).
+
+Pinning: wrk (and the connection holder) on CPU 0; the proxy under test and
+its upstream on CPU 1. Every proxy runs one worker thread: nginx
+worker_processes 1, HAProxy nbthread 1, ours TOKIO_WORKER_THREADS=1 (and
+RUST_LOG=warn, as nginx and HAProxy log nothing per request here).
+
+Options:
+  --rounds N          rounds of A B C D (default $ROUNDS)
+  --duration S        seconds of one wrk run (default $DURATION)
+  --connections N     wrk connections (default $CONNECTIONS)
+  --warmup S          seconds of an unmeasured run per target first (default $WARMUP; 0: none)
+  --paths "P..."      paths measured in front of nginx (default "$PATHS")
+  --sections LIST     which sections, comma-separated (default $SECTIONS)
+  --hold N            client connections held for the memory section (default $HOLD)
+  --switch-seconds S  length of the switch-under-load run (default $SWITCH_SECONDS)
+  --no-pin            do not pin anything to a CPU
+  --no-build          use target/release as it is (default: cargo build --release first)
+  --bin-dir DIR       take proxy and shortener from DIR, not target/release (implies --no-build)
+  --keep              keep the temporary directory (configs, logs)
+  -h, --help          this help
+
+Takes about rounds x targets x (duration + a few s) per table: ~3 minutes per
+table with the defaults.
+EOF
+}
+
+while (($#)); do
+  case $1 in
+  -h | --help)
+    usage
+    exit 0
+    ;;
+  --rounds | --duration | --connections | --warmup | --paths | --sections | --hold | --switch-seconds | --bin-dir)
+    take_value "$@"
+    case $1 in
+    --rounds) ROUNDS=$VALUE ;;
+    --duration) DURATION=$VALUE ;;
+    --connections) CONNECTIONS=$VALUE ;;
+    --warmup) WARMUP=$VALUE ;;
+    --paths) PATHS=$VALUE ;;
+    --sections) SECTIONS=$VALUE ;;
+    --hold) HOLD=$VALUE ;;
+    --switch-seconds) SWITCH_SECONDS=$VALUE ;;
+    --bin-dir)
+      BIN_DIR=$(abs_path "$VALUE")
+      BUILD=0
+      ;;
+    esac
+    shift 2
+    ;;
+  --no-pin)
+    PIN=0
+    shift
+    ;;
+  --no-build)
+    BUILD=0
+    shift
+    ;;
+  --keep)
+    KEEP=1
+    shift
+    ;;
+  *) die "unknown argument '$1' (see --help)" ;;
+  esac
+done
+
+for n in ROUNDS DURATION CONNECTIONS HOLD SWITCH_SECONDS; do
+  [[ ${!n} =~ ^[1-9][0-9]*$ ]] || die "--$(tr 'A-Z_' 'a-z-' <<<"$n") must be a positive whole number"
+done
+[[ $WARMUP =~ ^[0-9]+$ ]] || die "--warmup must be a whole number of seconds"
+for section in ${SECTIONS//,/ }; do
+  case $section in
+  nginx | shortener | memory | switch) ;;
+  *) die "unknown section '$section' (nginx, shortener, memory, switch)" ;;
+  esac
+done
+want() { [[ ,$SECTIONS, == *,$1,* ]]; }
+
+# Nothing is installed silently: say what is missing and how to get it.
+missing=()
+for cmd in wrk nginx haproxy; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd")
+done
+((${#missing[@]} == 0)) ||
+  die "missing: ${missing[*]}. Install with: apt-get install -y ${missing[*]}"
+require_cmd python3 "apt-get install -y python3"
+require_cmd curl "apt-get install -y curl"
+require_cmd taskset "apt-get install -y util-linux"
+require_cmd ps "apt-get install -y procps"
+
+if ((PIN)) && (($(nproc) < 2)); then
+  log "only $(nproc) CPU: not pinning"
+  PIN=0
+fi
+if ((PIN)); then
+  PIN_LOAD=(taskset -c 0)
+  PIN_SERVER=(taskset -c 1)
+else
+  PIN_LOAD=()
+  PIN_SERVER=()
+fi
+
+# 1,000 held connections, and as many to the upstream, need file descriptors.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+if ((BUILD)); then
+  log "cargo build --release -p proxy -p shortener"
+  (cd "$ROOT" && cargo build --release -p proxy -p shortener) >&2
+fi
+PROXY_BIN=$BIN_DIR/proxy
+SHORTENER_BIN=$BIN_DIR/shortener
+for bin in "$PROXY_BIN" "$SHORTENER_BIN"; do
+  [[ -x $bin ]] || die "no $bin: build it (cargo build --release) or drop --no-build"
+done
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/bench.XXXXXX")
+RESULTS=$WORK/results.tsv
+TITLES=$WORK/titles.tsv
+: >"$RESULTS"
+: >"$TITLES"
+TOKEN=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
+printf '%s\n' "$TOKEN" >"$WORK/admin.token"
+chmod 600 "$WORK/admin.token"
+
+# Every process this script starts, by pid, stopped by the EXIT trap.
+PIDS=()
+# shellcheck disable=SC2317 # run by the EXIT trap
+bench_exit_trap() {
+  local rc=$?
+  trap - EXIT INT TERM
+  local i
+  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+    stop_pid "${PIDS[i]}" "pid ${PIDS[i]}" 10
+  done
+  if ((KEEP)); then
+    log "kept $WORK"
+  else
+    rm -rf -- "$WORK"
+  fi
+  exit "$rc"
+}
+trap bench_exit_trap EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# forget_pid PID: stop PID now and drop it from PIDS (a pid can be reused).
+forget_pid() {
+  local pid=$1 i
+  stop_pid "$pid" "pid $pid" 10
+  for i in "${!PIDS[@]}"; do
+    [[ ${PIDS[i]} != "$pid" ]] || unset 'PIDS[i]'
+  done
+  PIDS=("${PIDS[@]}")
+}
+
+# free_ports N: N loopback ports free right now, one a line.
+free_ports() {
+  python3 - "$1" <<'PY'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print("\n".join(str(s.getsockname()[1]) for s in socks))
+PY
+}
+mapfile -t PORTS < <(free_ports 12)
+UPSTREAM_PORT=${PORTS[0]}
+OURS_PORT=${PORTS[1]}
+OURS_ADMIN_PORT=${PORTS[2]}
+NGINX_PORT=${PORTS[3]}
+HAPROXY_PORT=${PORTS[4]}
+V1_PORT=${PORTS[5]}
+V2_PORT=${PORTS[6]}
+SWITCH_PORT=${PORTS[7]}
+SWITCH_ADMIN_PORT=${PORTS[8]}
+
+# wait_port ADDR PID WHAT: wait (bounded) until ADDR accepts connections.
+wait_port() {
+  local addr=$1 pid=$2 what=$3
+  local deadline=$((SECONDS + 15))
+  while ((SECONDS < deadline)); do
+    pid_gone "$pid" && die "$what exited at start (logs in $WORK; rerun with --keep to read them)"
+    addr_in_use "$addr" && return 0
+    sleep 0.1
+  done
+  die "$what did not listen on $addr within 15s"
+}
+
+# start_server LOG CMD...: start CMD pinned to the server CPU; sets BG_PID.
+start_server() {
+  local log_file=$1
+  shift
+  "${PIN_SERVER[@]}" "$@" </dev/null >"$log_file" 2>&1 &
+  BG_PID=$!
+  PIDS+=("$BG_PID")
+}
+
+# nginx_common DIR: the top of an nginx config that runs unprivileged-style
+# from DIR, in the foreground, with one worker and no logs per request.
+nginx_common() {
+  local dir=$1
+  mkdir -p "$dir/tmp"
+  cat <<EOF
+daemon off;
+worker_processes 1;
+worker_rlimit_nofile $(ulimit -n);
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 8192; }
+EOF
+}
+
+nginx_temp_paths() {
+  local dir=$1
+  cat <<EOF
+  access_log off;
+  client_body_temp_path $dir/tmp/client;
+  proxy_temp_path $dir/tmp/proxy;
+  fastcgi_temp_path $dir/tmp/fastcgi;
+  uwsgi_temp_path $dir/tmp/uwsgi;
+  scgi_temp_path $dir/tmp/scgi;
+  keepalive_requests 1000000;
+EOF
+}
+
+# start_nginx NAME: run the config $WORK/NAME/nginx.conf; sets BG_PID.
+start_nginx() {
+  local dir=$WORK/$1
+  start_server "$dir/stderr.log" nginx -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf"
+}
+
+# start_upstream_nginx PORT: the upstream: 200 with a small body on /, a 302
+# on /r (like a shortener redirect), and a /healthz our proxy's probe passes.
+start_upstream_nginx() {
+  local dir=$WORK/upstream
+  mkdir -p "$dir"
+  {
+    nginx_common "$dir"
+    cat <<EOF
+http {
+$(nginx_temp_paths "$dir")
+  server {
+    listen 127.0.0.1:$1 backlog=4096;
+    location = / { default_type text/plain; return 200 "hello from the upstream\n"; }
+    location = /r { return 302 https://example.invalid/target; }
+    location = /healthz { default_type application/json; return 200 '{"status":"ok","release":"nginx"}'; }
+  }
+}
+EOF
+  } >"$dir/nginx.conf"
+  start_nginx upstream
+  UPSTREAM_PID=$BG_PID
+  wait_port "127.0.0.1:$1" "$BG_PID" "the upstream nginx"
+}
+
+# start_nginx_proxy PORT UPSTREAM_ADDR: nginx as a reverse proxy, with a
+# keep-alive pool to the upstream.
+start_nginx_proxy() {
+  local dir=$WORK/nginx-proxy
+  mkdir -p "$dir"
+  {
+    nginx_common "$dir"
+    cat <<EOF
+http {
+$(nginx_temp_paths "$dir")
+  upstream backend {
+    server $2;
+    keepalive 64;
+    keepalive_requests 1000000;
+  }
+  server {
+    listen 127.0.0.1:$1 backlog=4096;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+    }
+  }
+}
+EOF
+  } >"$dir/nginx.conf"
+  start_nginx nginx-proxy
+  NGINX_PID=$BG_PID
+  wait_port "127.0.0.1:$1" "$BG_PID" "nginx (proxy)"
+}
+
+# start_haproxy PORT UPSTREAM_ADDR: HAProxy, one thread, reusing upstream
+# connections across clients.
+start_haproxy() {
+  local dir=$WORK/haproxy
+  mkdir -p "$dir"
+  cat >"$dir/haproxy.cfg" <<EOF
+global
+  nbthread 1
+  maxconn 5000
+
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 60s
+  timeout server 60s
+  option http-keep-alive
+  http-reuse always
+
+frontend public
+  bind 127.0.0.1:$1
+  default_backend upstream
+
+backend upstream
+  server upstream $2
+EOF
+  start_server "$dir/haproxy.log" haproxy -db -f "$dir/haproxy.cfg"
+  HAPROXY_PID=$BG_PID
+  wait_port "127.0.0.1:$1" "$BG_PID" "HAProxy"
+}
+
+# start_ours NAME PORT ADMIN_PORT BLUE GREEN SCENARIOS: our proxy with a
+# generated config (data in $WORK/NAME); sets BG_PID.
+start_ours() {
+  local name=$1 port=$2 admin_port=$3 blue=$4 green=$5 scenarios=$6
+  local dir=$WORK/$name
+  mkdir -p "$dir"
+  {
+    cat <<EOF
+# Generated by scripts/bench.sh.
+data_dir = "$dir/data"
+
+[listen]
+public = "127.0.0.1:$port"
+admin = "127.0.0.1:$admin_port"
+
+[slots]
+active = "blue"
+
+[slots.blue]
+addr = "$blue"
+
+[slots.green]
+addr = "$green"
+
+EOF
+    cat "$scenarios"
+  } >"$dir/proxy.toml"
+  PROXY_ADMIN_TOKEN=$TOKEN TOKIO_WORKER_THREADS=1 RUST_LOG=${BENCH_RUST_LOG:-warn} \
+    start_server "$dir/proxy.log" "$PROXY_BIN" --config "$dir/proxy.toml"
+  wait_listening "$BG_PID" "$dir/proxy.log" "public listening on" "" 30 "our proxy ($name)"
+}
+
+# The probe our proxy runs in front of nginx: nginx's /healthz passes it.
+HEALTH_SCENARIO=$WORK/health-scenario.toml
+cat >"$HEALTH_SCENARIO" <<'EOF'
+[[scenario]]
+name = "health"
+[[scenario.step]]
+name = "healthz"
+path = "/healthz"
+expect_status = 200
+expect_body = '"status":"ok"'
+EOF
+# In front of shorteners: the reference config's scenarios, as in production.
+SHORTENER_SCENARIOS=$WORK/shortener-scenarios.toml
+sed -n '/^\[\[scenario\]\]/,$p' "$ROOT/config/proxy.toml" >"$SHORTENER_SCENARIOS"
+
+# start_bench_shortener PORT RELEASE: a shortener on the server CPU; sets BG_PID.
+start_bench_shortener() {
+  local port=$1 release=$2
+  local log_file=$WORK/shortener-$release.log
+  TOKIO_WORKER_THREADS=1 RUST_LOG=${BENCH_RUST_LOG:-warn} start_server "$log_file" \
+    "$SHORTENER_BIN" --listen "127.0.0.1:$port" --db "$WORK/links.db" --release "$release"
+  wait_listening "$BG_PID" "$log_file" "shortener listening on" "" 30 "shortener $release"
+}
+
+# run_wrk TABLE TARGET ROUND URL: one measured wrk run, appended to RESULTS.
+run_wrk() {
+  local table=$1 target=$2 round=$3 url=$4 out
+  out=$(timeout $((DURATION + 30)) "${PIN_LOAD[@]}" wrk -t1 -c "$CONNECTIONS" -d "${DURATION}s" \
+    -s "$BENCH_DIR/report.lua" "$url" 2>&1) || die "wrk failed against $target ($url): $out"
+  local line
+  line=$(grep '^BENCH ' <<<"$out") || die "no result line from wrk against $target: $out"
+  python3 - "$table" "$target" "$round" "$line" >>"$RESULTS" <<'PY'
+import sys
+table, target, rnd, line = sys.argv[1:5]
+f = dict(kv.split("=") for kv in line.split()[1:])
+errors = sum(int(f[k]) for k in ("connect", "read", "write", "timeout", "status"))
+print("\t".join([table, target, rnd, f["rps"], f["p50_us"], f["p99_us"], str(errors)]))
+PY
+  log "  $target: ${line#BENCH }"
+}
+
+# measure TABLE TITLE PATH NAME=ADDR...: warm up each target, then ROUNDS
+# rounds of all targets in turn.
+measure() {
+  local table=$1 title=$2 path=$3
+  shift 3
+  printf '%s\t%s\n' "$table" "$title" >>"$TITLES"
+  local target
+  if ((WARMUP > 0)); then
+    log "$title: warm-up, ${WARMUP}s per target"
+    for target in "$@"; do
+      timeout $((WARMUP + 30)) "${PIN_LOAD[@]}" wrk -t1 -c "$CONNECTIONS" -d "${WARMUP}s" \
+        "http://${target#*=}$path" >/dev/null 2>&1 || die "warm-up failed against ${target%%=*}"
+    done
+  fi
+  local round
+  for ((round = 1; round <= ROUNDS; round++)); do
+    log "$title: round $round/$ROUNDS"
+    for target in "$@"; do
+      run_wrk "$table" "${target%%=*}" "$round" "http://${target#*=}$path"
+    done
+  done
+}
+
+# rss_kb PID: resident memory of PID and its children (nginx's workers), in KiB.
+rss_kb() {
+  ps -o rss= -p "$1" --ppid "$1" | awk '{ s += $1 } END { print s + 0 }'
+}
+
+# mib KIB: KiB as MiB with one decimal.
+mib() { awk -v kb="$1" 'BEGIN { printf "%.1f", kb / 1024 }'; }
+
+MEMORY_ROWS=()
+# hold_and_measure NAME PID ADDR IDLE_KB: RSS while HOLD keep-alive client
+# connections are open on ADDR, and after they are closed.
+hold_and_measure() {
+  local name=$1 pid=$2 addr=$3 idle=$4
+  local out=$WORK/hold-$name.out
+  : >"$out"
+  "${PIN_LOAD[@]}" python3 "$BENCH_DIR/hold_conns.py" "$(addr_host "$addr")" "$(addr_port "$addr")" \
+    --count "$HOLD" --seconds 120 </dev/null >"$out" 2>&1 &
+  local holder=$!
+  PIDS+=("$holder")
+  local deadline=$((SECONDS + 90))
+  while ! grep -q '^held ' "$out" && ((SECONDS < deadline)); do
+    pid_gone "$holder" && break
+    sleep 0.2
+  done
+  grep -q '^held ' "$out" || die "could not open $HOLD connections to $name: $(cat "$out")"
+  sleep 1
+  local held_kb held
+  held_kb=$(rss_kb "$pid")
+  held=$(sed -n 's/^held \([0-9]*\) failed \([0-9]*\)/\1 open, \2 failed/p' "$out")
+  forget_pid "$holder"
+  sleep 1
+  MEMORY_ROWS+=("| $name | $(mib "$idle") | $(mib "$held_kb") ($held) | $(mib "$(rss_kb "$pid")") |")
+}
+
+# --- Section: in front of nginx --------------------------------------------
+if want nginx || want memory; then
+  log "starting the nginx upstream and the three proxies in front of it"
+  start_upstream_nginx "$UPSTREAM_PORT"
+  UP=127.0.0.1:$UPSTREAM_PORT
+  start_ours ours "$OURS_PORT" "$OURS_ADMIN_PORT" "$UP" "$UP" "$HEALTH_SCENARIO"
+  OURS_PID=$BG_PID
+  start_nginx_proxy "$NGINX_PORT" "$UP"
+  start_haproxy "$HAPROXY_PORT" "$UP"
+  sleep 1
+  IDLE_OURS=$(rss_kb "$OURS_PID")
+  IDLE_NGINX=$(rss_kb "$NGINX_PID")
+  IDLE_HAPROXY=$(rss_kb "$HAPROXY_PID")
+
+  if want nginx; then
+    for path in $PATHS; do
+      measure "nginx$path" "In front of nginx: GET $path" "$path" \
+        "upstream=$UP" "ours=127.0.0.1:$OURS_PORT" \
+        "nginx=127.0.0.1:$NGINX_PORT" "haproxy=127.0.0.1:$HAPROXY_PORT"
+    done
+  fi
+  if want memory; then
+    log "memory: holding $HOLD keep-alive connections to each proxy"
+    hold_and_measure ours "$OURS_PID" "127.0.0.1:$OURS_PORT" "$IDLE_OURS"
+    hold_and_measure nginx "$NGINX_PID" "127.0.0.1:$NGINX_PORT" "$IDLE_NGINX"
+    hold_and_measure haproxy "$HAPROXY_PID" "127.0.0.1:$HAPROXY_PORT" "$IDLE_HAPROXY"
+  fi
+  for pid in "$HAPROXY_PID" "$NGINX_PID" "$OURS_PID" "$UPSTREAM_PID"; do forget_pid "$pid"; done
+fi
+
+# --- Section: in front of the shortener -------------------------------------
+if want shortener || want switch; then
+  start_bench_shortener "$V1_PORT" v1
+  V1=127.0.0.1:$V1_PORT
+  # One link to follow: the redirect is the shortener's hot path.
+  created=$(curl -sS --max-time 5 -H 'Content-Type: application/json' \
+    --data '{"url":"https://example.invalid/bench"}' "http://$V1/api/links") ||
+    die "could not create a link on the shortener: $created"
+  CODE=$(printf '%s' "$created" | json_get code) || die "unexpected answer creating a link: $created"
+  [[ -n $CODE ]] || die "no code in the answer creating a link: $created"
+fi
+
+if want shortener; then
+  log "starting the three proxies in front of the shortener"
+  start_ours ours-shortener "$OURS_PORT" "$OURS_ADMIN_PORT" "$V1" "$V1" "$SHORTENER_SCENARIOS"
+  OURS_PID=$BG_PID
+  start_nginx_proxy "$NGINX_PORT" "$V1"
+  start_haproxy "$HAPROXY_PORT" "$V1"
+  measure shortener "In front of the shortener: GET /$CODE (302)" "/$CODE" \
+    "upstream=$V1" "ours=127.0.0.1:$OURS_PORT" \
+    "nginx=127.0.0.1:$NGINX_PORT" "haproxy=127.0.0.1:$HAPROXY_PORT"
+  for pid in "$HAPROXY_PID" "$NGINX_PID" "$OURS_PID"; do forget_pid "$pid"; done
+fi
+
+# --- Section: switching under load ------------------------------------------
+SWITCH_REPORT=''
+if want switch; then
+  log "switch under load: v1 on blue, v2 on green, switching every 0.5 s for ${SWITCH_SECONDS}s"
+  start_bench_shortener "$V2_PORT" v2
+  V2=127.0.0.1:$V2_PORT
+  start_ours ours-switch "$SWITCH_PORT" "$SWITCH_ADMIN_PORT" "$V1" "$V2" "$SHORTENER_SCENARIOS"
+  ADMIN_URL=http://127.0.0.1:$SWITCH_ADMIN_PORT
+  printf 'Authorization: Bearer %s\n' "$TOKEN" >"$WORK/admin.header"
+  # The switcher: alternates /switch to green and blue, one outcome a line.
+  (
+    deadline=$((SECONDS + SWITCH_SECONDS))
+    to=green
+    while ((SECONDS < deadline)); do
+      code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 -X POST \
+        -H @"$WORK/admin.header" -H 'Content-Type: application/json' \
+        --data "{\"to\":\"$to\"}" "$ADMIN_URL/switch") || code=000
+      printf '%s %s\n' "$to" "$code"
+      if [[ $code == 200 ]]; then to=$(other_slot "$to"); fi
+      sleep 0.5
+    done
+  ) >"$WORK/switches.txt" 2>&1 &
+  SWITCHER_PID=$!
+  PIDS+=("$SWITCHER_PID")
+  timeout $((SWITCH_SECONDS + 30)) "${PIN_LOAD[@]}" wrk -t1 -c "$CONNECTIONS" \
+    -d "${SWITCH_SECONDS}s" -s "$BENCH_DIR/tally.lua" "http://127.0.0.1:$SWITCH_PORT/$CODE" \
+    >"$WORK/tally.txt" 2>&1 || die "wrk failed in the switch run: $(cat "$WORK/tally.txt")"
+  wait "$SWITCHER_PID" || true
+  forget_pid "$SWITCHER_PID"
+  SWITCH_REPORT=$(
+    python3 - "$WORK/tally.txt" "$WORK/switches.txt" "$SWITCH_SECONDS" <<'PY'
+import sys
+rel, st, err = {}, {}, {}
+with open(sys.argv[1]) as fh:
+    tally = fh.read()
+for line in tally.splitlines():
+    kind, *kvs = line.split() or [""]
+    if kind not in ("TALLY", "STATUS", "ERRORS"):
+        continue
+    f = dict(kv.split("=", 1) for kv in kvs)
+    if kind == "TALLY":
+        rel[f["release"]] = int(f["count"])
+    elif kind == "STATUS":
+        st[f["code"]] = int(f["count"])
+    elif kind == "ERRORS":
+        err = {k: int(v) for k, v in f.items()}
+switches = {}
+with open(sys.argv[2]) as fh:
+    for line in fh:
+        parts = line.split()
+        if len(parts) == 2:
+            switches[parts[1]] = switches.get(parts[1], 0) + 1
+print("| answered by (x-release) | responses |")
+print("|---|---:|")
+for r, n in sorted(rel.items()):
+    print(f"| {r} | {n:,} |")
+print()
+print("| status | responses |")
+print("|---|---:|")
+for c, n in sorted(st.items()):
+    print(f"| {c} | {n:,} |")
+print()
+print("| error kind (wrk) | count |")
+print("|---|---:|")
+for k in ("connect", "read", "write", "timeout", "status"):
+    label = "status >= 400" if k == "status" else k
+    print(f"| {label} | {err.get(k, 0):,} |")
+five = sum(n for c, n in st.items() if c.isdigit() and int(c) >= 500)
+print(f"| status >= 500 | {five:,} |")
+print()
+names = {"200": "moved", "409": "refused by the probes", "000": "no answer"}
+print("| /switch outcome | count |")
+print("|---|---:|")
+for c, n in sorted(switches.items()):
+    print(f"| {c} {names.get(c, '')} | {n} |")
+print(f"\n{err.get('requests', 0):,} requests in {sys.argv[3]} s.")
+PY
+  )
+fi
+
+# --- Report -------------------------------------------------------------------
+cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
+cat <<EOF
+# Proxy benchmark
+
+$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs (${cpu:-unknown CPU}), Linux $(uname -r).
+wrk $(wrk -v 2>&1 | head -n 1 | awk '{print $2}'), $(nginx -v 2>&1 | sed 's/.*: //'), HAProxy $(haproxy -v | head -n 1 | awk '{print $3}').
+$ROUNDS rounds of ${DURATION}s per target, alternating; $CONNECTIONS connections, 1 wrk thread; $(
+  if ((PIN)); then echo "wrk on CPU 0, proxy and upstream on CPU 1"; else echo "not pinned"; fi
+); each proxy on one worker thread.
+
+EOF
+if [[ -s $RESULTS ]]; then
+  echo "## Throughput and latency"
+  echo
+  python3 "$BENCH_DIR/summarize.py" "$RESULTS" "$TITLES"
+fi
+if ((${#MEMORY_ROWS[@]})); then
+  cat <<EOF
+## Memory (RSS, MiB; nginx counts master and worker)
+
+| proxy | idle at start | $HOLD keep-alive clients | after they close |
+|---|---:|---:|---:|
+EOF
+  printf '%s\n' "${MEMORY_ROWS[@]}"
+  echo
+fi
+if [[ -n $SWITCH_REPORT ]]; then
+  cat <<EOF
+## Switching under load
+
+wrk through our proxy to GET /$CODE (v1 on blue, v2 on green, one database),
+while POST /switch alternates every 0.5 s.
+
+$SWITCH_REPORT
+EOF
+fi

@@ -1,0 +1,249 @@
+//! The crate's errors: `AppError` for everything a request can run into, with the one mapping to
+//! HTTP statuses and the JSON and HTML renderings; `StoreError` for the database; `StartError`
+//! for startup. Internal causes are logged here and never sent to clients.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use axum::Json;
+use axum::extract::rejection::{FormRejection, JsonRejection, PathRejection, QueryRejection};
+use axum::response::{Html, IntoResponse, Response};
+use http::StatusCode;
+use serde_json::json;
+
+use crate::code::CodeError;
+use crate::fault::Fault;
+use crate::long_url::UrlError;
+use crate::{body_limit, page};
+
+/// What a client sees instead of an internal cause.
+const INTERNAL_MESSAGE: &str = "internal error; the cause is in the server log";
+
+/// Everything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    InvalidUrl(#[from] UrlError),
+    #[error(transparent)]
+    InvalidCode(#[from] CodeError),
+    /// Malformed JSON, form data or query string; the message says what was wrong.
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("request body is larger than {} bytes", body_limit::MAX_BODY_BYTES)]
+    PayloadTooLarge,
+    #[error("code `{0}` is already taken; choose another")]
+    CodeTaken(String),
+    #[error("no link with code `{0}`")]
+    LinkNotFound(String),
+    #[error("nothing at {0}")]
+    RouteNotFound(String),
+    #[error("no free code found after {0} random tries; try again")]
+    CodeSpaceExhausted(u32),
+    #[error("method {0} is not allowed here")]
+    MethodNotAllowed(http::Method),
+    #[error("injected fault `{0}`")]
+    Injected(Fault),
+    /// A bug or bad data on our side; the message is logged, not sent.
+    #[error("{0}")]
+    Internal(String),
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl AppError {
+    /// The one mapping from errors to HTTP statuses.
+    pub fn status_code(&self) -> StatusCode {
+        match self {
+            Self::InvalidUrl(_) | Self::InvalidCode(_) | Self::BadRequest(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::CodeTaken(_) => StatusCode::CONFLICT,
+            Self::LinkNotFound(_) | Self::RouteNotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::CodeSpaceExhausted(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Store(cause) if cause.is_busy() => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Injected(_) | Self::Internal(_) | Self::Store(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        }
+    }
+
+    /// The message for the client. An internal cause is logged here, and replaced.
+    pub fn client_message(&self) -> String {
+        match self {
+            Self::Store(cause) if cause.is_busy() => {
+                tracing::warn!(error = %cause, "database busy past the timeout");
+                "the database is busy; try again".to_owned()
+            }
+            Self::Store(cause) => {
+                tracing::error!(error = %cause, "store failure");
+                INTERNAL_MESSAGE.to_owned()
+            }
+            Self::Internal(cause) => {
+                tracing::error!(error = %cause, "internal error");
+                INTERNAL_MESSAGE.to_owned()
+            }
+            other => other.to_string(),
+        }
+    }
+
+    /// `{"error": "..."}` with the status.
+    pub fn into_json(self) -> Response {
+        let body = Json(json!({ "error": self.client_message() }));
+        (self.status_code(), body).into_response()
+    }
+
+    /// A small HTML error page with the status.
+    pub fn into_html(self) -> Response {
+        let status = self.status_code();
+        (status, Html(page::error(status, &self.client_message()))).into_response()
+    }
+
+    /// JSON for the API and `/healthz`, HTML for the pages: for errors raised outside a handler
+    /// (middleware, fallback), which only know the path.
+    pub fn render_for(self, path: &str) -> Response {
+        if path == "/api" || path.starts_with("/api/") || path == "/healthz" {
+            self.into_json()
+        } else {
+            self.into_html()
+        }
+    }
+
+    /// axum's rejections carry a good message but statuses we don't all want (422 for a JSON
+    /// body of the wrong shape): keep 413 and 415, make everything else a 400.
+    fn from_rejection(status: StatusCode, message: String) -> Self {
+        match status {
+            StatusCode::PAYLOAD_TOO_LARGE => Self::PayloadTooLarge,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::UnsupportedMediaType(message),
+            _ => Self::BadRequest(message),
+        }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        self.into_json()
+    }
+}
+
+impl From<StoreError> for AppError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::CodeTaken(code) => Self::CodeTaken(code),
+            StoreError::CodeSpaceExhausted(tries) => Self::CodeSpaceExhausted(tries),
+            other => Self::Store(other),
+        }
+    }
+}
+
+impl From<JsonRejection> for AppError {
+    fn from(rejection: JsonRejection) -> Self {
+        Self::from_rejection(rejection.status(), rejection.body_text())
+    }
+}
+
+impl From<FormRejection> for AppError {
+    fn from(rejection: FormRejection) -> Self {
+        Self::from_rejection(rejection.status(), rejection.body_text())
+    }
+}
+
+impl From<QueryRejection> for AppError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::from_rejection(rejection.status(), rejection.body_text())
+    }
+}
+
+impl From<PathRejection> for AppError {
+    fn from(rejection: PathRejection) -> Self {
+        Self::from_rejection(rejection.status(), rejection.body_text())
+    }
+}
+
+/// What the SQLite store can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("code `{0}` is already taken")]
+    CodeTaken(String),
+    #[error("no free code found after {0} random tries")]
+    CodeSpaceExhausted(u32),
+    #[error("cannot create the database folder {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "database journal mode is `{0}`, not `wal`; two processes cannot share this file safely"
+    )]
+    NotWal(String),
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("database worker thread failed: {0}")]
+    Worker(#[from] tokio::task::JoinError),
+}
+
+impl StoreError {
+    /// The other process held the write lock past `store::BUSY_TIMEOUT`: worth a retry, so the
+    /// client gets a 503 rather than a 500.
+    pub fn is_busy(&self) -> bool {
+        use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked};
+        matches!(self, Self::Sqlite(rusqlite::Error::SqliteFailure(e, _)) if matches!(e.code, DatabaseBusy | DatabaseLocked))
+    }
+}
+
+/// Why the process could not start or keep serving.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot open the database {path}: {source}")]
+    Store { path: PathBuf, source: StoreError },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot install the signal handlers: {0}")]
+    Signals(std::io::Error),
+    #[error("cannot print the readiness line: {0}")]
+    Announce(std::io::Error),
+    #[error("server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sqlite(code: std::ffi::c_int) -> AppError {
+        let err = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None);
+        AppError::from(StoreError::Sqlite(err))
+    }
+
+    #[test]
+    fn a_busy_database_is_a_retryable_503_other_failures_a_500() {
+        assert_eq!(
+            sqlite(rusqlite::ffi::SQLITE_BUSY).status_code(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            sqlite(rusqlite::ffi::SQLITE_CORRUPT).status_code(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
+
+    #[test]
+    fn store_conflicts_become_client_errors() {
+        let taken = AppError::from(StoreError::CodeTaken("x".into()));
+        assert_eq!(taken.status_code(), StatusCode::CONFLICT);
+        assert!(taken.client_message().contains("`x`"));
+    }
+
+    #[test]
+    fn internal_causes_are_not_sent() {
+        let message = sqlite(rusqlite::ffi::SQLITE_CORRUPT).client_message();
+        assert_eq!(message, INTERNAL_MESSAGE);
+    }
+}

@@ -1,0 +1,14 @@
+//! Integration tests of the shortener over real HTTP on ephemeral ports: the app in-process
+//! (`support::spawn_app`) for most, the real binary (`support::Process`) for process-level ones.
+//! One test binary with a module per concern, so the suite links once.
+
+mod support;
+
+mod faults;
+mod flask_routes;
+mod health;
+mod input_rules;
+mod json_api;
+mod processes;
+mod release_header;
+mod short_links;

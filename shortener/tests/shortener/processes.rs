@@ -1,0 +1,227 @@
+//! The real binary: readiness, flags from the environment, two processes on one database,
+//! restarts, and graceful shutdown.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::json;
+use tokio::task::JoinSet;
+
+use crate::support::*;
+
+/// Links each writer task creates in the two-process test.
+const LINKS_PER_TASK: usize = 50;
+/// Writer tasks per process.
+const TASKS_PER_PROCESS: usize = 4;
+
+#[tokio::test]
+async fn two_processes_on_one_database_lose_no_link() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // A folder that does not exist yet: the first process to start creates it.
+    let db = dir.path().join("shared").join("links.db");
+    let (blue, green) = tokio::join!(
+        Process::start(&db, &["--release", "blue"]),
+        Process::start(&db, &["--release", "green"]),
+    );
+    let slots = [Arc::new(blue), Arc::new(green)];
+
+    let mut writers = JoinSet::new();
+    for slot in &slots {
+        for task in 0..TASKS_PER_PROCESS {
+            let slot = Arc::clone(slot);
+            writers.spawn(async move {
+                let mut written = Vec::new();
+                for i in 0..LINKS_PER_TASK {
+                    let url = format!("https://example.com/{}/{task}/{i}", slot.addr.port());
+                    let link = slot.create(&url, None).await;
+                    written.push((link["code"].as_str().expect("a code").to_owned(), url));
+                }
+                written
+            });
+        }
+    }
+    let mut written = HashMap::new();
+    while let Some(batch) = writers.join_next().await {
+        written.extend(batch.expect("a writer task"));
+    }
+
+    let expected = 2 * TASKS_PER_PROCESS * LINKS_PER_TASK;
+    assert_eq!(written.len(), expected, "every code is distinct");
+    let written = Arc::new(written);
+    let mut readers = JoinSet::new();
+    for slot in &slots {
+        let (slot, written) = (Arc::clone(slot), Arc::clone(&written));
+        readers.spawn(async move {
+            for (code, url) in written.iter() {
+                let res = send(slot.get(&format!("/{code}"))).await;
+                assert_eq!(res.status(), StatusCode::FOUND, "{code} via {}", slot.addr);
+                assert_eq!(header(&res, "location"), url);
+            }
+        });
+    }
+    while let Some(done) = readers.join_next().await {
+        done.expect("a reader task");
+    }
+    let page = json_of(send(slots[0].get("/api/links?limit=500")).await).await;
+    let links = page["links"].as_array().expect("a links array");
+    assert_eq!(links.len(), expected);
+    assert!(
+        links.iter().all(|link| link["clicks"] == 2),
+        "one click through each process"
+    );
+    let releases: HashSet<_> = links.iter().filter_map(|l| l["release"].as_str()).collect();
+    assert_eq!(releases, HashSet::from(["blue", "green"]));
+}
+
+#[tokio::test]
+async fn two_processes_racing_for_a_code_give_it_to_exactly_one() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("links.db");
+    let blue = Arc::new(Process::start(&db, &["--release", "blue"]).await);
+    let green = Arc::new(Process::start(&db, &["--release", "green"]).await);
+
+    let mut racers = JoinSet::new();
+    for slot in [&blue, &green] {
+        let slot = Arc::clone(slot);
+        racers.spawn(async move {
+            let mut statuses = Vec::new();
+            for i in 0..30 {
+                let body = json!({ "url": "https://example.com/", "code": format!("race-{i}") });
+                statuses.push(send(slot.post_json("/api/links", &body)).await.status());
+            }
+            statuses
+        });
+    }
+    let mut results = Vec::new();
+    while let Some(statuses) = racers.join_next().await {
+        results.push(statuses.expect("a racer task"));
+    }
+
+    let (first, second) = (&results[0], &results[1]);
+    for (i, (a, b)) in first.iter().zip(second).enumerate() {
+        let mut pair = [*a, *b];
+        pair.sort();
+        assert_eq!(
+            pair,
+            [StatusCode::CREATED, StatusCode::CONFLICT],
+            "race-{i}"
+        );
+    }
+    assert_eq!(first.len(), 30);
+}
+
+#[tokio::test]
+async fn a_restart_keeps_the_data() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("links.db");
+    let first = Process::start(&db, &[]).await;
+    let mut codes = Vec::new();
+    for i in 0..20 {
+        codes.push(
+            first
+                .create(&format!("https://example.com/{i}"), None)
+                .await["code"]
+                .clone(),
+        );
+    }
+    send(first.get(&format!("/{}", codes[0].as_str().expect("a code")))).await;
+    first.kill().await;
+
+    let second = Process::start(&db, &["--release", "v2"]).await;
+
+    for (i, code) in codes.iter().enumerate() {
+        let code = code.as_str().expect("a code");
+        let res = send(second.get(&format!("/{code}"))).await;
+        assert_eq!(res.status(), StatusCode::FOUND);
+        assert_eq!(header(&res, "location"), format!("https://example.com/{i}"));
+    }
+    let first_link = json_of(
+        send(second.get(&format!(
+            "/api/links/{}",
+            codes[0].as_str().expect("a code")
+        )))
+        .await,
+    )
+    .await;
+    assert_eq!(first_link["clicks"], 2);
+    assert_eq!(first_link["release"], "v1");
+}
+
+#[tokio::test]
+async fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut slot = Process::start(&dir.path().join("links.db"), &["--fault", "latency=1000"]).await;
+    let slow = slot.get("/healthz");
+    let started = Instant::now();
+    let in_flight = tokio::spawn(async move { send(slow).await.status() });
+    slot.wait_for_log("fault latency").await;
+
+    slot.terminate();
+    let status = slot.wait_exit().await;
+
+    assert_eq!(in_flight.await.expect("the request task"), StatusCode::OK);
+    assert!(started.elapsed() >= Duration::from_millis(1000));
+    assert!(
+        status.success(),
+        "exit status {status}; stderr:\n{}",
+        slot.stderr()
+    );
+    // The log pipe is drained by a task that may still be reading the last lines.
+    slot.wait_for_log("stopped gracefully").await;
+}
+
+#[tokio::test]
+async fn every_flag_can_come_from_the_environment() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("env.db");
+    let env = [
+        ("SHORTENER_LISTEN", "127.0.0.1:0"),
+        ("SHORTENER_DB", db.to_str().expect("a UTF-8 path")),
+        ("SHORTENER_RELEASE", "env-7"),
+        ("SHORTENER_FAULT", "latency=1,fail-after=3"),
+        ("SHORTENER_PUBLIC_HOST", "a.example,b.example"),
+    ];
+    let slot = Process::spawn(&[], &env).await;
+
+    let health = send(slot.get("/healthz")).await;
+    let loop_a = send(slot.post_json("/api/links", &json!({ "url": "https://A.example/" }))).await;
+    let loop_b = send(slot.post_json("/api/links", &json!({ "url": "https://b.example./" }))).await;
+    let fourth = send(slot.get("/healthz")).await;
+
+    assert_eq!(header(&health, "x-release"), "env-7");
+    assert_eq!(health.status(), StatusCode::OK);
+    assert!(
+        error_of(loop_a, StatusCode::BAD_REQUEST)
+            .await
+            .contains("points back")
+    );
+    assert!(
+        error_of(loop_b, StatusCode::BAD_REQUEST)
+            .await
+            .contains("points back")
+    );
+    assert_eq!(fourth.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(db.exists());
+}
+
+#[test]
+fn an_unknown_fault_kind_stops_startup_naming_it() {
+    let from_flag = std::process::Command::new(env!("CARGO_BIN_EXE_shortener"))
+        .args(["--listen", "127.0.0.1:0", "--fault", "explode"])
+        .output()
+        .expect("the binary runs");
+    let from_env = std::process::Command::new(env!("CARGO_BIN_EXE_shortener"))
+        .args(["--listen", "127.0.0.1:0"])
+        .env("SHORTENER_FAULT", "create-500,explode-env")
+        .output()
+        .expect("the binary runs");
+
+    for (output, name) in [(from_flag, "explode"), (from_env, "explode-env")] {
+        assert_eq!(output.status.code(), Some(2), "a usage error");
+        assert!(output.stdout.is_empty(), "no readiness line");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(&format!("`{name}`")), "{stderr}");
+    }
+}

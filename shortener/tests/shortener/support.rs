@@ -1,0 +1,292 @@
+//! The harness: the app in-process on 127.0.0.1:0, the real binary as a child process, and
+//! `eventually` for waiting on a condition instead of sleeping.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use reqwest::{Client, RequestBuilder, Response, StatusCode, redirect};
+use serde_json::{Value, json};
+use shortener::{AppState, Args};
+use tempfile::TempDir;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::process::{Child, ChildStdout, Command};
+use tokio::sync::oneshot;
+
+/// Bound on anything a test waits for: a request, a readiness line, an exit.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A client that shows redirects instead of following them.
+pub fn client() -> Client {
+    Client::builder()
+        .redirect(redirect::Policy::none())
+        .timeout(PATIENCE)
+        .build()
+        .expect("a plain HTTP client builds")
+}
+
+/// Waits until `condition` holds, polling, for at most `timeout`; panics naming `what` after.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !condition().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Requests against one base URL, shared by the in-process app and the child process.
+pub trait Target {
+    fn base(&self) -> String;
+    fn http(&self) -> &Client;
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base())
+    }
+    fn get(&self, path: &str) -> RequestBuilder {
+        self.http().get(self.url(path))
+    }
+    fn delete(&self, path: &str) -> RequestBuilder {
+        self.http().delete(self.url(path))
+    }
+    fn post_json(&self, path: &str, body: &Value) -> RequestBuilder {
+        self.http().post(self.url(path)).json(body)
+    }
+    fn post_form(&self, path: &str, fields: &[(&str, &str)]) -> RequestBuilder {
+        self.http().post(self.url(path)).form(fields)
+    }
+
+    /// Creates a link through the API, asserting the 201, and answers the JSON.
+    fn create(&self, url: &str, code: Option<&str>) -> impl Future<Output = Value> + Send
+    where
+        Self: Sync,
+    {
+        async move {
+            let res =
+                send(self.post_json("/api/links", &json!({ "url": url, "code": code }))).await;
+            assert_eq!(
+                res.status(),
+                StatusCode::CREATED,
+                "creating {url} as {code:?}"
+            );
+            json_of(res).await
+        }
+    }
+}
+
+/// Sends, panicking on transport errors (tests want the status, not a `Result`).
+pub async fn send(request: RequestBuilder) -> Response {
+    request.send().await.expect("the request gets an answer")
+}
+
+pub async fn json_of(res: Response) -> Value {
+    res.json().await.expect("a JSON body")
+}
+
+pub async fn text_of(res: Response) -> String {
+    res.text().await.expect("a text body")
+}
+
+pub fn header<'a>(res: &'a Response, name: &str) -> &'a str {
+    res.headers()
+        .get(name)
+        .map(|v| v.to_str().expect("a text header"))
+        .unwrap_or_default()
+}
+
+/// The JSON error message of a 4xx/5xx answer, asserting the status and the shape.
+pub async fn error_of(res: Response, status: StatusCode) -> String {
+    assert_eq!(res.status(), status);
+    assert!(header(&res, "content-type").starts_with("application/json"));
+    let body = json_of(res).await;
+    let message = body["error"]
+        .as_str()
+        .expect("an `error` string")
+        .to_owned();
+    assert!(!message.is_empty());
+    message
+}
+
+/// The app running in this test's runtime, on its own port and (by default) its own database.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub db: PathBuf,
+    client: Client,
+    shutdown: Option<oneshot::Sender<()>>,
+    /// Keeps the temporary database folder alive while the app runs.
+    _dir: Option<TempDir>,
+}
+
+impl Target for TestApp {
+    fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+    fn http(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[]).await
+}
+
+/// An app on a fresh temporary database, with extra command-line flags.
+pub async fn spawn_app_with(flags: &[&str]) -> TestApp {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let mut app = spawn_app_on(&dir.path().join("links.db"), flags).await;
+    app._dir = Some(dir);
+    app
+}
+
+/// An app on a given database file (several apps may share one), with extra flags.
+pub async fn spawn_app_on(db: &Path, flags: &[&str]) -> TestApp {
+    let db_arg = db.to_str().expect("a UTF-8 temp path");
+    let argv = ["shortener", "--listen", "127.0.0.1:0", "--db", db_arg]
+        .into_iter()
+        .chain(flags.iter().copied());
+    let args = Args::try_parse_from(argv).expect("test flags parse");
+    let state = AppState::open(&args).expect("the store opens");
+    // Bound before `run`: connections queue in the backlog, so the app is ready on return.
+    let listener = TcpListener::bind(args.listen).await.expect("bind port 0");
+    let addr = listener.local_addr().expect("a bound address");
+    let (shutdown, stop) = oneshot::channel::<()>();
+    tokio::spawn(shortener::run(listener, state, async {
+        let _ = stop.await;
+    }));
+    TestApp {
+        addr,
+        db: db.to_owned(),
+        client: client(),
+        shutdown: Some(shutdown),
+        _dir: None,
+    }
+}
+
+/// The real `shortener` binary as a child process, killed when dropped.
+pub struct Process {
+    pub addr: SocketAddr,
+    client: Client,
+    child: Child,
+    /// Everything the child wrote to stderr so far, filled by a background task (which also
+    /// keeps the pipe from filling up and blocking the child).
+    stderr: Arc<Mutex<String>>,
+    /// Held open so the child never writes to a closed pipe.
+    _stdout: BufReader<ChildStdout>,
+}
+
+impl Target for Process {
+    fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+    fn http(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl Process {
+    /// Starts the binary on `db` and a free port, with extra flags, and waits for readiness.
+    pub async fn start(db: &Path, flags: &[&str]) -> Self {
+        let db_arg = db.to_str().expect("a UTF-8 temp path");
+        let mut args = vec!["--listen", "127.0.0.1:0", "--db", db_arg];
+        args.extend_from_slice(flags);
+        Self::spawn(&args, &[]).await
+    }
+
+    /// Starts the binary with exactly these arguments and environment variables, and waits for
+    /// the readiness line on stdout.
+    pub async fn spawn(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_shortener"))
+            .args(args)
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "info,shortener=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the shortener binary starts");
+
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut lines = BufReader::new(child.stderr.take().expect("piped stderr")).lines();
+        let sink = Arc::clone(&stderr);
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut log = sink.lock().expect("stderr log lock");
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut line = String::new();
+        let read = tokio::time::timeout(PATIENCE, stdout.read_line(&mut line)).await;
+        let log = stderr.lock().expect("stderr log lock").clone();
+        assert!(
+            matches!(read, Ok(Ok(n)) if n > 0),
+            "no readiness line; stderr so far:\n{log}"
+        );
+        let addr = line
+            .trim_end()
+            .strip_prefix("shortener listening on ")
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected readiness line {line:?}"));
+        Self {
+            addr,
+            client: client(),
+            child,
+            stderr,
+            _stdout: stdout,
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().expect("stderr log lock").clone()
+    }
+
+    /// Waits until the child has logged a line containing `needle`.
+    pub async fn wait_for_log(&self, needle: &str) {
+        eventually(&format!("log line {needle:?}"), PATIENCE, || {
+            let found = self.stderr().contains(needle);
+            async move { found }
+        })
+        .await;
+    }
+
+    /// Sends SIGTERM, as an orchestrator would.
+    pub fn terminate(&self) {
+        let pid = self.child.id().expect("the child is still running");
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill(1) runs");
+        assert!(status.success(), "kill -TERM {pid} failed");
+    }
+
+    /// SIGKILL and reap: a crash, no chance to clean up.
+    pub async fn kill(mut self) {
+        self.child.kill().await.expect("the child can be killed");
+    }
+
+    pub async fn wait_exit(&mut self) -> ExitStatus {
+        tokio::time::timeout(PATIENCE, self.child.wait())
+            .await
+            .expect("the child exits in time")
+            .expect("the child can be waited on")
+    }
+}
