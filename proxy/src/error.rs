@@ -42,13 +42,15 @@ pub enum UpstreamError {
     TooLarge,
     #[error("the request body did not arrive in time")]
     BodyTimeout,
+    #[error("the proxy is shutting down and the grace period is over")]
+    ShuttingDown,
 }
 
 impl UpstreamError {
     pub fn status_code(&self) -> StatusCode {
         match self {
             UpstreamError::Connect(_) | UpstreamError::Failed(_) => StatusCode::BAD_GATEWAY,
-            UpstreamError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            UpstreamError::Timeout | UpstreamError::ShuttingDown => StatusCode::GATEWAY_TIMEOUT,
             UpstreamError::BadRequest(_) => StatusCode::BAD_REQUEST,
             UpstreamError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             UpstreamError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -64,6 +66,9 @@ impl UpstreamError {
             UpstreamError::Timeout => "504 gateway timeout: the service did not answer in time\n",
             UpstreamError::BadRequest(why) => why,
             UpstreamError::TooLarge => "413 payload too large\n",
+            UpstreamError::ShuttingDown => {
+                "504 gateway timeout: the proxy is restarting; try again\n"
+            }
             UpstreamError::BodyTimeout => "408 request timeout: the body did not arrive in time\n",
         }
     }

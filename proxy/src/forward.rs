@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use http::header::{self, HeaderValue};
@@ -30,6 +31,9 @@ pub struct Forwarder {
     traffic: Arc<Traffic>,
     metrics: Arc<Metrics>,
     monitor: Arc<Monitor>,
+    /// Set once, when the shutdown grace period runs out.
+    cut: tokio::sync::watch::Sender<bool>,
+    cut_requests: AtomicUsize,
 }
 
 /// One attempt's result: the response, or why there is none and whether
@@ -50,12 +54,26 @@ impl Forwarder {
         metrics: Arc<Metrics>,
         monitor: Arc<Monitor>,
     ) -> Forwarder {
+        let (cut, _) = tokio::sync::watch::channel(false);
         Forwarder {
             router,
             traffic,
             metrics,
             monitor,
+            cut,
+            cut_requests: AtomicUsize::new(0),
         }
+    }
+
+    /// The grace period is over: every request still waiting for its
+    /// upstream's answer gets a 504 now, so the connections can close.
+    pub fn cut_in_flight(&self) {
+        self.cut.send_replace(true);
+    }
+
+    /// Requests answered 504 by `cut_in_flight`.
+    pub fn cut_requests(&self) -> usize {
+        self.cut_requests.load(Ordering::Relaxed)
     }
 
     /// Answers one user request; never fails, because every upstream
@@ -180,11 +198,17 @@ impl Forwarder {
         };
         let (body, shared) = RequestBody::new(body, limits);
         let _in_flight = upstream.start_request();
-        let sent = tokio::time::timeout(
-            policy.response_timeout,
-            upstream.client().request(Request::from_parts(parts, body)),
-        )
-        .await;
+        let mut cut = self.cut.subscribe();
+        let sent = tokio::select! {
+            sent = tokio::time::timeout(
+                policy.response_timeout,
+                upstream.client().request(Request::from_parts(parts, body)),
+            ) => sent,
+            _ = cut.wait_for(|cut| *cut) => {
+                self.cut_requests.fetch_add(1, Ordering::Relaxed);
+                return Attempt::Failed { error: UpstreamError::ShuttingDown, kind: None, body: None };
+            }
+        };
         match sent {
             Ok(Ok(response)) => {
                 upstream.passive_success();

@@ -190,9 +190,13 @@ pub async fn run(
     let _ = stop_tx.send(true);
     match drain {
         Drain::Graceful => tracing::info!("drained gracefully"),
-        Drain::Forced { connections } => tracing::warn!(
+        Drain::Forced {
             connections,
-            "grace period over: cut the connections still open"
+            cut_requests,
+        } => tracing::warn!(
+            connections,
+            cut_requests,
+            "grace period over: answered 504 to the requests still waiting and closed the connections still open"
         ),
     }
     let _ = tokio::join!(checker, guard, reloader, detector, accountant, notices);

@@ -17,6 +17,9 @@ use tokio::sync::Semaphore;
 use crate::config::Limits;
 use crate::forward::Forwarder;
 
+/// How long the 504s of a forced drain get to reach their clients.
+const CUT_WRITE_TIME: Duration = Duration::from_secs(1);
+
 /// How the drain ended, for the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Drain {
@@ -24,6 +27,8 @@ pub enum Drain {
     /// Connections still open when the grace period ran out.
     Forced {
         connections: usize,
+        /// Requests answered 504 because they were still waiting.
+        cut_requests: usize,
     },
 }
 
@@ -95,11 +100,18 @@ pub async fn serve(
         grace_ms = grace.as_millis() as u64,
         "stopped accepting; draining"
     );
-    match tokio::time::timeout(grace, graceful.shutdown()).await {
-        Ok(()) => Drain::Graceful,
-        Err(_) => Drain::Forced {
-            connections: permits_in_use(&permits, limits.max_connections),
-        },
+    let drained = graceful.shutdown();
+    tokio::pin!(drained);
+    if tokio::time::timeout(grace, &mut drained).await.is_ok() {
+        return Drain::Graceful;
+    }
+    let connections = permits_in_use(&permits, limits.max_connections);
+    forwarder.cut_in_flight();
+    // Time to write the 504s; a connection still open after it is dropped.
+    let _ = tokio::time::timeout(CUT_WRITE_TIME, &mut drained).await;
+    Drain::Forced {
+        connections,
+        cut_requests: forwarder.cut_requests(),
     }
 }
 
