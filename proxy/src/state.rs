@@ -3,9 +3,10 @@
 //! rename, fsync of the directory) so a crash leaves the old or the new file,
 //! never a torn one.
 
-use std::io::Write;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use crate::atomic_file;
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -63,12 +64,12 @@ impl PersistedState {
 /// Reads the state file: `None` when there is none yet (first start); an
 /// error naming the file when it exists but cannot be trusted.
 pub fn load(path: &Path) -> Result<Option<PersistedState>, ProxyError> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(state_error(path, format!("cannot read: {e}"))),
+    let Some(bytes) =
+        atomic_file::read(path).map_err(|e| state_error(path, format!("cannot read: {e}")))?
+    else {
+        return Ok(None);
     };
-    let state: PersistedState = serde_json::from_str(&text).map_err(|e| {
+    let state: PersistedState = serde_json::from_slice(&bytes).map_err(|e| {
         state_error(
             path,
             format!("corrupt ({e}); fix it, or move it away to start from the configuration"),
@@ -85,36 +86,9 @@ pub fn load(path: &Path) -> Result<Option<PersistedState>, ProxyError> {
 
 /// Writes the state atomically. The caller serializes writers.
 pub fn save(path: &Path, state: &PersistedState) -> Result<(), ProxyError> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)
-        .map_err(|e| state_error(path, format!("cannot create its folder: {e}")))?;
-    let tmp = temp_path(path);
-    let json = serde_json::to_vec_pretty(state).expect("the state serializes");
-    let write = || -> std::io::Result<()> {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(&json)?;
-        file.write_all(b"\n")?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        // The rename is durable only once the directory entry is.
-        std::fs::File::open(dir)?.sync_all()
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        state_error(path, format!("cannot write: {e}"))
-    })
-}
-
-fn temp_path(path: &Path) -> PathBuf {
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(".tmp");
-    path.with_file_name(name)
+    let mut json = serde_json::to_vec_pretty(state).expect("the state serializes");
+    json.push(b'\n');
+    atomic_file::write(path, &json).map_err(|e| state_error(path, format!("cannot write: {e}")))
 }
 
 fn state_error(path: &Path, reason: String) -> ProxyError {
@@ -144,7 +118,6 @@ mod tests {
         );
         save(&path, &state).expect("save");
         assert_eq!(load(&path).expect("load"), Some(state));
-        assert!(!temp_path(&path).exists());
 
         std::fs::write(&path, "{\"active\": \"gre").expect("write");
         let err = load(&path).expect_err("corrupt").to_string();
