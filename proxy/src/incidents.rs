@@ -82,6 +82,13 @@ impl TimelineEntry {
     }
 }
 
+fn failures() -> String {
+    FAILURES.to_string()
+}
+
+/// The trigger and timeline entry of failed user requests.
+pub const FAILURES: &str = "failures";
+
 fn kind_name(kind: EventKind) -> String {
     serde_json::to_value(kind)
         .ok()
@@ -94,7 +101,11 @@ pub struct Incident {
     /// Increasing, across restarts.
     pub id: u64,
     pub kind: IncidentKind,
-    /// Why it opened, in a sentence.
+    /// What opened it: `failures`, or the kind of the event that did
+    /// (`guard_abort`, `switch_refused`); the status page words it from this.
+    #[serde(default = "failures")]
+    pub trigger: String,
+    /// Why it opened, in a sentence (with internal detail: admin eyes only).
     pub cause: String,
     #[serde(with = "time::serde::rfc3339")]
     pub started_at: OffsetDateTime,
@@ -255,7 +266,7 @@ impl Detector {
             cause.clone(),
             in_window,
             releases,
-            TimelineEntry::note(now, "failures", cause),
+            TimelineEntry::note(now, FAILURES, cause),
         ))
     }
 
@@ -277,6 +288,7 @@ impl Detector {
                 let mut prevented = Incident {
                     id,
                     kind: IncidentKind::Prevented,
+                    trigger: kind_name(event.kind),
                     cause: format!(
                         "{}: {}",
                         kind_name(event.kind).replace('_', " "),
@@ -343,6 +355,7 @@ impl Detector {
         let mut incident = Incident {
             id,
             kind: IncidentKind::Outage,
+            trigger: opening.what.clone(),
             cause,
             started_at: now,
             ended_at: None,

@@ -307,6 +307,7 @@ mod tests {
         Incident {
             id: 9,
             kind: IncidentKind::Prevented,
+            trigger: "switch_refused".into(),
             cause: "switch refused".into(),
             started_at: OffsetDateTime::UNIX_EPOCH,
             ended_at: Some(OffsetDateTime::UNIX_EPOCH),

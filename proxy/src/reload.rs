@@ -34,6 +34,16 @@ pub fn reload(controller: &Controller, path: &Path) -> Result<(), ConfigError> {
     if old.data_dir != config.data_dir {
         restart_needed.push("data_dir");
     }
+    // The incident detector, the budget and the notifier read these at start.
+    if format!("{:?}", old.incidents) != format!("{:?}", config.incidents) {
+        restart_needed.push("incidents.*");
+    }
+    if format!("{:?}", old.sla) != format!("{:?}", config.sla) {
+        restart_needed.push("sla.*");
+    }
+    if format!("{:?}", old.notify) != format!("{:?}", config.notify) {
+        restart_needed.push("notify.*");
+    }
     if old.slot_addrs != config.slot_addrs {
         restart_needed.push("slots.*.addr (use PUT /slots/{slot})");
     }

@@ -1,8 +1,9 @@
 //! The public status page on its own listener: the release serving users,
 //! availability, the error budget left, and the incidents with their
-//! timelines. Read-only, no token, no secrets (no addresses, no webhook
-//! URLs); server-rendered HTML that escapes every text, and the same data
-//! as JSON at `/status.json`.
+//! timelines. Read-only, no token, no secrets: incidents are worded here
+//! from their kinds, never from event reasons (which carry addresses and
+//! probe bodies). Server-rendered HTML that escapes every text, and the same
+//! data as JSON at `/status.json`.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use time::macros::format_description;
 
 use crate::budget::{AvailabilityView, Budget, BudgetView};
 use crate::health::HealthTable;
-use crate::incidents::{Incident, IncidentKind, IncidentStore};
+use crate::incidents::{FAILURES, Incident, IncidentKind, IncidentStore, TimelineEntry};
 use crate::routing::Router as Routing;
 
 /// Incidents shown, newest first.
@@ -43,7 +44,114 @@ pub struct PublicStatus {
     pub operational: bool,
     pub error_budget: BudgetView,
     /// Newest first.
-    pub incidents: Vec<Incident>,
+    pub incidents: Vec<PublicIncident>,
+}
+
+/// An incident as customers see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PublicIncident {
+    pub id: u64,
+    pub kind: IncidentKind,
+    pub summary: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub ended_at: Option<OffsetDateTime>,
+    pub duration_secs: Option<u64>,
+    pub failed_requests: u64,
+    pub releases: Vec<String>,
+    pub timeline: Vec<PublicEntry>,
+    pub timeline_omitted: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PublicEntry {
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    pub what: String,
+    pub description: String,
+}
+
+impl PublicIncident {
+    pub fn of(incident: &Incident) -> PublicIncident {
+        let summary = match incident.trigger.as_str() {
+            // The detector's own sentence holds only counts.
+            FAILURES => incident.cause.clone(),
+            "guard_abort" => {
+                "Automatic protection withdrew a new release after user requests to it failed"
+                    .into()
+            }
+            "guard_rollback" => {
+                "Automatic protection rolled a new release back after user requests to it failed"
+                    .into()
+            }
+            "switch_refused" => {
+                "A new release failed its checks before the switch and never reached users".into()
+            }
+            "canary_refused" => {
+                "A new release failed its checks before it was given any traffic".into()
+            }
+            "rollback_refused" => {
+                "A rollback was stopped: the previous release failed its checks".into()
+            }
+            other => describe(other, ""),
+        };
+        PublicIncident {
+            id: incident.id,
+            kind: incident.kind,
+            summary,
+            started_at: incident.started_at,
+            ended_at: incident.ended_at,
+            duration_secs: incident.duration_secs,
+            failed_requests: incident.failed_requests,
+            releases: incident.releases.clone(),
+            timeline: incident
+                .timeline
+                .iter()
+                .map(|e: &TimelineEntry| PublicEntry {
+                    at: e.at,
+                    what: e.what.clone(),
+                    description: describe(&e.what, &e.detail),
+                })
+                .collect(),
+            timeline_omitted: incident.timeline_omitted,
+        }
+    }
+
+    fn is_open(&self) -> bool {
+        self.ended_at.is_none()
+    }
+}
+
+/// A public sentence for a timeline entry. Only the detector's own notes
+/// (counts and durations) are shown as written.
+fn describe(what: &str, detail: &str) -> String {
+    let phrase = match what {
+        FAILURES | "quiet" | "restart" => return detail.to_string(),
+        "switch" => "Traffic was switched to a new release",
+        "switch_refused" => "A switch to a new release was refused: it failed its checks",
+        "rollback" => "Traffic was rolled back to the previous release",
+        "rollback_refused" => "A rollback was refused: the previous release failed its checks",
+        "slot_changed" => "A standby server was replaced",
+        "canary_start" => "A new release started taking a share of the traffic",
+        "canary_change" => "The new release's share of the traffic changed",
+        "canary_refused" => {
+            "A new release was refused a share of the traffic: it failed its checks"
+        }
+        "canary_abort" => "The new release was withdrawn",
+        "promote" => "The new release took all the traffic",
+        "guard_abort" => "Automatic protection withdrew the new release",
+        "guard_rollback" => "Automatic protection rolled back to the previous release",
+        "upstream_down" => "A server stopped answering its health checks",
+        "upstream_up" => "A server answers its health checks again",
+        "failover" => "Traffic moved to the standby server",
+        "failback" => "Traffic moved back to the main server",
+        "config_reload" => "The configuration was changed",
+        "config_reload_refused" => "A configuration change was refused",
+        "started" => "The service started",
+        _ => "An operational event",
+    };
+    phrase.to_string()
 }
 
 impl StatusPage {
@@ -53,9 +161,14 @@ impl StatusPage {
             let serving = snap.serving();
             (serving, snap.is_healthy(serving))
         };
-        let mut incidents = self.incidents.all();
-        incidents.reverse();
-        incidents.truncate(SHOWN);
+        let incidents = self
+            .incidents
+            .all()
+            .iter()
+            .rev()
+            .take(SHOWN)
+            .map(PublicIncident::of)
+            .collect();
         PublicStatus {
             generated_at: OffsetDateTime::now_utc(),
             release: self.health.get(serving).release,
@@ -232,7 +345,7 @@ fn availability_row(label: &str, id: &str, a: &AvailabilityView) -> String {
     )
 }
 
-fn render_incident(page: &mut String, incident: &Incident, now: OffsetDateTime) {
+fn render_incident(page: &mut String, incident: &PublicIncident, now: OffsetDateTime) {
     let title = match (incident.kind, incident.is_open()) {
         (IncidentKind::Prevented, _) => {
             "Prevented: a broken release was stopped before users saw it"
@@ -263,7 +376,7 @@ fn render_incident(page: &mut String, incident: &Incident, now: OffsetDateTime) 
 <tr><th>Releases</th><td>{releases}</td></tr></table><ol class=\"timeline\">",
         id = incident.id,
         title = escape(title),
-        cause = escape(&incident.cause),
+        cause = escape(&incident.summary),
         start = escape(&when(incident.started_at)),
         ended = escape(&ended),
         duration = escape(&duration),
@@ -276,7 +389,7 @@ fn render_incident(page: &mut String, incident: &Incident, now: OffsetDateTime) 
             "<li><small>{}</small> <strong>{}</strong>: {}</li>",
             escape(&when(entry.at)),
             escape(&entry.what.replace('_', " ")),
-            escape(&entry.detail)
+            escape(&entry.description)
         );
     }
     if incident.timeline_omitted > 0 {
@@ -326,9 +439,10 @@ mod tests {
             release: Some("<script>alert(1)</script>".into()),
             operational: true,
             error_budget: view(),
-            incidents: vec![Incident {
+            incidents: vec![PublicIncident::of(&Incident {
                 id: 3,
                 kind: IncidentKind::Outage,
+                trigger: "failures".into(),
                 cause: "7 user requests failed <b>".into(),
                 started_at: OffsetDateTime::UNIX_EPOCH,
                 ended_at: Some(OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(65)),
@@ -342,7 +456,7 @@ mod tests {
                     seq: Some(1),
                 }],
                 timeline_omitted: 0,
-            }],
+            })],
         };
 
         let page = render(&status);
@@ -357,6 +471,61 @@ mod tests {
         assert!(page.contains("19 of 20 minutes"), "{page}");
         assert!(page.contains("name=\"viewport\""));
         assert!(page.contains("guard abort"));
+    }
+
+    #[test]
+    fn event_reasons_never_reach_the_public() {
+        // Arrange: reasons as the controller and the checker write them.
+        let at = OffsetDateTime::UNIX_EPOCH;
+        let entry = |what: &str, detail: &str| TimelineEntry {
+            at,
+            what: what.into(),
+            detail: detail.into(),
+            seq: Some(1),
+        };
+        let prevented = Incident {
+            id: 1,
+            kind: IncidentKind::Prevented,
+            trigger: "switch_refused".into(),
+            cause: "switch refused: green refused: got body \"secret-internal\"".into(),
+            started_at: at,
+            ended_at: Some(at),
+            duration_secs: Some(0),
+            failed_requests: 0,
+            releases: vec!["v2".into()],
+            timeline: vec![entry("switch_refused", "green 10.0.0.7:8082 refused")],
+            timeline_omitted: 0,
+        };
+        let outage = Incident {
+            id: 2,
+            kind: IncidentKind::Outage,
+            trigger: "failures".into(),
+            cause: "9 user requests failed within 60 s".into(),
+            ended_at: None,
+            duration_secs: None,
+            failed_requests: 9,
+            timeline: vec![
+                entry("slot_changed", "green now points at 10.0.0.7:8082"),
+                entry("upstream_down", "connect error 10.0.0.7:8081"),
+            ],
+            ..prevented.clone()
+        };
+
+        // Act
+        let shown: Vec<_> = [prevented, outage].iter().map(PublicIncident::of).collect();
+        let json = serde_json::to_string(&shown).expect("serializes");
+
+        // Assert
+        assert!(
+            !json.contains("10.0.0.7") && !json.contains("secret-internal"),
+            "{json}"
+        );
+        assert!(shown[0].summary.contains("never reached users"), "{json}");
+        assert_eq!(shown[1].summary, "9 user requests failed within 60 s");
+        assert_eq!(
+            shown[1].timeline[1].description,
+            "A server stopped answering its health checks"
+        );
     }
 
     #[test]

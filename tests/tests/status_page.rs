@@ -162,6 +162,7 @@ async fn a_browser_shows_the_incidents_the_budget_and_the_release_without_secret
         "Resolved incident",
         "Failed requests 8",
         "Prevented: a broken release was stopped before users saw it",
+        "A new release failed its checks before the switch and never reached users",
         "switch refused",
         "minutes of downtime left this year",
         "Last 24 hours",
