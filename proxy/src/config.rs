@@ -154,7 +154,7 @@ pub struct GuardCfg {
     pub bake: Duration,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct IncidentsCfg {
     /// Failed user requests within a minute that open an incident.
     pub failure_threshold: u64,
@@ -162,7 +162,7 @@ pub struct IncidentsCfg {
     pub quiet: Duration,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SlaCfg {
     /// Downtime the SLA allows per year.
     pub allowed_downtime: Duration,
@@ -170,7 +170,7 @@ pub struct SlaCfg {
     pub bad_minute_ratio: f64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct NotifyCfg {
     pub webhooks: Vec<Webhook>,
     pub max_attempts: u32,
@@ -178,7 +178,7 @@ pub struct NotifyCfg {
     pub timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Webhook {
     pub url: http::Uri,
     /// When set, bodies are signed with HMAC-SHA256 in a header.

@@ -35,13 +35,13 @@ pub fn reload(controller: &Controller, path: &Path) -> Result<(), ConfigError> {
         restart_needed.push("data_dir");
     }
     // The incident detector, the budget and the notifier read these at start.
-    if format!("{:?}", old.incidents) != format!("{:?}", config.incidents) {
+    if old.incidents != config.incidents {
         restart_needed.push("incidents.*");
     }
-    if format!("{:?}", old.sla) != format!("{:?}", config.sla) {
+    if old.sla != config.sla {
         restart_needed.push("sla.*");
     }
-    if format!("{:?}", old.notify) != format!("{:?}", config.notify) {
+    if old.notify != config.notify {
         restart_needed.push("notify.*");
     }
     if old.slot_addrs != config.slot_addrs {
