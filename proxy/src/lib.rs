@@ -1,11 +1,17 @@
 //! A blue-green deployment reverse proxy.
 //!
 //! ```text
-//!  user ──> public listener ──> forward: load Snapshot (one ArcSwap) ──> serving slot's pooled client ──> upstream
-//!                                                   ▲
-//!  operator ──> admin API ──> Controller: gate (probe scenarios) ──> state file ──> store new Snapshot
-//!                                                   ▲
-//!  health checker (background) ── flips a slot up/down ┘
+//!  user ──> server ──> forward: Snapshot::route (one ArcSwap load) ──> slot's pooled client ──> upstream
+//!                        │ outcome                   ▲ new snapshots
+//!                        ▼                           │
+//!                     traffic (windows, totals)     routing::Router <── health::Monitor (checks, passive)
+//!                        │          │                ▲
+//!                        ▼          ▼                │
+//!                     guard     incidents, budget   control::Controller <── admin API (operator)
+//!                  (abort,      (bad minutes)        │  gate (probe scenarios), state file
+//!                   rollback)       │                ▼
+//!                                   └──────────> events (JSON lines) ──> notify (webhooks)
+//!                                                                   └──> status page (public)
 //! ```
 //!
 //! `run` wires the parts together; `main.rs` only parses arguments and binds.
