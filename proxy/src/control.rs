@@ -217,12 +217,14 @@ impl Controller {
         self.check_blocked(to, &current, over)?;
         self.gate(to, &current, false, EventKind::SwitchRefused)
             .await?;
+        let builds_on = current.canary.filter(|c| c.slot == to && !over.guard);
         self.commit_switch(
             to,
             EventKind::Switch,
             "an operator switched".into(),
             serde_json::Value::Null,
             true,
+            builds_on,
         )
         .await
     }
@@ -245,6 +247,7 @@ impl Controller {
             "an operator rolled back".into(),
             serde_json::Value::Null,
             false,
+            None,
         )
         .await
     }
@@ -393,6 +396,7 @@ impl Controller {
             why,
             serde_json::Value::Null,
             true,
+            (!over.guard).then_some(canary),
         )
         .await
     }
@@ -540,7 +544,7 @@ impl Controller {
         let why = format!("the guard rolled back: {reason}");
         let detail = serde_json::json!({ "failed_requests": failed });
         if let Ok(next) = self
-            .commit_switch(to, EventKind::GuardRollback, why, detail, false)
+            .commit_switch(to, EventKind::GuardRollback, why, detail, false, None)
             .await
         {
             tracing::warn!(from = %bad, to = %next.active, %reason, "the guard rolled back");
@@ -617,11 +621,18 @@ impl Controller {
         *self.last_probe[candidate.index()]
             .lock()
             .expect("probe report lock is never poisoned") = Some(report);
-        for scenario in &scenarios {
-            let failed = result
-                .as_ref()
-                .err()
-                .is_some_and(|f| f.scenario == scenario.name);
+        // The gate runs the scenarios in order and stops at the first failure:
+        // those before it passed, it failed, those after it never ran. A gate
+        // out of time names no scenario, so none has a result to count.
+        let ran = match &result {
+            Ok(()) => scenarios.len(),
+            Err(failure) => scenarios
+                .iter()
+                .position(|s| s.name == failure.scenario)
+                .map_or(0, |at| at + 1),
+        };
+        for (at, scenario) in scenarios.iter().enumerate().take(ran) {
+            let failed = result.is_err() && at + 1 == ran;
             self.metrics.probe_result(&scenario.name, !failed);
         }
         match result {
@@ -642,6 +653,10 @@ impl Controller {
         }
     }
 
+    /// Moves all traffic to `to`. `builds_on` is the canary an operator's
+    /// change promotes: the guard does not wait for `ops` (users must not wait
+    /// for a gate to be protected), so it may have pulled that canary back
+    /// while the gate ran, and then its decision stands.
     async fn commit_switch(
         &self,
         to: Slot,
@@ -649,6 +664,7 @@ impl Controller {
         reason: String,
         detail: serde_json::Value,
         bake: bool,
+        builds_on: Option<Canary>,
     ) -> Result<Arc<Snapshot>, ControlError> {
         let current = self.router.load_full();
         let from = current.active;
@@ -658,6 +674,16 @@ impl Controller {
             current.upstream(Slot::Green).addr,
         ];
         self.refresh_release(to, addrs[to.index()]).await;
+        if let Some(canary) = builds_on
+            && self.router.load().canary != Some(canary)
+        {
+            let g = self.guard.lock().expect("guard lock is never poisoned");
+            return Err(ControlError::Conflict(format!(
+                "the guard pulled the canary on {} back while it was probed ({}); nothing changed; to try it again, send \"override_guard\": true",
+                canary.slot,
+                g.view.reason.as_deref().unwrap_or("a breach")
+            )));
+        }
         let mut vetted = current.vetted;
         vetted[to.index()] = true;
         self.persist(
