@@ -15,14 +15,17 @@ pub mod binary;
 pub mod client;
 pub mod echo;
 pub mod harness;
+pub mod load;
 pub mod process;
 pub mod proxy;
+pub mod recorder;
 pub mod shortener;
 pub mod traffic;
 
 pub use client::{Created, RawResponse, http_client, unique};
 pub use echo::{EchoUpstream, fnv64};
 pub use harness::{EchoStack, TestStack, TestStackBuilder, eventually};
+pub use load::{Sample, UserLoad};
 pub use proxy::{Proxy, ProxyBuilder};
 pub use shortener::{Shortener, ShortenerBuilder};
 pub use traffic::{Traffic, TrafficReport};
