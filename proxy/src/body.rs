@@ -78,6 +78,9 @@ pub struct BodyShared {
     complete: std::sync::atomic::AtomicBool,
     too_large: std::sync::atomic::AtomicBool,
     timed_out: std::sync::atomic::AtomicBool,
+    /// The client's body could not be read (malformed chunks, a connection
+    /// closed mid-body): the client's fault, never the upstream's.
+    client_failed: std::sync::atomic::AtomicBool,
 }
 
 /// A request body that can be sent again.
@@ -117,6 +120,11 @@ impl BodyShared {
 
     pub fn timed_out(&self) -> bool {
         self.timed_out.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn client_failed(&self) -> bool {
+        self.client_failed
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -233,8 +241,12 @@ impl Body for RequestBody {
             this.shared.timed_out.store(true, Ordering::Relaxed);
             return Poll::Ready(Some(Err(RequestBodyError::TimedOut)));
         }
-        match Pin::new(body).poll_frame(cx) {
+        match Pin::new(&mut *body).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                // hyper stops polling a body once it says it has ended (a
+                // Content-Length body after its last byte): then this frame
+                // is the last one read.
+                let ended = body.is_end_stream();
                 if let Some(data) = frame.data_ref() {
                     this.received += data.len() as u64;
                     if this.received > this.limit {
@@ -243,9 +255,15 @@ impl Body for RequestBody {
                     }
                     this.keep(data);
                 }
+                if ended {
+                    this.shared.complete.store(true, Ordering::Release);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Err(e))) => {
+                this.shared.client_failed.store(true, Ordering::Relaxed);
+                Poll::Ready(Some(Err(e.into())))
+            }
             Poll::Ready(None) => {
                 this.shared.complete.store(true, Ordering::Release);
                 Poll::Ready(None)

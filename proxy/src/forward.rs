@@ -84,6 +84,12 @@ impl Forwarder {
             Ok(host) => host,
             Err(e) => return local_error(&e, None),
         };
+        if !plain_chunked(req.headers()) {
+            return local_error(
+                &UpstreamError::BadRequest("400 bad request: unsupported transfer coding\n"),
+                None,
+            );
+        }
         let (mut parts, body) = req.into_parts();
         // The only read of routing state for this request.
         let (route, upstream, alternate, policy) = {
@@ -190,7 +196,9 @@ impl Forwarder {
         let limits = BodyLimits {
             max_bytes: policy.max_body_bytes,
             timeout: policy.body_timeout,
-            retain: if may_resend && policy.retry_writes {
+            // Kept whenever `may_retry` could resend it after a reset: an
+            // idempotent request (a PUT has a body too), or any with retry_writes.
+            retain: if may_resend && (policy.retry_writes || parts.method.is_idempotent()) {
                 REPLAY_LIMIT
             } else {
                 0
@@ -246,8 +254,8 @@ impl Forwarder {
 
 /// Sorts a client error: a refused connection never reached the upstream
 /// (the body is still unread, safe to resend anywhere); a reset before any
-/// answer is retried for idempotent methods only; a refused client body is
-/// the client's fault, not the upstream's.
+/// answer is retried for idempotent methods only; a refused or unreadable
+/// client body is the client's fault, not the upstream's.
 fn classify(e: &hyper_util::client::legacy::Error, shared: &BodyShared) -> Attempt {
     if shared.too_large() {
         return Attempt::Failed {
@@ -259,6 +267,13 @@ fn classify(e: &hyper_util::client::legacy::Error, shared: &BodyShared) -> Attem
     if shared.timed_out() {
         return Attempt::Failed {
             error: UpstreamError::BodyTimeout,
+            kind: None,
+            body: None,
+        };
+    }
+    if shared.client_failed() {
+        return Attempt::Failed {
+            error: UpstreamError::BadRequest("400 bad request: malformed request body\n"),
             kind: None,
             body: None,
         };
@@ -312,6 +327,24 @@ fn with_bucket_cookie(
     response
 }
 
+/// Whether the request's transfer codings are none or `chunked` alone. hyper
+/// refuses a body whose last coding is not `chunked`; a coding before it
+/// would be lost when the body is re-framed for the upstream, so such a
+/// request is refused rather than passed on altered.
+fn plain_chunked(headers: &http::HeaderMap) -> bool {
+    let mut codings = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|c| !c.is_empty());
+    match (codings.next(), codings.next()) {
+        (None, _) => true,
+        (Some(only), None) => only.eq_ignore_ascii_case(b"chunked"),
+        (Some(_), Some(_)) => false,
+    }
+}
+
 /// The host the client addressed: exactly one valid `Host` header, or the
 /// HTTP/2 `:authority`. Anything else is ambiguous and refused.
 fn request_host(req: &Request<Incoming>) -> Result<HeaderValue, UpstreamError> {
@@ -338,7 +371,11 @@ fn request_host(req: &Request<Incoming>) -> Result<HeaderValue, UpstreamError> {
         .ok()
         .filter(|h| !h.is_empty())
         .and_then(|h| h.parse::<http::uri::Authority>().ok())
-        .is_some_and(|a| !a.as_str().contains('@'));
+        // Host and an optional numeric port only: no userinfo, no `:http`.
+        .is_some_and(|a| {
+            !a.as_str().contains('@')
+                && (a.as_str().len() == a.host().len() || a.port_u16().is_some())
+        });
     if valid {
         Ok(host)
     } else {

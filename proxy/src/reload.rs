@@ -44,6 +44,52 @@ pub fn reload(controller: &Controller, path: &Path) -> Result<(), ConfigError> {
     if old.notify != config.notify {
         restart_needed.push("notify.*");
     }
+    // The listener, the health checker and the prober read these at start;
+    // the upstream pools when they are made (at start or PUT /slots).
+    let (was, now) = (&old.limits, &config.limits);
+    if (
+        was.header_read_timeout,
+        was.idle_timeout,
+        was.max_header_bytes,
+        was.max_connections,
+    ) != (
+        now.header_read_timeout,
+        now.idle_timeout,
+        now.max_header_bytes,
+        now.max_connections,
+    ) {
+        restart_needed.push("limits.* (all but max_body_bytes and body_timeout_ms)");
+    }
+    let (was, now) = (&old.health, &config.health);
+    if (
+        &was.path,
+        was.interval,
+        was.timeout,
+        was.fall,
+        was.rise,
+        was.passive_fall,
+    ) != (
+        &now.path,
+        now.interval,
+        now.timeout,
+        now.fall,
+        now.rise,
+        now.passive_fall,
+    ) {
+        restart_needed.push("health.*");
+    }
+    let (was, now) = (&old.timeouts, &config.timeouts);
+    if (was.connect, was.upstream_idle, was.shutdown_grace)
+        != (now.connect, now.upstream_idle, now.shutdown_grace)
+    {
+        restart_needed.push("timeouts.* (all but response_header_ms)");
+    }
+    if old.gate.request_timeout != config.gate.request_timeout {
+        restart_needed.push("gate.request_timeout_ms");
+    }
+    if old.token_file != config.token_file {
+        restart_needed.push("admin.token_file");
+    }
     if old.slot_addrs != config.slot_addrs {
         restart_needed.push("slots.*.addr (use PUT /slots/{slot})");
     }

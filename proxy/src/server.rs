@@ -1,6 +1,7 @@
 //! The public listener: accepts connections (bounded in number), serves
-//! HTTP/1.1 and HTTP/2 on each through hyper-util, and on shutdown stops
-//! accepting and drains connections within the grace period.
+//! HTTP/1.1 and HTTP/2 on each through hyper-util (with the header and idle
+//! deadlines of `idle`), and on shutdown stops accepting and drains
+//! connections within the grace period.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -16,6 +17,8 @@ use tokio::sync::Semaphore;
 
 use crate::config::Limits;
 use crate::forward::Forwarder;
+
+mod idle;
 
 /// How long the 504s of a forced drain get to reach their clients.
 const CUT_WRITE_TIME: Duration = Duration::from_secs(1);
@@ -44,13 +47,16 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        // Both the header and the idle deadline are `idle::TimedIo`'s: hyper's
+        // would start at the end of the previous response and cut idle
+        // keep-alive connections at the header timeout.
+        .header_read_timeout(None)
         .max_buf_size(limits.max_header_bytes.max(8192))
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(limits.max_header_bytes as u32);
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(limits.max_connections));
@@ -77,12 +83,23 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let forwarder = Arc::clone(&forwarder);
+        let activity = Arc::new(idle::Activity::default());
+        let io = idle::TimedIo::new(
+            stream,
+            Arc::clone(&activity),
+            limits.idle_timeout,
+            limits.header_read_timeout,
+        );
         let service = service_fn(move |req| {
             let forwarder = Arc::clone(&forwarder);
-            async move { Ok::<_, Infallible>(forwarder.handle(req, peer).await) }
+            let busy = activity.start();
+            async move {
+                let response = forwarder.handle(req, peer).await;
+                Ok::<_, Infallible>(response.map(|body| idle::Tracked::new(body, busy)))
+            }
         });
         let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
+            .serve_connection(TokioIo::new(io), service)
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {

@@ -11,7 +11,9 @@
 //!
 //! - `GET /healthz` answers `{"status":"ok","release":"recorder"}`, so a proxy may probe it;
 //! - a target starting with `/slow/{ms}` is answered after `ms` milliseconds;
-//! - anything else answers `recorded` at once.
+//! - anything else answers `recorded` at once;
+//! - except on a recorder from [`Recorder::start_resetting`], which closes the connection
+//!   instead of answering anything but a health check.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -78,6 +80,14 @@ impl Received {
     }
 }
 
+/// Which requests the recorder answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    Always,
+    /// Any other request has its connection closed once it is read.
+    HealthChecksOnly,
+}
+
 /// What the recorder has seen so far; shared with the connection tasks.
 #[derive(Debug, Default)]
 struct Log {
@@ -99,6 +109,20 @@ impl Recorder {
     /// # Panics
     /// When no loopback port can be bound.
     pub async fn start() -> Recorder {
+        Recorder::spawn(Answer::Always).await
+    }
+
+    /// A recorder that closes the connection after each request it frames, answering
+    /// nothing: an upstream that dies between reading a request and answering it. Health
+    /// checks are still answered, so it stays healthy.
+    ///
+    /// # Panics
+    /// When no loopback port can be bound.
+    pub async fn start_resetting() -> Recorder {
+        Recorder::spawn(Answer::HealthChecksOnly).await
+    }
+
+    async fn spawn(answer: Answer) -> Recorder {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("binding an ephemeral loopback port");
@@ -119,7 +143,7 @@ impl Recorder {
                     log.raw.push(Vec::new());
                     log.raw.len() - 1
                 };
-                connections.spawn(serve(stream, id, Arc::clone(&shared)));
+                connections.spawn(serve(stream, id, Arc::clone(&shared), answer));
                 // Reaps finished connections so that the set stays small.
                 while connections.try_join_next().is_some() {}
             }
@@ -164,12 +188,13 @@ fn lock(log: &Mutex<Log>) -> std::sync::MutexGuard<'_, Log> {
 
 /// Reads, records and answers requests on one connection until it closes or a request cannot
 /// be framed.
-async fn serve(mut stream: TcpStream, id: usize, log: Arc<Mutex<Log>>) {
+async fn serve(mut stream: TcpStream, id: usize, log: Arc<Mutex<Log>>, mode: Answer) {
     let mut buf = Vec::new();
     loop {
         let framed = frame(&mut stream, &mut buf, id, &log).await;
         let Some(request) = framed else { return };
-        let clean = request.problem.is_none();
+        let clean =
+            request.problem.is_none() && (mode == Answer::Always || request.is_health_check());
         let delay = slow_delay(request.target());
         let answer = if request.is_health_check() {
             r#"{"status":"ok","release":"recorder"}"#

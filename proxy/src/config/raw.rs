@@ -525,6 +525,13 @@ impl RawConfig {
         if limits.max_header_bytes < 1024 {
             p.push("limits.max_header_bytes", "must be at least 1024");
         }
+        // The connection permits are a semaphore, which cannot hold more.
+        if limits.max_connections > tokio::sync::Semaphore::MAX_PERMITS {
+            p.push(
+                "limits.max_connections",
+                format!("at most {}", tokio::sync::Semaphore::MAX_PERMITS),
+            );
+        }
 
         let mut scenarios = Vec::with_capacity(self.scenario.len());
         let mut names = Vec::new();

@@ -1,0 +1,379 @@
+//! The deadlines of a client connection while no request of it is being
+//! served: its request head must arrive within `limits.header_read_timeout`
+//! of the first byte (or of the accept), and a connection with nothing in
+//! flight is closed after `limits.idle_timeout`.
+//!
+//! hyper's own `header_read_timeout` starts when hyper begins waiting for a
+//! head, that is as soon as a keep-alive connection goes idle, so it would
+//! close idle connections after the header timeout and make the idle timeout
+//! meaningless; and HTTP/2 has no idle timeout at all. So both live here, in
+//! a wrapper of the socket that fails a read once the deadline in force has
+//! passed, which hyper answers by closing the connection.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::task::AtomicWaker;
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// A deadline no connection reaches.
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
+/// The first bytes of every HTTP/2 prior-knowledge connection.
+const H2_PREFACE_START: &[u8; 4] = b"PRI ";
+
+/// One connection's requests in flight, shared by its socket wrapper and its
+/// service. One word, so a reader never sees a count and a generation that
+/// disagree: the low 32 bits count requests in flight, the high 32 bits
+/// count the starts and ends of requests.
+#[derive(Debug, Default)]
+pub struct Activity {
+    state: AtomicU64,
+    /// The reader waiting while a request was in flight, woken when one
+    /// ends so that it sets the idle deadline.
+    reader: AtomicWaker,
+}
+
+const IN_FLIGHT_MASK: u64 = u32::MAX as u64;
+const GENERATION: u64 = 1 << 32;
+
+impl Activity {
+    /// A request of this connection is being served until the guard drops
+    /// (the service's future, then the response body, holds it).
+    pub fn start(self: &Arc<Self>) -> Busy {
+        self.state.fetch_add(GENERATION + 1, Ordering::AcqRel);
+        Busy(Arc::clone(self))
+    }
+
+    /// (generation, requests in flight)
+    fn load(&self) -> (u64, u64) {
+        let state = self.state.load(Ordering::Acquire);
+        (state >> 32, state & IN_FLIGHT_MASK)
+    }
+}
+
+/// Counts one request in flight until dropped.
+#[derive(Debug)]
+pub struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        // One step: one more generation, one less in flight.
+        let before = self.0.state.fetch_add(GENERATION - 1, Ordering::AcqRel);
+        if before & IN_FLIGHT_MASK == 1 {
+            self.0.reader.wake();
+        }
+    }
+}
+
+/// A response body that keeps its request counted as in flight until
+/// hyper has written it to the end or dropped it.
+pub struct Tracked<B> {
+    body: B,
+    _busy: Busy,
+}
+
+impl<B> Tracked<B> {
+    pub fn new(body: B, busy: Busy) -> Tracked<B> {
+        Tracked { body, _busy: busy }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Which deadline is in force while nothing is in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for the first byte of the next request.
+    Idle,
+    /// A request head has begun (or the connection is new): it must be
+    /// complete by the deadline.
+    Head,
+}
+
+/// The protocol, as far as the first bytes tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    /// Fewer than four bytes seen; the bytes so far.
+    Unknown {
+        seen: [u8; 4],
+        len: usize,
+    },
+    Http1,
+    /// No request heads to time: any frame from the client is activity.
+    Http2,
+}
+
+/// A client socket with the idle and header-read deadlines.
+pub struct TimedIo<T> {
+    inner: T,
+    activity: Arc<Activity>,
+    idle_timeout: Duration,
+    header_read_timeout: Duration,
+    phase: Phase,
+    protocol: Protocol,
+    /// The generation of `activity` the deadline was last set for.
+    seen: u64,
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl<T> TimedIo<T> {
+    /// Wraps a just-accepted socket: its first request head is due within
+    /// `header_read_timeout`.
+    pub fn new(
+        inner: T,
+        activity: Arc<Activity>,
+        idle_timeout: Duration,
+        header_read_timeout: Duration,
+    ) -> TimedIo<T> {
+        TimedIo {
+            inner,
+            activity,
+            idle_timeout,
+            header_read_timeout,
+            phase: Phase::Head,
+            protocol: Protocol::Unknown {
+                seen: [0; 4],
+                len: 0,
+            },
+            seen: 0,
+            deadline: Box::pin(tokio::time::sleep(header_read_timeout)),
+        }
+    }
+
+    fn set_deadline(&mut self, after: Duration) {
+        let now = Instant::now();
+        // A timeout too long to add is as good as none.
+        let at = now.checked_add(after).unwrap_or(now + FAR_FUTURE);
+        self.deadline.as_mut().reset(at);
+    }
+
+    /// Notes what bytes from the client say about the deadline.
+    fn received(&mut self, bytes: &[u8], busy: bool) {
+        if let Protocol::Unknown { mut seen, len } = self.protocol {
+            let take = bytes.len().min(4 - len);
+            seen[len..len + take].copy_from_slice(&bytes[..take]);
+            let len = len + take;
+            self.protocol = if len < 4 {
+                Protocol::Unknown { seen, len }
+            } else if &seen == H2_PREFACE_START {
+                Protocol::Http2
+            } else {
+                Protocol::Http1
+            };
+        }
+        if busy {
+            return;
+        }
+        match self.protocol {
+            Protocol::Http2 => {
+                self.phase = Phase::Idle;
+                let idle = self.idle_timeout;
+                self.set_deadline(idle);
+            }
+            Protocol::Http1 | Protocol::Unknown { .. } if self.phase == Phase::Idle => {
+                self.phase = Phase::Head;
+                let head = self.header_read_timeout;
+                self.set_deadline(head);
+            }
+            _ => {}
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for TimedIo<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let (generation, in_flight) = this.activity.load();
+        if generation != this.seen {
+            // A request started or ended since the deadline was set: the
+            // connection's quiet time starts over.
+            this.seen = generation;
+            this.phase = Phase::Idle;
+            let idle = this.idle_timeout;
+            this.set_deadline(idle);
+        }
+        let busy = in_flight > 0;
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    this.received(&buf.filled()[before..], busy);
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending if busy => {
+                this.activity.reader.register(cx.waker());
+                // The request may have ended before the registration.
+                if this.activity.load().0 != generation {
+                    cx.waker().wake_by_ref();
+                }
+                Poll::Pending
+            }
+            Poll::Pending if this.deadline.as_mut().poll(cx).is_ready() => {
+                let why = match this.phase {
+                    Phase::Idle => "idle timeout",
+                    Phase::Head => "request head timeout",
+                };
+                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, why)))
+            }
+            other => other,
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for TimedIo<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    // Real time, short: the tests assert lower bounds (which deadline was in
+    // force), and only a generous upper bound against a hang.
+    const HEAD: Duration = Duration::from_millis(100);
+    const IDLE: Duration = Duration::from_millis(1_000);
+    const HANG: Duration = Duration::from_secs(10);
+
+    fn pair() -> (
+        TimedIo<tokio::io::DuplexStream>,
+        tokio::io::DuplexStream,
+        Arc<Activity>,
+    ) {
+        let (server, client) = tokio::io::duplex(1024);
+        let activity = Arc::new(Activity::default());
+        (
+            TimedIo::new(server, Arc::clone(&activity), IDLE, HEAD),
+            client,
+            activity,
+        )
+    }
+
+    /// Reads until the wrapper fails a read; the time that took.
+    async fn time_to_error(io: &mut TimedIo<tokio::io::DuplexStream>) -> Duration {
+        let from = Instant::now();
+        let mut buf = [0u8; 64];
+        let e = tokio::time::timeout(HANG, async {
+            loop {
+                match io.read(&mut buf).await {
+                    Ok(n) => assert!(n > 0, "the client never closes in these tests"),
+                    Err(e) => return e,
+                }
+            }
+        })
+        .await
+        .expect("a deadline ends the read");
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        from.elapsed()
+    }
+
+    #[tokio::test]
+    async fn a_new_connection_that_sends_nothing_gets_the_header_timeout() {
+        let (mut io, _client, _activity) = pair();
+        let waited = time_to_error(&mut io).await;
+        assert!(waited >= HEAD && waited < IDLE, "{waited:?}");
+    }
+
+    #[tokio::test]
+    async fn a_request_in_flight_has_no_deadline_and_then_the_idle_one_applies() {
+        let (mut io, mut client, activity) = pair();
+        client
+            .write_all(b"GET / HTTP/1.1\r\n\r\n")
+            .await
+            .expect("write");
+        let mut buf = [0u8; 64];
+        let _ = io.read(&mut buf).await.expect("the head");
+        let busy = activity.start();
+        let in_flight = tokio::time::timeout(IDLE * 2, io.read(&mut buf)).await;
+        assert!(
+            in_flight.is_err(),
+            "a read failed while a request was in flight"
+        );
+        drop(busy);
+        let waited = time_to_error(&mut io).await;
+        assert!(
+            waited >= IDLE,
+            "closed after {waited:?}, before the idle timeout"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_first_byte_after_idle_starts_the_header_timeout() {
+        let (mut io, mut client, activity) = pair();
+        drop(activity.start());
+        client.write_all(b"GET").await.expect("write");
+        let mut buf = [0u8; 64];
+        let _ = io.read(&mut buf).await.expect("a first byte");
+        let waited = time_to_error(&mut io).await;
+        assert!(waited >= HEAD && waited < IDLE, "{waited:?}");
+    }
+
+    #[tokio::test]
+    async fn http2_frames_with_nothing_in_flight_get_the_idle_timeout() {
+        let (mut io, mut client, _activity) = pair();
+        client
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .expect("write");
+        let mut buf = [0u8; 64];
+        let _ = io.read(&mut buf).await.expect("the preface");
+        let waited = time_to_error(&mut io).await;
+        assert!(waited >= IDLE, "HTTP/2 has no heads to time: {waited:?}");
+    }
+}
