@@ -356,11 +356,10 @@ fn syntax_problem(text: &str, err: &toml::de::Error) -> Problem {
         .span()
         .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
     let message = err.message().trim().to_string();
-    let key = message
-        .split('`')
-        .nth(1)
-        .filter(|_| message.starts_with("unknown field"))
-        .map(str::to_string)
+    // A value of the wrong type sits at a key; a broken file has none.
+    let key = err
+        .span()
+        .and_then(|span| locate::key_at(text, span.start))
         .unwrap_or_else(|| "(syntax)".into());
     Problem { key, line, message }
 }
@@ -416,6 +415,15 @@ mod tests {
             keys.contains(&("scenario[0].step[0].expect_stauts", Some(8))),
             "{problems:?}"
         );
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_names_its_key() {
+        let problems = Config::parse("[limits]\nmax_connections = -5\n").expect_err("negative");
+        assert_eq!(problems[0].key, "limits.max_connections", "{problems:?}");
+        assert_eq!(problems[0].line, Some(2), "{problems:?}");
+        let broken = Config::parse("[limits\n").expect_err("broken");
+        assert_eq!(broken[0].key, "(syntax)", "{broken:?}");
     }
 
     #[test]

@@ -15,6 +15,43 @@ pub fn line_of(text: &str, key: &str) -> Option<usize> {
     Some(text[..span.start.min(text.len())].matches('\n').count() + 1)
 }
 
+/// The dotted key whose value holds byte `offset` of the text, in the
+/// form `line_of` takes. Table spans cover only their headers, so this
+/// searches every leaf rather than descending by span.
+pub fn key_at(text: &str, offset: usize) -> Option<String> {
+    let doc = DeTable::parse(text).ok()?;
+    leaf_at(doc.get_ref(), "", offset)
+}
+
+fn leaf_at(table: &DeTable<'_>, prefix: &str, offset: usize) -> Option<String> {
+    let holds = |span: Range<usize>| span.contains(&offset) || span.start == offset;
+    for (k, v) in table.iter() {
+        let key = if prefix.is_empty() {
+            k.get_ref().to_string()
+        } else {
+            format!("{prefix}.{}", k.get_ref())
+        };
+        let found =
+            match v.get_ref() {
+                DeValue::Table(t) => leaf_at(t, &key, offset),
+                DeValue::Array(items) => items.iter().enumerate().find_map(|(i, item)| match item
+                    .get_ref()
+                {
+                    DeValue::Table(t) => leaf_at(t, &format!("{key}[{i}]"), offset),
+                    _ => None,
+                }),
+                _ => None,
+            };
+        if found.is_some() {
+            return found;
+        }
+        if holds(k.span()) || holds(v.span()) {
+            return Some(key);
+        }
+    }
+    None
+}
+
 fn find(root: &DeTable<'_>, key: &str) -> Option<Range<usize>> {
     let mut table = root;
     let mut found: Option<Range<usize>> = None;
@@ -47,7 +84,7 @@ fn find(root: &DeTable<'_>, key: &str) -> Option<Range<usize>> {
 
 #[cfg(test)]
 mod tests {
-    use super::line_of;
+    use super::{key_at, line_of};
 
     #[test]
     fn finds_nested_keys_and_array_items() {
@@ -57,5 +94,10 @@ mod tests {
         assert_eq!(line_of(text, "scenario[1].name"), Some(8));
         assert_eq!(line_of(text, "scenario[1].step[0].path"), Some(10));
         assert_eq!(line_of(text, "missing"), None);
+        let offset = text.find("\"p\"").expect("value");
+        assert_eq!(
+            key_at(text, offset).as_deref(),
+            Some("scenario[1].step[0].path")
+        );
     }
 }
