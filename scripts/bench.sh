@@ -24,6 +24,9 @@ HOLD=1000
 SWITCH_SECONDS=10
 SECTIONS=nginx,shortener,memory,switch
 BIN_DIR=$ROOT/target/release
+BASELINE_HEADERS=same
+# Extra builds of our proxy measured beside it, "name=/path/to/proxy" each.
+COMPARE=()
 
 usage() {
   cat <<EOF
@@ -36,11 +39,14 @@ taskset.
 
 Sections (--sections, default $SECTIONS):
   nginx      throughput and latency (requests/s, p50, p99: median over rounds,
-             min..max) of four targets measured in alternation, A B C D A B C D:
+             min..max) of four targets measured in alternation, each round
+             starting one target later (A B C D, B C D A, ...):
              the upstream directly, ours, nginx (keep-alive upstream pool) and
              HAProxy (http-reuse always), in front of an nginx upstream that
              answers 200 on / and 302 on /r; one table per path (--paths);
-             with the ratios ours/nginx and ours/HAProxy.
+             with the ratios ours/nginx and ours/HAProxy. Ours has switched
+             once before it is measured, so both slots are vetted and every
+             request is ready for a retry on the other one, as after a deploy.
   shortener  the same in front of the real shortener (GET /<code>, a 302).
   memory     each proxy's RSS: idle when started, holding $HOLD open keep-alive
              client connections (scripts/bench/hold_conns.py), and after.
@@ -52,7 +58,14 @@ Sections (--sections, default $SECTIONS):
 Pinning: wrk (and the connection holder) on CPU 0; the proxy under test and
 its upstream on CPU 1. Every proxy runs one worker thread: nginx
 worker_processes 1, HAProxy nbthread 1, ours TOKIO_WORKER_THREADS=1 (and
-RUST_LOG=warn, as nginx and HAProxy log nothing per request here).
+RUST_LOG=warn, as nginx and HAProxy log nothing per request here). Every
+proxy keeps idle keep-alive connections to the upstream and reuses them.
+
+The same job (--baseline-headers same, the default): nginx and HAProxy are
+configured to do what ours does to every request: set X-Forwarded-For,
+X-Forwarded-Proto and X-Forwarded-Host, and add an X-Request-Id (nginx
+\$request_id, HAProxy unique-id). --baseline-headers none measures them
+with their default header handling instead.
 
 Options:
   --rounds N          rounds of A B C D (default $ROUNDS)
@@ -66,6 +79,10 @@ Options:
   --no-pin            do not pin anything to a CPU
   --no-build          use target/release as it is (default: cargo build --release first)
   --bin-dir DIR       take proxy and shortener from DIR, not target/release (implies --no-build)
+  --baseline-headers same|none
+                      what nginx and HAProxy do to the headers (default $BASELINE_HEADERS)
+  --compare NAME=BIN  also measure another build of our proxy (e.g. before=/tmp/old/proxy)
+                      beside the others, in the same rounds; repeatable
   --keep              keep the temporary directory (configs, logs)
   -h, --help          this help
 
@@ -80,7 +97,7 @@ while (($#)); do
     usage
     exit 0
     ;;
-  --rounds | --duration | --connections | --warmup | --paths | --sections | --hold | --switch-seconds | --bin-dir)
+  --rounds | --duration | --connections | --warmup | --paths | --sections | --hold | --switch-seconds | --bin-dir | --baseline-headers | --compare)
     take_value "$@"
     case $1 in
     --rounds) ROUNDS=$VALUE ;;
@@ -95,6 +112,8 @@ while (($#)); do
       BIN_DIR=$(abs_path "$VALUE")
       BUILD=0
       ;;
+    --baseline-headers) BASELINE_HEADERS=$VALUE ;;
+    --compare) COMPARE+=("$VALUE") ;;
     esac
     shift 2
     ;;
@@ -125,6 +144,24 @@ for section in ${SECTIONS//,/ }; do
   esac
 done
 want() { [[ ,$SECTIONS, == *,$1,* ]]; }
+case $BASELINE_HEADERS in
+same | none) ;;
+*) die "--baseline-headers must be 'same' or 'none'" ;;
+esac
+COMPARE_NAMES=()
+COMPARE_BINS=()
+for entry in "${COMPARE[@]}"; do
+  name=${entry%%=*} bin=${entry#*=}
+  [[ $entry == *=* && $name =~ ^[a-z][a-z0-9_-]{0,15}$ ]] ||
+    die "--compare takes NAME=BIN with a short lower-case NAME, not '$entry'"
+  case $name in
+  upstream | ours | nginx | haproxy) die "--compare: '$name' is taken by a built-in target" ;;
+  esac
+  bin=$(abs_path "$bin")
+  [[ -x $bin ]] || die "--compare: no executable $bin"
+  COMPARE_NAMES+=("$name")
+  COMPARE_BINS+=("$bin")
+done
 
 # Nothing is installed silently: say what is missing and how to get it.
 missing=()
@@ -163,6 +200,8 @@ for bin in "$PROXY_BIN" "$SHORTENER_BIN"; do
   [[ -x $bin ]] || die "no $bin: build it (cargo build --release) or drop --no-build"
 done
 
+# Other work on the machine skews every figure: the report gives the load.
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/bench.XXXXXX")
 RESULTS=$WORK/results.tsv
 TITLES=$WORK/titles.tsv
@@ -215,7 +254,7 @@ for _ in range(int(sys.argv[1])):
 print("\n".join(str(s.getsockname()[1]) for s in socks))
 PY
 }
-mapfile -t PORTS < <(free_ports 12)
+mapfile -t PORTS < <(free_ports $((12 + 3 * ${#COMPARE[@]})))
 UPSTREAM_PORT=${PORTS[0]}
 OURS_PORT=${PORTS[1]}
 OURS_ADMIN_PORT=${PORTS[2]}
@@ -225,6 +264,8 @@ V1_PORT=${PORTS[5]}
 V2_PORT=${PORTS[6]}
 SWITCH_PORT=${PORTS[7]}
 SWITCH_ADMIN_PORT=${PORTS[8]}
+STATUS_PORT=${PORTS[9]}
+SWITCH_STATUS_PORT=${PORTS[10]}
 
 # wait_port ADDR PID WHAT: wait (bounded) until ADDR accepts connections.
 wait_port() {
@@ -317,7 +358,8 @@ http {
 $(nginx_temp_paths "$dir")
   upstream backend {
     server $2;
-    keepalive 64;
+    # An idle connection for every client connection: none is ever closed.
+    keepalive $((CONNECTIONS > 64 ? CONNECTIONS : 64));
     keepalive_requests 1000000;
   }
   server {
@@ -327,6 +369,15 @@ $(nginx_temp_paths "$dir")
       proxy_http_version 1.1;
       proxy_set_header Connection "";
       proxy_set_header Host \$host;
+$(if [[ $BASELINE_HEADERS == same ]]; then
+    cat <<'NGINX'
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-Host $host;
+      proxy_set_header X-Request-Id $request_id;
+      add_header X-Request-Id $request_id always;
+NGINX
+  fi)
     }
   }
 }
@@ -358,6 +409,16 @@ defaults
 frontend public
   bind 127.0.0.1:$1
   default_backend upstream
+$(if [[ $BASELINE_HEADERS == same ]]; then
+    cat <<'HAPROXY'
+  option forwardfor
+  http-request set-header X-Forwarded-Proto http
+  http-request set-header X-Forwarded-Host %[req.hdr(host)]
+  unique-id-format %[uuid()]
+  unique-id-header X-Request-Id
+  http-after-response set-header X-Request-Id %[unique-id]
+HAPROXY
+  fi)
 
 backend upstream
   server upstream $2
@@ -367,10 +428,12 @@ EOF
   wait_port "127.0.0.1:$1" "$BG_PID" "HAProxy"
 }
 
-# start_ours NAME PORT ADMIN_PORT BLUE GREEN SCENARIOS: our proxy with a
-# generated config (data in $WORK/NAME); sets BG_PID.
+# start_ours NAME PORT ADMIN_PORT STATUS_PORT BLUE GREEN SCENARIOS [BIN]: our
+# proxy (BIN, default the one built) with a generated config (data in
+# $WORK/NAME); sets BG_PID.
 start_ours() {
-  local name=$1 port=$2 admin_port=$3 blue=$4 green=$5 scenarios=$6
+  local name=$1 port=$2 admin_port=$3 status_port=$4 blue=$5 green=$6 scenarios=$7
+  local bin=${8:-$PROXY_BIN}
   local dir=$WORK/$name
   mkdir -p "$dir"
   {
@@ -381,6 +444,7 @@ data_dir = "$dir/data"
 [listen]
 public = "127.0.0.1:$port"
 admin = "127.0.0.1:$admin_port"
+status = "127.0.0.1:$status_port"
 
 [slots]
 active = "blue"
@@ -395,8 +459,18 @@ EOF
     cat "$scenarios"
   } >"$dir/proxy.toml"
   PROXY_ADMIN_TOKEN=$TOKEN TOKIO_WORKER_THREADS=1 RUST_LOG=${BENCH_RUST_LOG:-warn} \
-    start_server "$dir/proxy.log" "$PROXY_BIN" --config "$dir/proxy.toml"
+    start_server "$dir/proxy.log" "$bin" --config "$dir/proxy.toml"
   wait_listening "$BG_PID" "$dir/proxy.log" "public listening on" "" 30 "our proxy ($name)"
+}
+
+# switch_to ADMIN_PORT SLOT: one switch through the admin API (it runs the
+# gate first), so the slot switched away from stays vetted for retries.
+switch_to() {
+  local code
+  code=$(curl -s -o "$WORK/switch.out" -w '%{http_code}' --max-time 60 -X POST \
+    -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+    --data "{\"to\":\"$2\"}" "http://127.0.0.1:$1/switch") || code=000
+  [[ $code == 200 ]] || die "switch to $2 answered $code: $(cat "$WORK/switch.out" 2>/dev/null)"
 }
 
 # The probe our proxy runs in front of nginx: nginx's /healthz passes it.
@@ -454,11 +528,16 @@ measure() {
         "http://${target#*=}$path" >/dev/null 2>&1 || die "warm-up failed against ${target%%=*}"
     done
   fi
-  local round
+  # Each round starts one target later (A B C D, then B C D A, ...): the run
+  # right after the upstream's own (the busiest for CPU 1) is not always the
+  # same target's.
+  local targets=("$@") round i
   for ((round = 1; round <= ROUNDS; round++)); do
     log "$title: round $round/$ROUNDS"
-    for target in "$@"; do
+    for ((i = 0; i < ${#targets[@]}; i++)); do
+      target=${targets[(i + round - 1) % ${#targets[@]}]}
       run_wrk "$table" "${target%%=*}" "$round" "http://${target#*=}$path"
+      sleep 1
     done
   done
 }
@@ -502,8 +581,20 @@ if want nginx || want memory; then
   log "starting the nginx upstream and the three proxies in front of it"
   start_upstream_nginx "$UPSTREAM_PORT"
   UP=127.0.0.1:$UPSTREAM_PORT
-  start_ours ours "$OURS_PORT" "$OURS_ADMIN_PORT" "$UP" "$UP" "$HEALTH_SCENARIO"
+  start_ours ours "$OURS_PORT" "$OURS_ADMIN_PORT" "$STATUS_PORT" "$UP" "$UP" "$HEALTH_SCENARIO"
   OURS_PID=$BG_PID
+  switch_to "$OURS_ADMIN_PORT" green
+  # The other builds of ours (--compare), each on its own three ports.
+  COMPARE_TARGETS=()
+  COMPARE_PIDS=()
+  for i in "${!COMPARE_NAMES[@]}"; do
+    base=$((12 + 3 * i))
+    start_ours "ours-${COMPARE_NAMES[i]}" "${PORTS[base]}" "${PORTS[base + 1]}" "${PORTS[base + 2]}" \
+      "$UP" "$UP" "$HEALTH_SCENARIO" "${COMPARE_BINS[i]}"
+    COMPARE_PIDS+=("$BG_PID")
+    switch_to "${PORTS[base + 1]}" green
+    COMPARE_TARGETS+=("${COMPARE_NAMES[i]}=127.0.0.1:${PORTS[base]}")
+  done
   start_nginx_proxy "$NGINX_PORT" "$UP"
   start_haproxy "$HAPROXY_PORT" "$UP"
   sleep 1
@@ -514,7 +605,7 @@ if want nginx || want memory; then
   if want nginx; then
     for path in $PATHS; do
       measure "nginx$path" "In front of nginx: GET $path" "$path" \
-        "upstream=$UP" "ours=127.0.0.1:$OURS_PORT" \
+        "upstream=$UP" "ours=127.0.0.1:$OURS_PORT" "${COMPARE_TARGETS[@]}" \
         "nginx=127.0.0.1:$NGINX_PORT" "haproxy=127.0.0.1:$HAPROXY_PORT"
     done
   fi
@@ -524,7 +615,9 @@ if want nginx || want memory; then
     hold_and_measure nginx "$NGINX_PID" "127.0.0.1:$NGINX_PORT" "$IDLE_NGINX"
     hold_and_measure haproxy "$HAPROXY_PID" "127.0.0.1:$HAPROXY_PORT" "$IDLE_HAPROXY"
   fi
-  for pid in "$HAPROXY_PID" "$NGINX_PID" "$OURS_PID" "$UPSTREAM_PID"; do forget_pid "$pid"; done
+  for pid in "$HAPROXY_PID" "$NGINX_PID" "${COMPARE_PIDS[@]}" "$OURS_PID" "$UPSTREAM_PID"; do
+    forget_pid "$pid"
+  done
 fi
 
 # --- Section: in front of the shortener -------------------------------------
@@ -541,8 +634,9 @@ fi
 
 if want shortener; then
   log "starting the three proxies in front of the shortener"
-  start_ours ours-shortener "$OURS_PORT" "$OURS_ADMIN_PORT" "$V1" "$V1" "$SHORTENER_SCENARIOS"
+  start_ours ours-shortener "$OURS_PORT" "$OURS_ADMIN_PORT" "$STATUS_PORT" "$V1" "$V1" "$SHORTENER_SCENARIOS"
   OURS_PID=$BG_PID
+  switch_to "$OURS_ADMIN_PORT" green
   start_nginx_proxy "$NGINX_PORT" "$V1"
   start_haproxy "$HAPROXY_PORT" "$V1"
   measure shortener "In front of the shortener: GET /$CODE (302)" "/$CODE" \
@@ -557,7 +651,7 @@ if want switch; then
   log "switch under load: v1 on blue, v2 on green, switching every 0.5 s for ${SWITCH_SECONDS}s"
   start_bench_shortener "$V2_PORT" v2
   V2=127.0.0.1:$V2_PORT
-  start_ours ours-switch "$SWITCH_PORT" "$SWITCH_ADMIN_PORT" "$V1" "$V2" "$SHORTENER_SCENARIOS"
+  start_ours ours-switch "$SWITCH_PORT" "$SWITCH_ADMIN_PORT" "$SWITCH_STATUS_PORT" "$V1" "$V2" "$SHORTENER_SCENARIOS"
   ADMIN_URL=http://127.0.0.1:$SWITCH_ADMIN_PORT
   printf 'Authorization: Bearer %s\n' "$TOKEN" >"$WORK/admin.header"
   # The switcher: alternates /switch to green and blue, one outcome a line.
@@ -633,6 +727,7 @@ fi
 
 # --- Report -------------------------------------------------------------------
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
+LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 cat <<EOF
 # Proxy benchmark
 
@@ -641,6 +736,14 @@ wrk $(wrk -v 2>&1 | head -n 1 | awk '{print $2}'), $(nginx -v 2>&1 | sed 's/.*: 
 $ROUNDS rounds of ${DURATION}s per target, alternating; $CONNECTIONS connections, 1 wrk thread; $(
   if ((PIN)); then echo "wrk on CPU 0, proxy and upstream on CPU 1"; else echo "not pinned"; fi
 ); each proxy on one worker thread.
+nginx and HAProxy: $(
+  if [[ $BASELINE_HEADERS == same ]]; then
+    echo "X-Forwarded-For, -Proto, -Host and X-Request-Id set as ours sets them"
+  else
+    echo "their default header handling (no X-Forwarded-*, no request id)"
+  fi
+); keep-alive to the upstream everywhere.
+Load average (1, 5, 15 min) at the start: $LOAD_START; at the end: $LOAD_END.
 
 EOF
 if [[ -s $RESULTS ]]; then

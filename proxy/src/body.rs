@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
 
 use crate::upstream::InFlight;
 
@@ -18,12 +19,44 @@ pub enum ProxyBody {
     /// this is finished or dropped.
     Upstream {
         body: Incoming,
-        _in_flight: InFlight,
+        conn: Returning,
     },
     Local(Full<Bytes>),
 }
 
+/// The connection a response came on: back to its pool as soon as the body
+/// has been read to its end, closed when the body is dropped before that
+/// (HTTP/1.1 cannot reuse a connection with a response half read).
+pub struct Returning {
+    conn: Option<SendRequest<RequestBody>>,
+    in_flight: InFlight,
+}
+
+impl Returning {
+    fn release(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.in_flight.upstream().checkin(conn);
+        }
+    }
+}
+
 impl ProxyBody {
+    pub fn upstream(
+        body: Incoming,
+        conn: SendRequest<RequestBody>,
+        in_flight: InFlight,
+    ) -> ProxyBody {
+        let mut conn = Returning {
+            conn: Some(conn),
+            in_flight,
+        };
+        // No body (HEAD, 204, 304, length 0): nothing will poll it.
+        if body.is_end_stream() {
+            conn.release();
+        }
+        ProxyBody::Upstream { body, conn }
+    }
+
     pub fn local(text: impl Into<Bytes>) -> ProxyBody {
         ProxyBody::Local(Full::new(text.into()))
     }
@@ -42,7 +75,16 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            ProxyBody::Upstream { body, .. } => Pin::new(body).poll_frame(cx),
+            ProxyBody::Upstream { body, conn } => {
+                let polled = Pin::new(&mut *body).poll_frame(cx);
+                // The server stops polling once `is_end_stream` says so.
+                match &polled {
+                    Poll::Ready(None) => conn.release(),
+                    Poll::Ready(Some(Ok(_))) if body.is_end_stream() => conn.release(),
+                    _ => {}
+                }
+                polled
+            }
             ProxyBody::Local(full) => Pin::new(full)
                 .poll_frame(cx)
                 .map_err(|never| match never {}),

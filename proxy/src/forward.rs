@@ -3,7 +3,6 @@
 //! client, and stream the answer back; retry once on the other slot when
 //! that is safe. Nothing here blocks or buffers a body.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -15,12 +14,14 @@ use hyper::body::Incoming;
 
 use crate::body::{BodyLimits, BodyShared, ProxyBody, RequestBody, Resend};
 use crate::error::UpstreamError;
-use crate::headers::{X_REQUEST_ID, ensure_request_id, set_forwarded, strip_hop_by_hop};
+use crate::headers::{
+    ClientAddr, X_REQUEST_ID, ensure_request_id, set_forwarded, strip_hop_by_hop,
+};
 use crate::health::Monitor;
 use crate::metrics::Metrics;
 use crate::routing::{Policy, Router};
 use crate::traffic::{FailureKind, Outcome, Traffic};
-use crate::upstream::Upstream;
+use crate::upstream::{Answer, SendError, Upstream};
 
 /// Bytes of a request body kept for a replay on the other slot; a larger
 /// body is streamed without a copy and never replayed.
@@ -39,7 +40,7 @@ pub struct Forwarder {
 /// One attempt's result: the response, or why there is none and whether
 /// the request may go to the other slot.
 enum Attempt {
-    Answered(Response<Incoming>),
+    Answered(Answer),
     Failed {
         error: UpstreamError,
         kind: Option<FailureKind>,
@@ -78,7 +79,7 @@ impl Forwarder {
 
     /// Answers one user request; never fails, because every upstream
     /// problem becomes a short 4xx/5xx answer.
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+    pub async fn handle(&self, req: Request<Incoming>, client: &ClientAddr) -> Response<ProxyBody> {
         let started = Instant::now();
         let host = match request_host(&req) {
             Ok(host) => host,
@@ -112,10 +113,10 @@ impl Forwarder {
         }
         strip_hop_by_hop(&mut parts.headers);
         let request_id = ensure_request_id(&mut parts.headers);
-        let trusted = policy.trusted_hops.contains(&peer.ip());
+        let trusted = policy.trusted_hops.contains(&client.ip());
         set_forwarded(
             &mut parts.headers,
-            peer.ip(),
+            client,
             Some(host.clone()),
             "http",
             trusted,
@@ -140,7 +141,10 @@ impl Forwarder {
                     {
                         tracing::info!(from = %upstream.slot, to = %other.slot, error = %error, "retrying on the other slot");
                         self.metrics.retried();
-                        match self.attempt(&other, parts, body, &policy, false).await {
+                        // Boxed: inline, the rare retry's state would make every
+                        // request's future larger, and hyper moves that into place
+                        // for each request.
+                        match Box::pin(self.attempt(&other, parts, body, &policy, false)).await {
                             Attempt::Answered(response) => (Ok(response), other),
                             Attempt::Failed { error, kind, .. } => {
                                 self.record_failure(&other, kind, &error);
@@ -155,21 +159,15 @@ impl Forwarder {
         let latency = started.elapsed();
         let slot = answered_by.slot;
         let answer = match result {
-            Ok(answer) => {
-                let (mut parts, body) = answer.into_parts();
+            Ok(Answer { response, conn }) => {
+                let (mut parts, body) = response.into_parts();
                 let outcome = Outcome::Answered(parts.status.as_u16());
                 self.traffic.record(slot, outcome, latency);
                 self.metrics.record(slot, outcome, latency.as_secs_f64());
                 strip_hop_by_hop(&mut parts.headers);
                 parts.headers.insert(&X_REQUEST_ID, request_id);
                 let in_flight = answered_by.start_request();
-                Response::from_parts(
-                    parts,
-                    ProxyBody::Upstream {
-                        body,
-                        _in_flight: in_flight,
-                    },
-                )
+                Response::from_parts(parts, ProxyBody::upstream(body, conn, in_flight))
             }
             Err((error, kind)) => {
                 // A refused client body is the client's doing: not an upstream failure.
@@ -187,12 +185,11 @@ impl Forwarder {
     async fn attempt(
         &self,
         upstream: &Arc<Upstream>,
-        mut parts: Parts,
+        parts: Parts,
         body: Resend,
         policy: &Policy,
         may_resend: bool,
     ) -> Attempt {
-        parts.uri = upstream.uri_for(parts.uri.path_and_query());
         let limits = BodyLimits {
             max_bytes: policy.max_body_bytes,
             timeout: policy.body_timeout,
@@ -210,7 +207,7 @@ impl Forwarder {
         let sent = tokio::select! {
             sent = tokio::time::timeout(
                 policy.response_timeout,
-                upstream.client().request(Request::from_parts(parts, body)),
+                upstream.send(Request::from_parts(parts, body)),
             ) => sent,
             _ = cut.wait_for(|cut| *cut) => {
                 self.cut_requests.fetch_add(1, Ordering::Relaxed);
@@ -256,7 +253,7 @@ impl Forwarder {
 /// (the body is still unread, safe to resend anywhere); a reset before any
 /// answer is retried for idempotent methods only; a refused or unreadable
 /// client body is the client's fault, not the upstream's.
-fn classify(e: &hyper_util::client::legacy::Error, shared: &BodyShared) -> Attempt {
+fn classify(e: &SendError, shared: &BodyShared) -> Attempt {
     if shared.too_large() {
         return Attempt::Failed {
             error: UpstreamError::TooLarge,
@@ -279,18 +276,17 @@ fn classify(e: &hyper_util::client::legacy::Error, shared: &BodyShared) -> Attem
         };
     }
     let body = shared.take_for_resend();
-    if e.is_connect() {
-        Attempt::Failed {
-            error: UpstreamError::Connect(error_chain(e)),
+    match e {
+        SendError::Connect(why) => Attempt::Failed {
+            error: UpstreamError::Connect(why.clone()),
             kind: Some(FailureKind::Connect),
             body,
-        }
-    } else {
-        Attempt::Failed {
+        },
+        SendError::Failed(e) => Attempt::Failed {
             error: UpstreamError::Failed(error_chain(e)),
             kind: Some(FailureKind::Reset),
             body,
-        }
+        },
     }
 }
 

@@ -2,7 +2,7 @@
 //! section 7.6.1), `X-Forwarded-*`, and the request id. Pure functions over a
 //! `HeaderMap`, so they are unit- and property-tested on their own.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -14,30 +14,87 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
+/// The hop-by-hop headers every message loses, whatever `Connection` says.
+static FIXED_HOP_BY_HOP: [&HeaderName; 7] = [
+    &header::CONNECTION,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &header::TE,
+    &header::TRAILER,
+    &header::TRANSFER_ENCODING,
+    &header::UPGRADE,
+];
+
 /// Removes the headers that describe one connection and must not be passed
 /// on: `Connection` and every header it names, and the fixed list.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Collected first because the names borrow the map being changed.
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    // Most messages carry none of them, or only `Connection`: one pass over
+    // the names (standard ones compare as integers) finds out without
+    // hashing a name per header to remove.
+    let mut present = [false; FIXED_HOP_BY_HOP.len()];
+    let mut any = false;
+    for name in headers.keys() {
+        if let Some(i) = FIXED_HOP_BY_HOP.iter().position(|hop| *hop == name) {
+            present[i] = true;
+            any = true;
+        }
     }
-    for name in [
-        &header::CONNECTION,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::TE,
-        &header::TRAILER,
-        &header::TRANSFER_ENCODING,
-        &header::UPGRADE,
-    ] {
-        headers.remove(name);
+    if !any {
+        return;
+    }
+    if present[0] {
+        strip_connection(headers);
+    }
+    for (name, present) in FIXED_HOP_BY_HOP.iter().zip(present).skip(1) {
+        if present {
+            headers.remove(*name);
+        }
+    }
+}
+
+/// Removes `Connection` and the headers it names (its options).
+fn strip_connection(headers: &mut HeaderMap) {
+    let header::Entry::Occupied(entry) = headers.entry(header::CONNECTION) else {
+        return;
+    };
+    // Taken out of the map first because the options name headers of the
+    // same map; one value is the common case, and collects nothing.
+    let (_, mut values) = entry.remove_entry_mult();
+    let first = values.next();
+    let rest: Vec<HeaderValue> = values.by_ref().collect();
+    drop(values);
+    for value in first.iter().chain(&rest) {
+        let Ok(text) = value.to_str() else { continue };
+        for option in text.split(',').map(str::trim) {
+            // `keep-alive` goes with the fixed list; any other option is
+            // looked up as text, which allocates nothing when it is absent.
+            if !option.is_empty() && !option.eq_ignore_ascii_case("keep-alive") {
+                headers.remove(option);
+            }
+        }
+    }
+}
+
+/// A client's address, with its `X-Forwarded-For` text made once per
+/// connection rather than formatted for every request.
+#[derive(Debug, Clone)]
+pub struct ClientAddr {
+    pub addr: SocketAddr,
+    forwarded_for: HeaderValue,
+}
+
+impl ClientAddr {
+    pub fn new(addr: SocketAddr) -> ClientAddr {
+        let forwarded_for = HeaderValue::from_str(&addr.ip().to_string())
+            .expect("an IP address is a valid header value");
+        ClientAddr {
+            addr,
+            forwarded_for,
+        }
+    }
+
+    pub fn ip(&self) -> IpAddr {
+        self.addr.ip()
     }
 }
 
@@ -48,13 +105,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// only, and a stale `Forwarded` could contradict it.
 pub fn set_forwarded(
     headers: &mut HeaderMap,
-    peer: IpAddr,
+    client: &ClientAddr,
     host: Option<HeaderValue>,
     proto: &'static str,
     trust_client: bool,
 ) {
     headers.remove(&FORWARDED);
-    let peer_text = peer.to_string();
     let previous: Vec<&str> = if trust_client {
         headers
             .get_all(&X_FORWARDED_FOR)
@@ -67,11 +123,15 @@ pub fn set_forwarded(
         Vec::new()
     };
     let xff = if previous.is_empty() {
-        HeaderValue::from_str(&peer_text)
+        client.forwarded_for.clone()
     } else {
-        HeaderValue::from_str(&format!("{}, {peer_text}", previous.join(", ")))
-    }
-    .expect("IP addresses and visible header text are valid header values");
+        let own = client
+            .forwarded_for
+            .to_str()
+            .expect("made from an IP address");
+        HeaderValue::from_str(&format!("{}, {own}", previous.join(", ")))
+            .expect("IP addresses and visible header text are valid header values")
+    };
     headers.insert(&X_FORWARDED_FOR, xff);
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     match host {
@@ -105,7 +165,10 @@ fn new_request_id() -> HeaderValue {
     for (i, b) in buf.iter_mut().enumerate() {
         *b = HEX[((n >> (i * 4)) & 0xf) as usize];
     }
-    HeaderValue::from_bytes(&buf).expect("hex digits are a valid header value")
+    // Owned by one shared buffer: the copies for the response and the log
+    // are reference counts, not allocations.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf))
+        .expect("hex digits are a valid header value")
 }
 
 #[cfg(test)]
@@ -148,11 +211,11 @@ mod tests {
 
     #[test]
     fn appends_to_a_trusted_forwarded_for_and_replaces_an_untrusted_one() {
-        let peer: IpAddr = "10.0.0.9".parse().expect("ip");
+        let peer = ClientAddr::new("10.0.0.9:4000".parse().expect("socket address"));
         let mut trusted = map(&[("x-forwarded-for", "1.1.1.1"), ("forwarded", "for=evil")]);
         set_forwarded(
             &mut trusted,
-            peer,
+            &peer,
             Some(HeaderValue::from_static("short.example")),
             "http",
             true,
@@ -166,7 +229,7 @@ mod tests {
             ("x-forwarded-for", "1.1.1.1"),
             ("x-forwarded-host", "spoof"),
         ]);
-        set_forwarded(&mut untrusted, peer, None, "http", false);
+        set_forwarded(&mut untrusted, &peer, None, "http", false);
         assert_eq!(untrusted["x-forwarded-for"], "10.0.0.9");
         assert!(untrusted.get("x-forwarded-host").is_none());
     }
@@ -182,7 +245,67 @@ mod tests {
         assert_ne!(ensure_request_id(&mut HeaderMap::new()), id);
     }
 
+    /// The plain version `strip_hop_by_hop` must agree with.
+    fn strip_by_the_book(headers: &mut HeaderMap) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+        for name in FIXED_HOP_BY_HOP {
+            headers.remove(name);
+        }
+    }
+
+    fn sorted(headers: &HeaderMap) -> Vec<(String, Vec<u8>)> {
+        let mut all: Vec<_> = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+            .collect();
+        all.sort();
+        all
+    }
+
     proptest! {
+        #[test]
+        fn stripping_agrees_with_the_plain_version(
+            pairs in proptest::collection::vec(
+                (prop_oneof![
+                    Just("connection".to_string()), Just("keep-alive".to_string()),
+                    Just("te".to_string()), Just("upgrade".to_string()),
+                    Just("transfer-encoding".to_string()), Just("x-a".to_string()),
+                    Just("x-b".to_string()), Just("close".to_string()), "[a-z-]{1,6}"
+                ], "[ -~]{0,12}"),
+                0..12,
+            ),
+            options in proptest::collection::vec(
+                prop_oneof![
+                    Just("keep-alive"), Just("close"), Just("x-a"), Just("X-B"),
+                    Just("te"), Just(" upgrade "), Just(""), Just("bad token"),
+                ],
+                0..4,
+            ),
+        ) {
+            let mut h = HeaderMap::new();
+            for (k, v) in &pairs {
+                if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+                    h.append(k, v);
+                }
+            }
+            if !options.is_empty() {
+                h.append(header::CONNECTION, HeaderValue::from_str(&options.join(",")).expect("visible text"));
+            }
+            let mut expected = h.clone();
+            strip_by_the_book(&mut expected);
+            strip_hop_by_hop(&mut h);
+            prop_assert_eq!(sorted(&h), sorted(&expected));
+        }
+
         #[test]
         fn rewriting_arbitrary_headers_never_panics_and_leaves_no_hop_by_hop(
             pairs in proptest::collection::vec(("[a-zA-Z-]{1,12}", "[ -~]{0,40}"), 0..20),
@@ -199,7 +322,7 @@ mod tests {
                 h.append(header::CONNECTION, v);
             }
             strip_hop_by_hop(&mut h);
-            set_forwarded(&mut h, "127.0.0.1".parse().expect("ip"), None, "http", trusted);
+            set_forwarded(&mut h, &ClientAddr::new("127.0.0.1:1".parse().expect("socket address")), None, "http", trusted);
             ensure_request_id(&mut h);
             for name in ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "forwarded"] {
                 prop_assert!(h.get(name).is_none());

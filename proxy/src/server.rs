@@ -17,6 +17,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::Limits;
 use crate::forward::Forwarder;
+use crate::headers::ClientAddr;
 
 mod idle;
 
@@ -90,11 +91,13 @@ pub async fn serve(
             limits.idle_timeout,
             limits.header_read_timeout,
         );
+        let client = Arc::new(ClientAddr::new(peer));
         let service = service_fn(move |req| {
             let forwarder = Arc::clone(&forwarder);
+            let client = Arc::clone(&client);
             let busy = activity.start();
             async move {
-                let response = forwarder.handle(req, peer).await;
+                let response = forwarder.handle(req, &client).await;
                 Ok::<_, Infallible>(response.map(|body| idle::Tracked::new(body, busy)))
             }
         });

@@ -61,21 +61,31 @@ def main():
         print("\nMedian over rounds, (min..max) across rounds.\n")
         ours = targets.get("ours")
         if ours:
+            # Ours and any other build of it (--compare) against the baselines,
+            # and ours against each other build.
+            baselines = ("upstream", "nginx", "haproxy")
+            builds = [n for n in targets if n not in baselines]
             lines = []
-            for other in ("nginx", "haproxy"):
-                o = targets.get(other)
-                if not o:
-                    continue
-                lines.append(
-                    f"| ours / {other} | "
-                    f"{ratio(statistics.median(ours['rps']), statistics.median(o['rps']))} | "
-                    f"{ratio(statistics.median(ours['p99']), statistics.median(o['p99']))} |"
-                )
+            for build in builds:
+                for other in ("nginx", "haproxy"):
+                    if other in targets:
+                        lines.append(ratio_line(build, targets[build], other, targets[other]))
+            for build in builds:
+                if build != "ours":
+                    lines.append(ratio_line("ours", ours, build, targets[build]))
             if lines:
                 print("| ratio | throughput (higher is better) | p99 (lower is better) |")
                 print("|---|---:|---:|")
                 print("\n".join(lines))
                 print()
+
+
+def ratio_line(name, a, other, b):
+    return (
+        f"| {name} / {other} | "
+        f"{ratio(statistics.median(a['rps']), statistics.median(b['rps']))} | "
+        f"{ratio(statistics.median(a['p99']), statistics.median(b['p99']))} |"
+    )
 
 
 if __name__ == "__main__":
