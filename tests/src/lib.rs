@@ -19,6 +19,7 @@ pub mod load;
 pub mod process;
 pub mod proxy;
 pub mod recorder;
+pub mod script_run;
 pub mod shortener;
 pub mod traffic;
 

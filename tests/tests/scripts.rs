@@ -1,13 +1,14 @@
 //! `scripts/deploy.sh` against a real proxy and shortener: a healthy release takes the traffic,
 //! a faulty one is refused by the probes, stopped, and users stay on blue.
 
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::Output;
 use std::time::Duration;
 
 use e2e::binary::binary;
 use e2e::client::create_link;
+use e2e::script_run::{STOP_TIMEOUT, ScriptInstances, free_addr, repo_root};
 use e2e::{Proxy, Shortener, eventually, http_client};
 use tempfile::TempDir;
 use tokio::process::Command;
@@ -15,9 +16,6 @@ use tokio::process::Command;
 /// The whole script: starting a debug shortener, three probe passes, the switch.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a stopped instance's port may take to close.
-const STOP_TIMEOUT: Duration = Duration::from_secs(15);
-
 /// Blue (v1) behind a proxy whose green slot points at a free port, where `deploy.sh` starts
 /// the new release. Fields drop in order: the script's instances, the proxy, blue, the dir.
 struct DeployStack {
@@ -172,72 +170,4 @@ async fn deploy_sh_reports_a_refused_release_and_stops_it() {
         !stack.pid_file("green").exists(),
         "the pid file of the stopped instance is left behind:\n{text}"
     );
-}
-
-/// The shorteners `deploy.sh` started (it detaches them, so the harness does not own them):
-/// stopped when the test ends, pass or fail.
-struct ScriptInstances {
-    run_dir: PathBuf,
-}
-
-impl Drop for ScriptInstances {
-    fn drop(&mut self) {
-        for slot in ["blue", "green"] {
-            let Ok(text) = std::fs::read_to_string(self.run_dir.join(format!("{slot}.pid"))) else {
-                continue;
-            };
-            let Ok(pid) = text.trim().parse::<u32>() else {
-                continue;
-            };
-            stop_shortener(pid);
-        }
-    }
-}
-
-/// SIGTERM, then SIGKILL after a grace period, but only to a live shortener process.
-fn stop_shortener(pid: u32) {
-    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
-    let is_shortener = std::fs::read(proc_dir.join("cmdline"))
-        .map(|cmdline| String::from_utf8_lossy(&cmdline).contains("shortener"))
-        .unwrap_or(false);
-    if !is_shortener {
-        return;
-    }
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
-    let deadline = std::time::Instant::now() + STOP_TIMEOUT;
-    while alive(&proc_dir) && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    if alive(&proc_dir) {
-        let _ = std::process::Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status();
-    }
-}
-
-/// A process is gone once its /proc entry is, or it is a zombie waiting for its reaper.
-fn alive(proc_dir: &Path) -> bool {
-    std::fs::read_to_string(proc_dir.join("stat"))
-        .map(|stat| {
-            let state = stat.rsplit(')').next().unwrap_or("").trim_start();
-            !state.starts_with('Z') && !state.starts_with('X')
-        })
-        .unwrap_or(false)
-}
-
-/// A loopback address free right now: bind port 0, read it, let it go.
-fn free_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("a loopback port can be bound");
-    listener
-        .local_addr()
-        .expect("a bound listener has an address")
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the e2e crate lives in the workspace root")
-        .to_path_buf()
 }

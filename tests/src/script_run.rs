@@ -1,0 +1,78 @@
+//! Running the release scripts (`scripts/*.sh`) from tests: where they are,
+//! a free address for the idle slot, and stopping the shorteners a script
+//! detached, by the PIDs it recorded.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How long a script's shortener gets to stop after SIGTERM before SIGKILL.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The shorteners a release script started (it detaches them, so the harness does not own them):
+/// stopped when the test ends, pass or fail.
+pub struct ScriptInstances {
+    pub run_dir: PathBuf,
+}
+
+impl Drop for ScriptInstances {
+    fn drop(&mut self) {
+        for slot in ["blue", "green"] {
+            let Ok(text) = std::fs::read_to_string(self.run_dir.join(format!("{slot}.pid"))) else {
+                continue;
+            };
+            let Ok(pid) = text.trim().parse::<u32>() else {
+                continue;
+            };
+            stop_shortener(pid);
+        }
+    }
+}
+
+/// SIGTERM, then SIGKILL after a grace period, but only to a live shortener process.
+pub fn stop_shortener(pid: u32) {
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    let is_shortener = std::fs::read(proc_dir.join("cmdline"))
+        .map(|cmdline| String::from_utf8_lossy(&cmdline).contains("shortener"))
+        .unwrap_or(false);
+    if !is_shortener {
+        return;
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let deadline = std::time::Instant::now() + STOP_TIMEOUT;
+    while alive(&proc_dir) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if alive(&proc_dir) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+}
+
+/// A process is gone once its /proc entry is, or it is a zombie waiting for its reaper.
+fn alive(proc_dir: &Path) -> bool {
+    std::fs::read_to_string(proc_dir.join("stat"))
+        .map(|stat| {
+            let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+            !state.starts_with('Z') && !state.starts_with('X')
+        })
+        .unwrap_or(false)
+}
+
+/// A loopback address free right now: bind port 0, read it, let it go.
+pub fn free_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("a loopback port can be bound");
+    listener
+        .local_addr()
+        .expect("a bound listener has an address")
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the e2e crate lives in the workspace root")
+        .to_path_buf()
+}
