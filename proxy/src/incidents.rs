@@ -563,10 +563,6 @@ async fn apply(change: Change, store: &IncidentStore, events: &EventLog, notifie
         Change::Closed(incident) => (incident, NoticeKind::IncidentClose),
         Change::Prevented(incident) => (incident, NoticeKind::PreventedIncident),
     };
-    store.upsert(incident.clone());
-    if let Err(e) = store.save().await {
-        tracing::error!(path = %store.path.display(), error = %e, "could not save the incidents");
-    }
     let kind = match announce {
         NoticeKind::IncidentOpen => EventKind::IncidentOpen,
         NoticeKind::IncidentClose => EventKind::IncidentClose,
@@ -581,6 +577,12 @@ async fn apply(change: Change, store: &IncidentStore, events: &EventLog, notifie
                 "duration_secs": incident.duration_secs,
             })),
     );
+    // After the event: whoever sees the incident's new state (the status
+    // page, /status) finds its event in the log too.
+    store.upsert(incident.clone());
+    if let Err(e) = store.save().await {
+        tracing::error!(path = %store.path.display(), error = %e, "could not save the incidents");
+    }
     notifier.send(Notice::new(announce, incident));
 }
 
