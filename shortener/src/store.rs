@@ -18,7 +18,9 @@ mod migrations;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
 
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, ffi};
 use time::OffsetDateTime;
@@ -86,13 +88,7 @@ impl Store {
                 source,
             })?;
         }
-        let mut writer = connect(path)?;
-        let mode: String =
-            writer.pragma_update_and_check(None, "journal_mode", "wal", |row| row.get(0))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::NotWal(mode));
-        }
-        migrations::apply(&mut writer)?;
+        let writer = open_writer(path)?;
         let readers = (0..READERS)
             .map(|_| connect(path).map(Mutex::new))
             .collect::<Result<_, _>>()?;
@@ -282,6 +278,36 @@ fn lock(mutex: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Opens the writer, switches the file to WAL and migrates it, starting over while the other
+/// process holds the file (up to [`BUSY_TIMEOUT`]). The busy handler alone is not enough when
+/// blue and green start together on a new file: SQLite answers `SQLITE_BUSY` at once, without
+/// waiting, to one of two connections that both hold a shared lock and both want the exclusive
+/// one the switch to WAL needs (waiting could deadlock). The loser only has to try again.
+fn open_writer(path: &Path) -> Result<Connection, StoreError> {
+    let deadline = Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match prepare_writer(path) {
+            Err(e) if e.is_busy() && Instant::now() < deadline => {
+                let pause = Duration::from_millis(rand::rng().random_range(5..=40));
+                tracing::debug!(error = %e, ?pause, "database held by the other process; retrying");
+                std::thread::sleep(pause);
+            }
+            done => return done,
+        }
+    }
+}
+
+fn prepare_writer(path: &Path) -> Result<Connection, StoreError> {
+    let mut writer = connect(path)?;
+    let mode: String =
+        writer.pragma_update_and_check(None, "journal_mode", "wal", |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::NotWal(mode));
+    }
+    migrations::apply(&mut writer)?;
+    Ok(writer)
+}
+
 fn connect(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     // First, so that even the pragmas below wait for the other process instead of failing.
@@ -346,6 +372,27 @@ mod tests {
 
     fn code(raw: &str) -> Code {
         Code::parse(raw).expect("a valid test code")
+    }
+
+    /// Blue and green starting together on a new file: each open races the others for the
+    /// switch to WAL and the migrations, and every one must get through.
+    #[test]
+    fn concurrent_opens_of_a_new_file_all_succeed() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("links.db");
+        let start = Arc::new(std::sync::Barrier::new(6));
+        let opens: Vec<_> = (0..6)
+            .map(|_| {
+                let (path, start) = (path.clone(), Arc::clone(&start));
+                std::thread::spawn(move || {
+                    start.wait();
+                    Store::open(&path).map(drop)
+                })
+            })
+            .collect();
+        for open in opens {
+            open.join().expect("an opening thread").expect("the open");
+        }
     }
 
     #[tokio::test]
