@@ -4,7 +4,6 @@
 //! that is safe. Nothing here blocks or buffers a body.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use http::header::{self, HeaderValue};
@@ -13,6 +12,7 @@ use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
 use crate::body::{BodyLimits, BodyShared, ProxyBody, RequestBody, Resend};
+use crate::deadline::{Alarm, Deadlines, Waited};
 use crate::error::UpstreamError;
 use crate::headers::{
     ClientAddr, X_REQUEST_ID, ensure_request_id, set_forwarded, strip_hop_by_hop,
@@ -32,9 +32,8 @@ pub struct Forwarder {
     traffic: Arc<Traffic>,
     metrics: Arc<Metrics>,
     monitor: Arc<Monitor>,
-    /// Set once, when the shutdown grace period runs out.
-    cut: tokio::sync::watch::Sender<bool>,
-    cut_requests: AtomicUsize,
+    /// The response deadlines, and the cut when the grace period runs out.
+    deadlines: Arc<Deadlines>,
 }
 
 /// One attempt's result: the response, or why there is none and whether
@@ -55,32 +54,48 @@ impl Forwarder {
         metrics: Arc<Metrics>,
         monitor: Arc<Monitor>,
     ) -> Forwarder {
-        let (cut, _) = tokio::sync::watch::channel(false);
         Forwarder {
             router,
             traffic,
             metrics,
             monitor,
-            cut,
-            cut_requests: AtomicUsize::new(0),
+            deadlines: Deadlines::new(),
         }
+    }
+
+    /// The alarm of one client connection's response deadlines.
+    pub fn alarm(&self) -> Arc<Alarm> {
+        self.deadlines.alarm()
     }
 
     /// The grace period is over: every request still waiting for its
     /// upstream's answer gets a 504 now, so the connections can close.
     pub fn cut_in_flight(&self) {
-        self.cut.send_replace(true);
+        self.deadlines.cut();
     }
 
     /// Requests answered 504 by `cut_in_flight`.
     pub fn cut_requests(&self) -> usize {
-        self.cut_requests.load(Ordering::Relaxed)
+        self.deadlines.cut_requests()
     }
 
     /// Answers one user request; never fails, because every upstream
-    /// problem becomes a short 4xx/5xx answer.
-    pub async fn handle(&self, req: Request<Incoming>, client: &ClientAddr) -> Response<ProxyBody> {
+    /// problem becomes a short 4xx/5xx answer. `alarm` is the connection's
+    /// (see `deadline`).
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        client: &ClientAddr,
+        alarm: &Arc<Alarm>,
+    ) -> Response<ProxyBody> {
         let started = Instant::now();
+        // HTTP/2 requests of one connection wait at the same time, each in
+        // its own task: each needs its own alarm.
+        let alarm = if req.version() == Version::HTTP_2 {
+            self.deadlines.alarm()
+        } else {
+            Arc::clone(alarm)
+        };
         let host = match request_host(&req) {
             Ok(host) => host,
             Err(e) => return local_error(&e, None),
@@ -111,6 +126,9 @@ impl Forwarder {
         {
             return local_error(&UpstreamError::TooLarge, None);
         }
+        // Room for the forwarding headers and the request id at once, rather
+        // than growing (and rehashing) the map once or twice on the way.
+        parts.headers.reserve(5);
         strip_hop_by_hop(&mut parts.headers);
         let request_id = ensure_request_id(&mut parts.headers);
         let trusted = policy.trusted_hops.contains(&client.ip());
@@ -129,7 +147,14 @@ impl Forwarder {
         let can_retry = retry_parts.is_some();
 
         let (result, answered_by) = match self
-            .attempt(&upstream, parts, Resend::Unsent(body), &policy, can_retry)
+            .attempt(
+                &upstream,
+                parts,
+                Resend::Unsent(body),
+                &policy,
+                can_retry,
+                &alarm,
+            )
             .await
         {
             Attempt::Answered(response) => (Ok(response), upstream),
@@ -144,7 +169,9 @@ impl Forwarder {
                         // Boxed: inline, the rare retry's state would make every
                         // request's future larger, and hyper moves that into place
                         // for each request.
-                        match Box::pin(self.attempt(&other, parts, body, &policy, false)).await {
+                        match Box::pin(self.attempt(&other, parts, body, &policy, false, &alarm))
+                            .await
+                        {
                             Attempt::Answered(response) => (Ok(response), other),
                             Attempt::Failed { error, kind, .. } => {
                                 self.record_failure(&other, kind, &error);
@@ -189,6 +216,7 @@ impl Forwarder {
         body: Resend,
         policy: &Policy,
         may_resend: bool,
+        alarm: &Alarm,
     ) -> Attempt {
         let limits = BodyLimits {
             max_bytes: policy.max_body_bytes,
@@ -203,26 +231,25 @@ impl Forwarder {
         };
         let (body, shared) = RequestBody::new(body, limits);
         let _in_flight = upstream.start_request();
-        let mut cut = self.cut.subscribe();
-        let sent = tokio::select! {
-            sent = tokio::time::timeout(
-                policy.response_timeout,
-                upstream.send(Request::from_parts(parts, body)),
-            ) => sent,
-            _ = cut.wait_for(|cut| *cut) => {
-                self.cut_requests.fetch_add(1, Ordering::Relaxed);
-                return Attempt::Failed { error: UpstreamError::ShuttingDown, kind: None, body: None };
-            }
-        };
+        let send = std::pin::pin!(upstream.send(Request::from_parts(parts, body)));
+        let sent = self
+            .deadlines
+            .within(alarm, policy.response_timeout, send)
+            .await;
         match sent {
-            Ok(Ok(response)) => {
+            Waited::Done(Ok(response)) => {
                 upstream.passive_success();
                 Attempt::Answered(response)
             }
-            Ok(Err(e)) => classify(&e, &shared),
-            Err(_) => Attempt::Failed {
+            Waited::Done(Err(e)) => classify(&e, &shared),
+            Waited::TimedOut => Attempt::Failed {
                 error: UpstreamError::Timeout,
                 kind: Some(FailureKind::Timeout),
+                body: None,
+            },
+            Waited::Cut => Attempt::Failed {
+                error: UpstreamError::ShuttingDown,
+                kind: None,
                 body: None,
             },
         }
@@ -362,23 +389,58 @@ fn request_host(req: &Request<Incoming>) -> Result<HeaderValue, UpstreamError> {
             }
         },
     };
-    let valid = host
-        .to_str()
-        .ok()
-        .filter(|h| !h.is_empty())
-        .and_then(|h| h.parse::<http::uri::Authority>().ok())
-        // Host and an optional numeric port only: no userinfo, no `:http`.
-        .is_some_and(|a| {
-            !a.as_str().contains('@')
-                && (a.as_str().len() == a.host().len() || a.port_u16().is_some())
-        });
-    if valid {
+    if valid_host(host.as_bytes()) {
         Ok(host)
     } else {
         Err(UpstreamError::BadRequest(
             "400 bad request: malformed Host header\n",
         ))
     }
+}
+
+/// Whether `host` is `host [ ":" port ]` as RFC 9110 allows in `Host`: a
+/// registered name or an IPv4 address, or an IPv6 address in brackets, then
+/// an optional port of 1 to 5 digits no larger than 65535. No userinfo, no
+/// path, no named port. Checked on the bytes, once per request: parsing an
+/// `Authority` would copy the header for nothing.
+fn valid_host(host: &[u8]) -> bool {
+    let (name, port) = if let Some(rest) = host.strip_prefix(b"[") {
+        let Some(close) = rest.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let literal = std::str::from_utf8(&rest[..close]).ok();
+        if literal
+            .and_then(|l| l.parse::<std::net::Ipv6Addr>().ok())
+            .is_none()
+        {
+            return false;
+        }
+        (&[][..], &rest[close + 1..])
+    } else {
+        let end = host.iter().position(|&b| b == b':').unwrap_or(host.len());
+        let name = &host[..end];
+        if name.is_empty() {
+            return false;
+        }
+        (name, &host[end..])
+    };
+    // RFC 3986 reg-name: unreserved, percent-encoded and sub-delimiters.
+    let name_ok = name
+        .iter()
+        .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b));
+    let port_ok = match port {
+        [] => true,
+        [b':', digits @ ..] => {
+            (1..=5).contains(&digits.len())
+                && digits.iter().all(u8::is_ascii_digit)
+                && digits
+                    .iter()
+                    .fold(0u32, |n, d| n * 10 + u32::from(d - b'0'))
+                    <= 65_535
+        }
+        _ => false,
+    };
+    name_ok && port_ok
 }
 
 pub fn local_error(e: &UpstreamError, request_id: Option<HeaderValue>) -> Response<ProxyBody> {
@@ -412,4 +474,50 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_host;
+
+    #[test]
+    fn hosts_with_an_optional_port_pass() {
+        for host in [
+            "shop.example",
+            "shop.example:8080",
+            "localhost:1",
+            "127.0.0.1:65535",
+            "[::1]",
+            "[2001:db8::7]:443",
+            "xn--bcher-kva.example",
+            "under_score.example",
+        ] {
+            assert!(valid_host(host.as_bytes()), "{host} refused");
+        }
+    }
+
+    #[test]
+    fn anything_else_is_refused() {
+        for host in [
+            "",
+            ":80",
+            "shop example",
+            "user@evil.example",
+            "shop.example/admin",
+            "shop.example:80:81",
+            "shop.example:http",
+            "shop.example:",
+            "shop.example:99999",
+            "shop.example:123456",
+            "[::1",
+            "[::1]x",
+            "[::1]:",
+            "[not-an-address]",
+            "shop.example?q",
+            "shop.example#f",
+            "shöp.example",
+        ] {
+            assert!(!valid_host(host.as_bytes()), "{host:?} passed");
+        }
+    }
 }

@@ -54,6 +54,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Removes `Connection` and the headers it names (its options).
 fn strip_connection(headers: &mut HeaderMap) {
+    // The common case, one `keep-alive`, names no other header (`close`
+    // does: a header named `close` goes with it).
+    let mut values = headers.get_all(header::CONNECTION).iter();
+    if let (Some(only), None) = (values.next(), values.next())
+        && only.as_bytes().eq_ignore_ascii_case(b"keep-alive")
+    {
+        headers.remove(header::CONNECTION);
+        return;
+    }
     let header::Entry::Occupied(entry) = headers.entry(header::CONNECTION) else {
         return;
     };

@@ -23,6 +23,7 @@ pub mod body;
 pub mod budget;
 pub mod config;
 pub mod control;
+pub mod deadline;
 pub mod error;
 pub mod events;
 pub mod forward;

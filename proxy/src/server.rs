@@ -92,12 +92,14 @@ pub async fn serve(
             limits.header_read_timeout,
         );
         let client = Arc::new(ClientAddr::new(peer));
+        let alarm = forwarder.alarm();
         let service = service_fn(move |req| {
             let forwarder = Arc::clone(&forwarder);
             let client = Arc::clone(&client);
+            let alarm = Arc::clone(&alarm);
             let busy = activity.start();
             async move {
-                let response = forwarder.handle(req, &client).await;
+                let response = forwarder.handle(req, &client, &alarm).await;
                 Ok::<_, Infallible>(response.map(|body| idle::Tracked::new(body, busy)))
             }
         });

@@ -28,6 +28,11 @@ const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
 /// The first bytes of every HTTP/2 prior-knowledge connection.
 const H2_PREFACE_START: &[u8; 4] = b"PRI ";
 
+/// `now + after`; a timeout too long to add is as good as none.
+fn later(now: Instant, after: Duration) -> Instant {
+    now.checked_add(after).unwrap_or(now + FAR_FUTURE)
+}
+
 /// One connection's requests in flight, shared by its socket wrapper and its
 /// service. One word, so a reader never sees a count and a generation that
 /// disagree: the low 32 bits count requests in flight, the high 32 bits
@@ -138,7 +143,14 @@ pub struct TimedIo<T> {
     protocol: Protocol,
     /// The generation of `activity` the deadline was last set for.
     seen: u64,
-    deadline: Pin<Box<Sleep>>,
+    /// The deadline in force.
+    due: Instant,
+    /// A timer that fires at `due` or before: when early, it is armed again.
+    /// Arming a timer costs more than reading the clock, and the deadline
+    /// moves two or three times per request; armed no later than the
+    /// shorter timeout from now, the timer never needs to move earlier, so
+    /// it is armed once per that timeout at most, whatever the traffic.
+    alarm: Pin<Box<Sleep>>,
 }
 
 impl<T> TimedIo<T> {
@@ -161,15 +173,32 @@ impl<T> TimedIo<T> {
                 len: 0,
             },
             seen: 0,
-            deadline: Box::pin(tokio::time::sleep(header_read_timeout)),
+            due: later(Instant::now(), header_read_timeout),
+            alarm: Box::pin(tokio::time::sleep(header_read_timeout.min(idle_timeout))),
         }
     }
 
+    /// `after` is one of the two timeouts, so never shorter than the alarm's
+    /// step: the alarm is already set no later than the new deadline.
     fn set_deadline(&mut self, after: Duration) {
+        self.due = later(Instant::now(), after);
+    }
+
+    /// Whether the deadline has passed; when not, leaves the alarm armed to
+    /// wake the task no later than the deadline.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.alarm.as_mut().poll(cx).is_pending() {
+            return false;
+        }
         let now = Instant::now();
-        // A timeout too long to add is as good as none.
-        let at = now.checked_add(after).unwrap_or(now + FAR_FUTURE);
-        self.deadline.as_mut().reset(at);
+        if now >= self.due {
+            return true;
+        }
+        let step = self.header_read_timeout.min(self.idle_timeout);
+        self.alarm.as_mut().reset(self.due.min(later(now, step)));
+        // Armed in the future, so this registers the waker and is pending.
+        let _ = self.alarm.as_mut().poll(cx);
+        false
     }
 
     /// Notes what bytes from the client say about the deadline.
@@ -238,7 +267,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for TimedIo<T> {
                 }
                 Poll::Pending
             }
-            Poll::Pending if this.deadline.as_mut().poll(cx).is_ready() => {
+            Poll::Pending if this.poll_expired(cx) => {
                 let why = match this.phase {
                     Phase::Idle => "idle timeout",
                     Phase::Head => "request head timeout",
