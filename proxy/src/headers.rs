@@ -45,27 +45,27 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if present[0] {
         strip_connection(headers);
     }
-    for (name, present) in FIXED_HOP_BY_HOP.iter().zip(present).skip(1) {
-        if present {
-            headers.remove(*name);
+    for i in 1..FIXED_HOP_BY_HOP.len() {
+        if present[i] {
+            headers.remove(FIXED_HOP_BY_HOP[i]);
         }
     }
 }
 
 /// Removes `Connection` and the headers it names (its options).
 fn strip_connection(headers: &mut HeaderMap) {
-    // The common case, one `keep-alive`, names no other header (`close`
-    // does: a header named `close` goes with it).
-    let mut values = headers.get_all(header::CONNECTION).iter();
-    if let (Some(only), None) = (values.next(), values.next())
-        && only.as_bytes().eq_ignore_ascii_case(b"keep-alive")
-    {
-        headers.remove(header::CONNECTION);
-        return;
-    }
     let header::Entry::Occupied(entry) = headers.entry(header::CONNECTION) else {
         return;
     };
+    // The common case, one `keep-alive`, names no other header (`close`
+    // does: a header named `close` goes with it).
+    let mut values = entry.iter();
+    if let (Some(only), None) = (values.next(), values.next())
+        && only.as_bytes().eq_ignore_ascii_case(b"keep-alive")
+    {
+        entry.remove();
+        return;
+    }
     // Taken out of the map first because the options name headers of the
     // same map; one value is the common case, and collects nothing.
     let (_, mut values) = entry.remove_entry_mult();
