@@ -714,6 +714,14 @@ impl Controller {
             if kind != EventKind::GuardRollback {
                 g.view.aborted = false;
             }
+            // A switch or promotion reaches a blocked release only past
+            // `check_blocked`, that is with `override_guard`: the operator
+            // has lifted the block, as a canary start with it does.
+            if matches!(kind, EventKind::Switch | EventKind::Promote)
+                && g.view.blocked.as_ref().is_some_and(|b| b.slot == to)
+            {
+                g.view.blocked = None;
+            }
         }
         match kind {
             EventKind::Rollback | EventKind::GuardRollback => self.metrics.rollbacks.inc(),

@@ -1,7 +1,8 @@
 //! The guard on a live canary: green passes the gate, takes 20% of real users, starts failing
 //! under their load, and the proxy pulls it back on its own. The users who saw a failure are
 //! counted and bounded by the guard's settings; nobody sees one after the abort; the pulled
-//! release is refused until an operator overrides, and is then gated again.
+//! release is refused until an operator overrides, and is then gated again; an override
+//! that goes through lifts the block.
 
 use std::time::Duration;
 
@@ -68,7 +69,7 @@ async fn events_of_kind(stack: &TestStack, kind: &str) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_canary_that_fails_under_user_load_is_aborted_by_the_guard_within_its_bounds() {
     // Arrange: links made on blue for the users to follow, then green at 20%.
-    let stack = TestStack::builder()
+    let mut stack = TestStack::builder()
         .blue(Shortener::builder().release("v1").fault(SERVICE_TIME))
         .green(
             Shortener::builder()
@@ -249,6 +250,26 @@ async fn a_canary_that_fails_under_user_load_is_aborted_by_the_guard_within_its_
     let status = stack.proxy.status().await;
     assert!(status["canary"].is_null(), "{status}");
     assert_eq!(status["active"], "blue", "{status}");
+
+    // The operator restarts green (its 200 good answers start over) and moves traffic to it
+    // with the override: the gate passes, and the block is lifted with the switch, so the
+    // status no longer reports a block on the release that now serves everyone.
+    stack.green.restart().await;
+    let (code, body) = stack
+        .proxy
+        .admin(
+            Method::POST,
+            "/switch",
+            Some(json!({ "to": "green", "override_guard": true })),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let status = stack.proxy.status().await;
+    assert_eq!(status["active"], "green", "{status}");
+    assert!(
+        status["guard"]["blocked"].is_null(),
+        "an overridden block is lifted: {status}"
+    );
 }
 
 /// Green answers every request after 400 ms; the proxy gives an upstream 250 ms for its
