@@ -1,0 +1,238 @@
+#!/usr/bin/env bash
+# Counts the instructions our proxy spends per request, under callgrind: a
+# deterministic figure, so a change of a few percent shows where the wall clock
+# of scripts/bench.sh is lost in the machine's noise. Report on stdout,
+# progress on stderr.
+set -euo pipefail
+
+PROG=profile
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib.sh"
+log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
+
+START_DIR=$PWD
+BIN=$ROOT/target/release/proxy
+SECONDS_RUN=20
+CONNECTIONS=10
+URL_PATH=/r
+OUT=
+TOP=30
+
+usage() {
+  cat <<EOF
+Usage: scripts/profile.sh [options]
+
+Runs the proxy (one worker thread, as in the benchmark) under valgrind's
+callgrind in front of a fixed-response nginx, switches it once (so both slots
+are vetted and every request is ready for a retry, as after any deploy), then
+counts instructions only while wrk sends GET requests through it: startup and
+the switch are not counted. Prints the requests, the instructions per request,
+and the functions that cost the most (inclusive and self).
+
+Options:
+  --bin PATH          the proxy binary (default target/release/proxy; build it
+                      with cargo build --release -p proxy)
+  --seconds S         length of the measured wrk run (default $SECONDS_RUN)
+  --connections N     wrk connections (default $CONNECTIONS)
+  --path P            path requested: / (200) or /r (302) (default $URL_PATH)
+  --top N             functions listed (default $TOP)
+  --out FILE          keep callgrind's output there (default: a temporary file,
+                      removed); open it with callgrind_annotate or kcachegrind
+  -h, --help          this text
+
+Needs valgrind, nginx, wrk, curl and python3 (Debian: apt-get install -y
+valgrind nginx wrk curl python3); installs nothing. Under callgrind the proxy
+runs some fifty times slower: the request count is what matters, not the rate.
+EOF
+}
+
+while [[ $# -gt 0 ]]; do
+  case $1 in
+  -h | --help)
+    usage
+    exit 0
+    ;;
+  --bin | --seconds | --connections | --path | --top | --out)
+    take_value "$@"
+    case $1 in
+    --bin) BIN=$(abs_path "$VALUE") ;;
+    --seconds) SECONDS_RUN=$VALUE ;;
+    --connections) CONNECTIONS=$VALUE ;;
+    --path) URL_PATH=$VALUE ;;
+    --top) TOP=$VALUE ;;
+    --out) OUT=$(abs_path "$VALUE") ;;
+    esac
+    shift 2
+    ;;
+  *) die "unknown option '$1' (see --help)" ;;
+  esac
+done
+
+[[ $SECONDS_RUN =~ ^[1-9][0-9]*$ ]] || die "--seconds must be a whole number of seconds, got '$SECONDS_RUN'"
+[[ $CONNECTIONS =~ ^[1-9][0-9]*$ ]] || die "--connections must be a positive number, got '$CONNECTIONS'"
+[[ $TOP =~ ^[0-9]+$ ]] || die "--top must be a number, got '$TOP'"
+case $URL_PATH in
+/ | /r) ;;
+*) die "--path is / or /r, got '$URL_PATH'" ;;
+esac
+for cmd in valgrind callgrind_control callgrind_annotate; do
+  require_cmd "$cmd" "apt-get install -y valgrind"
+done
+require_cmd nginx "apt-get install -y nginx"
+require_cmd wrk "apt-get install -y wrk"
+require_cmd curl "apt-get install -y curl"
+require_cmd python3 "apt-get install -y python3"
+[[ -x $BIN ]] || die "no proxy binary at $BIN (cargo build --release -p proxy, or --bin PATH)"
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/profile.XXXXXX")
+PIDS=()
+# shellcheck disable=SC2317 # run by the EXIT trap
+cleanup() {
+  local pid
+  for pid in "${PIDS[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${PIDS[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+mapfile -t PORTS < <(python3 - <<'PY'
+import socket
+socks = []
+for _ in range(4):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print("\n".join(str(s.getsockname()[1]) for s in socks))
+PY
+)
+UPSTREAM_PORT=${PORTS[0]} PUBLIC_PORT=${PORTS[1]} ADMIN_PORT=${PORTS[2]} STATUS_PORT=${PORTS[3]}
+
+# wait_for TRIES DESCRIPTION COMMAND...: runs COMMAND every 0.2 s until it
+# succeeds, at most TRIES times.
+wait_for() {
+  local tries=$1 what=$2
+  shift 2
+  local i
+  for ((i = 0; i < tries; i++)); do
+    "$@" >/dev/null 2>&1 && return 0
+    sleep 0.2
+  done
+  die "$what did not come up; logs in $WORK"
+}
+
+mkdir -p "$WORK/nginx"
+cat >"$WORK/nginx/nginx.conf" <<EOF
+daemon off;
+worker_processes 1;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx/client;
+  proxy_temp_path $WORK/nginx/proxy;
+  fastcgi_temp_path $WORK/nginx/fastcgi;
+  uwsgi_temp_path $WORK/nginx/uwsgi;
+  scgi_temp_path $WORK/nginx/scgi;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$UPSTREAM_PORT;
+    location = /healthz { return 200 '{"status":"ok"}'; }
+    location = /r { return 302 http://example.com/; }
+    location / { return 200 'hello'; }
+  }
+}
+EOF
+nginx -c "$WORK/nginx/nginx.conf" 2>>"$WORK/nginx/stderr.log" &
+PIDS+=("$!")
+wait_for 50 "the nginx upstream" curl -sf "http://127.0.0.1:$UPSTREAM_PORT/healthz"
+
+cat >"$WORK/proxy.toml" <<EOF
+# Generated by scripts/profile.sh: both slots in front of one nginx.
+data_dir = "$WORK/data"
+
+[listen]
+public = "127.0.0.1:$PUBLIC_PORT"
+admin = "127.0.0.1:$ADMIN_PORT"
+status = "127.0.0.1:$STATUS_PORT"
+
+[slots]
+active = "blue"
+
+[slots.blue]
+addr = "127.0.0.1:$UPSTREAM_PORT"
+
+[slots.green]
+addr = "127.0.0.1:$UPSTREAM_PORT"
+
+[[scenario]]
+name = "health"
+[[scenario.step]]
+name = "healthz"
+path = "/healthz"
+expect_status = 200
+expect_body = '"status":"ok"'
+EOF
+TOKEN=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
+CG_OUT=${OUT:-$WORK/callgrind.out}
+log "starting the proxy under callgrind (instrumentation off until the load)"
+PROXY_ADMIN_TOKEN=$TOKEN TOKIO_WORKER_THREADS=1 RUST_LOG=warn \
+  valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$CG_OUT" \
+  "$BIN" --config "$WORK/proxy.toml" >"$WORK/proxy.log" 2>&1 &
+PROXY_PID=$!
+PIDS+=("$PROXY_PID")
+wait_for 300 "the proxy" curl -sf -o /dev/null "http://127.0.0.1:$PUBLIC_PORT/"
+
+printf 'Authorization: Bearer %s\n' "$TOKEN" >"$WORK/admin.header"
+code=$(curl -s -o "$WORK/switch.out" -w '%{http_code}' --max-time 120 -X POST \
+  -H @"$WORK/admin.header" -H 'Content-Type: application/json' \
+  --data '{"to":"green"}' "http://127.0.0.1:$ADMIN_PORT/switch") || code=000
+[[ $code == 200 ]] || die "the switch answered $code: $(cat "$WORK/switch.out" 2>/dev/null)"
+
+log "counting: wrk -c$CONNECTIONS for ${SECONDS_RUN}s on GET $URL_PATH"
+callgrind_control -i on "$PROXY_PID" >/dev/null 2>&1
+wrk -t1 -c"$CONNECTIONS" -d"${SECONDS_RUN}s" "http://127.0.0.1:$PUBLIC_PORT$URL_PATH" >"$WORK/wrk.out"
+callgrind_control -i off "$PROXY_PID" >/dev/null 2>&1
+kill -TERM "$PROXY_PID"
+wait "$PROXY_PID" 2>/dev/null || true
+
+REQUESTS=$(awk '/requests in/ {print $1}' "$WORK/wrk.out")
+[[ $REQUESTS =~ ^[0-9]+$ && $REQUESTS -gt 0 ]] || die "wrk sent no request: $(cat "$WORK/wrk.out")"
+# callgrind writes one file per process part; the counted part is the one with events.
+TOTAL=$(callgrind_annotate "$CG_OUT" 2>/dev/null | awk '/PROGRAM TOTALS/ && !seen {gsub(",", "", $1); print $1; seen = 1}')
+[[ $TOTAL =~ ^[0-9]+$ ]] || die "no totals in callgrind's output $CG_OUT"
+
+cat <<EOF
+# Instructions per request
+
+$(date -u '+%Y-%m-%d %H:%M UTC'), $("$BIN" --version 2>/dev/null || printf 'proxy'), GET $URL_PATH,
+wrk -c$CONNECTIONS for ${SECONDS_RUN}s under callgrind, after one switch.
+
+| requests | instructions | per request |
+|---:|---:|---:|
+| $REQUESTS | $TOTAL | $((TOTAL / REQUESTS)) |
+
+EOF
+if [[ $TOP -gt 0 ]]; then
+  printf '## Inclusive (per request)\n\n%s\n' '```'
+  callgrind_annotate --inclusive=yes --auto=no "$CG_OUT" 2>/dev/null |
+    awk -v n="$REQUESTS" -v top="$TOP" '
+      /file:function/ { on = 1; getline; next }
+      on && NF && shown < top { c = $1; gsub(",", "", c)
+        sub(/^ *[0-9,]+ +\( *[0-9.]+%\) +/, ""); printf "%8.0f %s\n", c / n, $0; shown++ }' |
+    sed -E "s#/[^ ]*/\.cargo/registry/src/[^/]*/##; s#$ROOT/##; s# \[[^]]*\]\$##"
+  printf '%s\n\n## Self (per request)\n\n%s\n' '```' '```'
+  callgrind_annotate --auto=no "$CG_OUT" 2>/dev/null |
+    awk -v n="$REQUESTS" -v top="$TOP" '
+      /file:function/ { on = 1; getline; next }
+      on && NF && shown < top { c = $1; gsub(",", "", c)
+        sub(/^ *[0-9,]+ +\( *[0-9.]+%\) +/, ""); printf "%8.0f %s\n", c / n, $0; shown++ }' |
+    sed -E "s#/[^ ]*/\.cargo/registry/src/[^/]*/##; s#$ROOT/##; s# \[[^]]*\]\$##"
+  printf '%s\n' '```'
+fi
+[[ -n $OUT ]] && log "callgrind's output kept in $OUT"
+exit 0
