@@ -39,7 +39,9 @@ taskset.
 
 Sections (--sections, default $SECTIONS):
   nginx      throughput and latency (requests/s, p50, p99: median over rounds,
-             min..max) of four targets measured in alternation, each round
+             min..max), and each target's CPU time (user + system) per request,
+             which moves far less than requests/s when other work on the
+             machine takes the CPU; four targets measured in alternation, each round
              starting one target later (A B C D, B C D A, ...):
              the upstream directly, ours, nginx (keep-alive upstream pool) and
              HAProxy (http-reuse always), in front of an nginx upstream that
@@ -497,19 +499,44 @@ start_bench_shortener() {
   wait_listening "$BG_PID" "$log_file" "shortener listening on" "" 30 "shortener $release"
 }
 
+# The process of each measured target (TARGET_PID[name]), for its CPU time:
+# a server's CPU time per request barely moves when another tenant of the
+# machine takes the CPU away, which moves requests per second a lot.
+declare -A TARGET_PID=()
+CLK_TCK=$(getconf CLK_TCK)
+
+# cpu_ticks PID: user + system clock ticks of PID and its child processes
+# (nginx's worker is the master's child), so far.
+cpu_ticks() {
+  local total=0 pid fields
+  for pid in "$1" $(pgrep -P "$1" 2>/dev/null); do
+    # Fields 14 and 15 of /proc/PID/stat; the command name (2) has no spaces here.
+    fields=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null) || continue
+    total=$((total + fields))
+  done
+  printf '%s' "$total"
+}
+
 # run_wrk TABLE TARGET ROUND URL: one measured wrk run, appended to RESULTS.
 run_wrk() {
   local table=$1 target=$2 round=$3 url=$4 out
+  local pid=${TARGET_PID[$target]:-} before=0 after=0
+  [[ -n $pid ]] && before=$(cpu_ticks "$pid")
   out=$(timeout $((DURATION + 30)) "${PIN_LOAD[@]}" wrk -t1 -c "$CONNECTIONS" -d "${DURATION}s" \
     -s "$BENCH_DIR/report.lua" "$url" 2>&1) || die "wrk failed against $target ($url): $out"
+  [[ -n $pid ]] && after=$(cpu_ticks "$pid")
   local line
   line=$(grep '^BENCH ' <<<"$out") || die "no result line from wrk against $target: $out"
-  python3 - "$table" "$target" "$round" "$line" >>"$RESULTS" <<'PY'
+  python3 - "$table" "$target" "$round" "$line" "$((after - before))" "$CLK_TCK" "$pid" >>"$RESULTS" <<'PY'
 import sys
-table, target, rnd, line = sys.argv[1:5]
+table, target, rnd, line, ticks, clk_tck, pid = sys.argv[1:8]
 f = dict(kv.split("=") for kv in line.split()[1:])
 errors = sum(int(f[k]) for k in ("connect", "read", "write", "timeout", "status"))
-print("\t".join([table, target, rnd, f["rps"], f["p50_us"], f["p99_us"], str(errors)]))
+requests = int(f["requests"])
+cpu_us = (
+    f"{int(ticks) * 1e6 / int(clk_tck) / requests:.2f}" if pid and requests else ""
+)
+print("\t".join([table, target, rnd, f["rps"], f["p50_us"], f["p99_us"], str(errors), cpu_us]))
 PY
   log "  $target: ${line#BENCH }"
 }
@@ -602,6 +629,10 @@ if want nginx || want memory; then
   IDLE_NGINX=$(rss_kb "$NGINX_PID")
   IDLE_HAPROXY=$(rss_kb "$HAPROXY_PID")
 
+  TARGET_PID=([upstream]=$UPSTREAM_PID [ours]=$OURS_PID [nginx]=$NGINX_PID [haproxy]=$HAPROXY_PID)
+  for i in "${!COMPARE_NAMES[@]}"; do
+    TARGET_PID[${COMPARE_NAMES[i]}]=${COMPARE_PIDS[i]}
+  done
   if want nginx; then
     for path in $PATHS; do
       measure "nginx$path" "In front of nginx: GET $path" "$path" \
@@ -623,6 +654,7 @@ fi
 # --- Section: in front of the shortener -------------------------------------
 if want shortener || want switch; then
   start_bench_shortener "$V1_PORT" v1
+  V1_PID=$BG_PID
   V1=127.0.0.1:$V1_PORT
   # One link to follow: the redirect is the shortener's hot path.
   created=$(curl -sS --max-time 5 -H 'Content-Type: application/json' \
@@ -639,6 +671,7 @@ if want shortener; then
   switch_to "$OURS_ADMIN_PORT" green
   start_nginx_proxy "$NGINX_PORT" "$V1"
   start_haproxy "$HAPROXY_PORT" "$V1"
+  TARGET_PID=([upstream]=$V1_PID [ours]=$OURS_PID [nginx]=$NGINX_PID [haproxy]=$HAPROXY_PID)
   measure shortener "In front of the shortener: GET /$CODE (302)" "/$CODE" \
     "upstream=$V1" "ours=127.0.0.1:$OURS_PORT" \
     "nginx=127.0.0.1:$NGINX_PORT" "haproxy=127.0.0.1:$HAPROXY_PORT"

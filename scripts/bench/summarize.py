@@ -1,7 +1,8 @@
 """Turns bench.sh's raw results into markdown tables on stdout.
 
 Input (argv[1]): tab-separated lines "table<TAB>target<TAB>round<TAB>rps<TAB>
-p50_us<TAB>p99_us<TAB>errors". argv[2]: a file of "table<TAB>title" lines, in
+p50_us<TAB>p99_us<TAB>errors<TAB>cpu_us" (cpu_us: the target's CPU time per
+request, empty when unknown). argv[2]: a file of "table<TAB>title" lines, in
 the order to print. Targets print in the order they first appear."""
 
 import statistics
@@ -24,6 +25,10 @@ def ms(v):
     return f"{v / 1000:.2f}"
 
 
+def us(v):
+    return f"{v:.2f}"
+
+
 def ratio(a, b):
     return f"{a / b:.2f}" if b else "n/a"
 
@@ -32,10 +37,12 @@ def main():
     rows = OrderedDict()
     with open(sys.argv[1]) as f:
         for line in f:
-            table, target, _round, r, p50, p99, errors = line.rstrip("\n").split("\t")
+            table, target, _round, r, p50, p99, errors, cpu = line.rstrip("\n").split("\t")
             t = rows.setdefault(table, OrderedDict()).setdefault(
-                target, {"rps": [], "p50": [], "p99": [], "errors": 0}
+                target, {"rps": [], "p50": [], "p99": [], "cpu": [], "errors": 0}
             )
+            if cpu:
+                t["cpu"].append(float(cpu))
             t["rps"].append(float(r))
             t["p50"].append(float(p50))
             t["p99"].append(float(p99))
@@ -51,14 +58,18 @@ def main():
         if not targets:
             continue
         print(f"### {title}\n")
-        print("| target | requests/s | p50 ms | p99 ms | errors |")
-        print("|---|---:|---:|---:|---:|")
+        print("| target | requests/s | p50 ms | p99 ms | CPU µs/request | errors |")
+        print("|---|---:|---:|---:|---:|---:|")
         for name, t in targets.items():
+            cpu = spread(t["cpu"], us) if t["cpu"] else "n/a"
             print(
                 f"| {name} | {spread(t['rps'], rps)} | {spread(t['p50'], ms)} "
-                f"| {spread(t['p99'], ms)} | {t['errors']} |"
+                f"| {spread(t['p99'], ms)} | {cpu} | {t['errors']} |"
             )
-        print("\nMedian over rounds, (min..max) across rounds.\n")
+        print(
+            "\nMedian over rounds, (min..max) across rounds. CPU: the target's own "
+            "user + system time per request (nginx: master and worker).\n"
+        )
         ours = targets.get("ours")
         if ours:
             # Ours and any other build of it (--compare) against the baselines,
@@ -74,17 +85,25 @@ def main():
                 if build != "ours":
                     lines.append(ratio_line("ours", ours, build, targets[build]))
             if lines:
-                print("| ratio | throughput (higher is better) | p99 (lower is better) |")
-                print("|---|---:|---:|")
+                print(
+                    "| ratio | throughput (higher is better) | p99 (lower is better) "
+                    "| CPU per request (lower is better) |"
+                )
+                print("|---|---:|---:|---:|")
                 print("\n".join(lines))
                 print()
 
 
 def ratio_line(name, a, other, b):
+    cpu = (
+        ratio(statistics.median(a["cpu"]), statistics.median(b["cpu"]))
+        if a["cpu"] and b["cpu"]
+        else "n/a"
+    )
     return (
         f"| {name} / {other} | "
         f"{ratio(statistics.median(a['rps']), statistics.median(b['rps']))} | "
-        f"{ratio(statistics.median(a['p99']), statistics.median(b['p99']))} |"
+        f"{ratio(statistics.median(a['p99']), statistics.median(b['p99']))} | {cpu} |"
     )
 
 
