@@ -40,8 +40,9 @@ taskset.
 Sections (--sections, default $SECTIONS):
   nginx      throughput and latency (requests/s, p50, p99: median over rounds,
              min..max), and each target's CPU time (user + system) per request,
-             which moves far less than requests/s when other work on the
-             machine takes the CPU; four targets measured in alternation, each round
+             which tells a target that got less CPU from one that needed more
+             (contention from other work on the machine raises it too); four
+             targets measured in alternation, each round
              starting one target later (A B C D, B C D A, ...):
              the upstream directly, ours, nginx (keep-alive upstream pool) and
              HAProxy (http-reuse always), in front of an nginx upstream that
@@ -499,9 +500,9 @@ start_bench_shortener() {
   wait_listening "$BG_PID" "$log_file" "shortener listening on" "" 30 "shortener $release"
 }
 
-# The process of each measured target (TARGET_PID[name]), for its CPU time:
-# a server's CPU time per request barely moves when another tenant of the
-# machine takes the CPU away, which moves requests per second a lot.
+# The process of each measured target (TARGET_PID[name]), for its CPU time
+# per request: a round that lost CPU to another tenant shows fewer requests
+# per second at the same CPU per request; a costlier build shows more.
 declare -A TARGET_PID=()
 CLK_TCK=$(getconf CLK_TCK)
 
