@@ -8,6 +8,8 @@ set -euo pipefail
 PROG=bench
 # shellcheck source=lib.sh source-path=SCRIPTDIR
 source "$(dirname -- "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source=bench/nginx.sh source-path=SCRIPTDIR
+source "$(dirname -- "${BASH_SOURCE[0]}")/bench/nginx.sh"
 # Progress goes to stderr: stdout is the report.
 log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
 
@@ -245,18 +247,6 @@ forget_pid() {
   PIDS=("${PIDS[@]}")
 }
 
-# free_ports N: N loopback ports free right now, one a line.
-free_ports() {
-  python3 - "$1" <<'PY'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print("\n".join(str(s.getsockname()[1]) for s in socks))
-PY
-}
 mapfile -t PORTS < <(free_ports $((12 + 3 * ${#COMPARE[@]})))
 UPSTREAM_PORT=${PORTS[0]}
 OURS_PORT=${PORTS[1]}
@@ -291,33 +281,6 @@ start_server() {
   PIDS+=("$BG_PID")
 }
 
-# nginx_common DIR: the top of an nginx config that runs unprivileged-style
-# from DIR, in the foreground, with one worker and no logs per request.
-nginx_common() {
-  local dir=$1
-  mkdir -p "$dir/tmp"
-  cat <<EOF
-daemon off;
-worker_processes 1;
-worker_rlimit_nofile $(ulimit -n);
-pid $dir/nginx.pid;
-error_log $dir/error.log warn;
-events { worker_connections 8192; }
-EOF
-}
-
-nginx_temp_paths() {
-  local dir=$1
-  cat <<EOF
-  access_log off;
-  client_body_temp_path $dir/tmp/client;
-  proxy_temp_path $dir/tmp/proxy;
-  fastcgi_temp_path $dir/tmp/fastcgi;
-  uwsgi_temp_path $dir/tmp/uwsgi;
-  scgi_temp_path $dir/tmp/scgi;
-  keepalive_requests 1000000;
-EOF
-}
 
 # start_nginx NAME: run the config $WORK/NAME/nginx.conf; sets BG_PID.
 start_nginx() {
@@ -330,20 +293,7 @@ start_nginx() {
 start_upstream_nginx() {
   local dir=$WORK/upstream
   mkdir -p "$dir"
-  {
-    nginx_common "$dir"
-    cat <<EOF
-http {
-$(nginx_temp_paths "$dir")
-  server {
-    listen 127.0.0.1:$1 backlog=4096;
-    location = / { default_type text/plain; return 200 "hello from the upstream\n"; }
-    location = /r { return 302 https://example.invalid/target; }
-    location = /healthz { default_type application/json; return 200 '{"status":"ok","release":"nginx"}'; }
-  }
-}
-EOF
-  } >"$dir/nginx.conf"
+  upstream_nginx_conf "$dir" "$1" >"$dir/nginx.conf"
   start_nginx upstream
   UPSTREAM_PID=$BG_PID
   wait_port "127.0.0.1:$1" "$BG_PID" "the upstream nginx"
@@ -477,16 +427,7 @@ switch_to() {
 }
 
 # The probe our proxy runs in front of nginx: nginx's /healthz passes it.
-HEALTH_SCENARIO=$WORK/health-scenario.toml
-cat >"$HEALTH_SCENARIO" <<'EOF'
-[[scenario]]
-name = "health"
-[[scenario.step]]
-name = "healthz"
-path = "/healthz"
-expect_status = 200
-expect_body = '"status":"ok"'
-EOF
+HEALTH_SCENARIO=$BENCH_DIR/health-scenario.toml
 # In front of shorteners: the reference config's scenarios, as in production.
 SHORTENER_SCENARIOS=$WORK/shortener-scenarios.toml
 sed -n '/^\[\[scenario\]\]/,$p' "$ROOT/config/proxy.toml" >"$SHORTENER_SCENARIOS"

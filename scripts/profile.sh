@@ -8,6 +8,8 @@ set -euo pipefail
 PROG=profile
 # shellcheck source=lib.sh source-path=SCRIPTDIR
 source "$(dirname -- "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source=bench/nginx.sh source-path=SCRIPTDIR
+source "$(dirname -- "${BASH_SOURCE[0]}")/bench/nginx.sh"
 log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
 
 START_DIR=$PWD
@@ -99,16 +101,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-mapfile -t PORTS < <(python3 - <<'PY'
-import socket
-socks = []
-for _ in range(4):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print("\n".join(str(s.getsockname()[1]) for s in socks))
-PY
-)
+mapfile -t PORTS < <(free_ports 4)
 UPSTREAM_PORT=${PORTS[0]} PUBLIC_PORT=${PORTS[1]} ADMIN_PORT=${PORTS[2]} STATUS_PORT=${PORTS[3]}
 
 # wait_for TRIES DESCRIPTION COMMAND...: runs COMMAND every 0.2 s until it
@@ -125,29 +118,9 @@ wait_for() {
 }
 
 mkdir -p "$WORK/nginx"
-cat >"$WORK/nginx/nginx.conf" <<EOF
-daemon off;
-worker_processes 1;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/nginx/client;
-  proxy_temp_path $WORK/nginx/proxy;
-  fastcgi_temp_path $WORK/nginx/fastcgi;
-  uwsgi_temp_path $WORK/nginx/uwsgi;
-  scgi_temp_path $WORK/nginx/scgi;
-  keepalive_requests 1000000;
-  server {
-    listen 127.0.0.1:$UPSTREAM_PORT;
-    location = /healthz { return 200 '{"status":"ok"}'; }
-    location = /r { return 302 http://example.com/; }
-    location / { return 200 'hello'; }
-  }
-}
-EOF
-nginx -c "$WORK/nginx/nginx.conf" 2>>"$WORK/nginx/stderr.log" &
+upstream_nginx_conf "$WORK/nginx" "$UPSTREAM_PORT" >"$WORK/nginx/nginx.conf"
+nginx -p "$WORK/nginx" -e "$WORK/nginx/error.log" -c "$WORK/nginx/nginx.conf" \
+  </dev/null >>"$WORK/nginx/stderr.log" 2>&1 &
 PIDS+=("$!")
 wait_for 50 "the nginx upstream" curl -sf "http://127.0.0.1:$UPSTREAM_PORT/healthz"
 
@@ -169,14 +142,8 @@ addr = "127.0.0.1:$UPSTREAM_PORT"
 [slots.green]
 addr = "127.0.0.1:$UPSTREAM_PORT"
 
-[[scenario]]
-name = "health"
-[[scenario.step]]
-name = "healthz"
-path = "/healthz"
-expect_status = 200
-expect_body = '"status":"ok"'
 EOF
+cat "$ROOT/scripts/bench/health-scenario.toml" >>"$WORK/proxy.toml"
 TOKEN=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
 CG_OUT=${OUT:-$WORK/callgrind.out}
 log "starting the proxy under callgrind (instrumentation off until the load)"
