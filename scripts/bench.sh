@@ -49,7 +49,10 @@ Sections (--sections, default $SECTIONS):
              the upstream directly, ours, nginx (keep-alive upstream pool) and
              HAProxy (http-reuse always), in front of an nginx upstream that
              answers 200 on / and 302 on /r; one table per path (--paths);
-             with the ratios ours/nginx and ours/HAProxy. Ours has switched
+             with the ratios ours/nginx and ours/HAProxy, of the medians and
+             paired (the median of the ratios within each round, which cancels
+             what a busy spell of the machine does to a whole round: prefer
+             many short rounds, e.g. --rounds 15 --duration 3). Ours has switched
              once before it is measured, so both slots are vetted and every
              request is ready for a retry on the other one, as after a deploy.
   shortener  the same in front of the real shortener (GET /<code>, a 302).

@@ -25,6 +25,10 @@ def ms(v):
     return f"{v / 1000:.2f}"
 
 
+def two(v):
+    return f"{v:.2f}"
+
+
 def us(v):
     return f"{v:.2f}"
 
@@ -37,10 +41,11 @@ def main():
     rows = OrderedDict()
     with open(sys.argv[1]) as f:
         for line in f:
-            table, target, _round, r, p50, p99, errors, cpu = line.rstrip("\n").split("\t")
+            table, target, rnd, r, p50, p99, errors, cpu = line.rstrip("\n").split("\t")
             t = rows.setdefault(table, OrderedDict()).setdefault(
-                target, {"rps": [], "p50": [], "p99": [], "cpu": [], "errors": 0}
+                target, {"rps": [], "p50": [], "p99": [], "cpu": [], "by_round": {}, "errors": 0}
             )
+            t["by_round"][rnd] = (float(r), float(p99))
             if cpu:
                 t["cpu"].append(float(cpu))
             t["rps"].append(float(r))
@@ -87,11 +92,16 @@ def main():
             if lines:
                 print(
                     "| ratio | throughput (higher is better) | p99 (lower is better) "
-                    "| CPU per request (lower is better) |"
+                    "| CPU per request (lower is better) "
+                    "| throughput, paired | p99, paired |"
                 )
-                print("|---|---:|---:|---:|")
+                print("|---|---:|---:|---:|---:|---:|")
                 print("\n".join(lines))
-                print()
+                print(
+                    "\nRatios of the medians; paired: the median over rounds of the "
+                    "ratio within each round (min..max), which cancels what a busy "
+                    "spell does to a whole round.\n"
+                )
 
 
 def ratio_line(name, a, other, b):
@@ -100,10 +110,14 @@ def ratio_line(name, a, other, b):
         if a["cpu"] and b["cpu"]
         else "n/a"
     )
+    rounds = sorted(set(a["by_round"]) & set(b["by_round"]))
+    tput = [a["by_round"][r][0] / b["by_round"][r][0] for r in rounds if b["by_round"][r][0]]
+    p99 = [a["by_round"][r][1] / b["by_round"][r][1] for r in rounds if b["by_round"][r][1]]
     return (
         f"| {name} / {other} | "
         f"{ratio(statistics.median(a['rps']), statistics.median(b['rps']))} | "
-        f"{ratio(statistics.median(a['p99']), statistics.median(b['p99']))} | {cpu} |"
+        f"{ratio(statistics.median(a['p99']), statistics.median(b['p99']))} | {cpu} | "
+        f"{spread(tput, two) if tput else 'n/a'} | {spread(p99, two) if p99 else 'n/a'} |"
     )
 
 
