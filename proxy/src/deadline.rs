@@ -143,6 +143,9 @@ impl Alarm {
             }
             sleep.as_mut().reset(due);
         }
+        // Re-armed and still ringing (a deadline inside the timer's current
+        // millisecond): no waker is registered, so ask to be polled again.
+        cx.waker().wake_by_ref();
         Poll::Pending
     }
 

@@ -187,17 +187,22 @@ impl<T> TimedIo<T> {
     /// Whether the deadline has passed; when not, leaves the alarm armed to
     /// wake the task no later than the deadline.
     fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.alarm.as_mut().poll(cx).is_pending() {
-            return false;
-        }
-        let now = Instant::now();
-        if now >= self.due {
-            return true;
-        }
         let step = self.header_read_timeout.min(self.idle_timeout);
-        self.alarm.as_mut().reset(self.due.min(later(now, step)));
-        // Armed in the future, so this registers the waker and is pending.
-        let _ = self.alarm.as_mut().poll(cx);
+        // Twice at most: a ring before the deadline re-arms for later.
+        for _ in 0..2 {
+            if self.alarm.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            let now = Instant::now();
+            if now >= self.due {
+                return true;
+            }
+            self.alarm.as_mut().reset(self.due.min(later(now, step)));
+        }
+        // Re-armed and still ringing (a 1 ms timeout inside the timer's
+        // current millisecond): no waker is registered, so ask to be polled
+        // again rather than sleep past the deadline.
+        cx.waker().wake_by_ref();
         false
     }
 
