@@ -103,7 +103,7 @@ pub struct Gate {
 }
 
 /// Background liveness checks of both slots.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Health {
     pub path: String,
     pub interval: Duration,

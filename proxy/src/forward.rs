@@ -36,6 +36,13 @@ pub struct Forwarder {
     deadlines: Arc<Deadlines>,
 }
 
+/// One client connection: its address, and the alarm of its HTTP/1.1
+/// requests' response deadlines (see `deadline`).
+pub struct ClientConn {
+    addr: ClientAddr,
+    alarm: Arc<Alarm>,
+}
+
 /// One attempt's result: the response, or why there is none and whether
 /// the request may go to the other slot.
 enum Attempt {
@@ -63,9 +70,12 @@ impl Forwarder {
         }
     }
 
-    /// The alarm of one client connection's response deadlines.
-    pub fn alarm(&self) -> Arc<Alarm> {
-        self.deadlines.alarm()
+    /// What the forwarder keeps for one client connection.
+    pub fn client_conn(&self, peer: std::net::SocketAddr) -> ClientConn {
+        ClientConn {
+            addr: ClientAddr::new(peer),
+            alarm: self.deadlines.alarm(),
+        }
     }
 
     /// The grace period is over: every request still waiting for its
@@ -79,22 +89,19 @@ impl Forwarder {
         self.deadlines.cut_requests()
     }
 
-    /// Answers one user request; never fails, because every upstream
-    /// problem becomes a short 4xx/5xx answer. `alarm` is the connection's
-    /// (see `deadline`).
-    pub async fn handle(
-        &self,
-        req: Request<Incoming>,
-        client: &ClientAddr,
-        alarm: &Arc<Alarm>,
-    ) -> Response<ProxyBody> {
+    /// Answers one user request of the client connection `conn`; never
+    /// fails, because every upstream problem becomes a short 4xx/5xx answer.
+    pub async fn handle(&self, req: Request<Incoming>, conn: &ClientConn) -> Response<ProxyBody> {
         let started = Instant::now();
+        let client = &conn.addr;
         // HTTP/2 requests of one connection wait at the same time, each in
         // its own task: each needs its own alarm.
-        let alarm = if req.version() == Version::HTTP_2 {
-            self.deadlines.alarm()
+        let own_alarm;
+        let alarm: &Alarm = if req.version() == Version::HTTP_2 {
+            own_alarm = self.deadlines.alarm();
+            &own_alarm
         } else {
-            Arc::clone(alarm)
+            &conn.alarm
         };
         let host = match request_host(&req) {
             Ok(host) => host,
@@ -153,7 +160,7 @@ impl Forwarder {
                 Resend::Unsent(body),
                 &policy,
                 can_retry,
-                &alarm,
+                alarm,
             )
             .await
         {
@@ -169,7 +176,7 @@ impl Forwarder {
                         // Boxed: inline, the rare retry's state would make every
                         // request's future larger, and hyper moves that into place
                         // for each request.
-                        match Box::pin(self.attempt(&other, parts, body, &policy, false, &alarm))
+                        match Box::pin(self.attempt(&other, parts, body, &policy, false, alarm))
                             .await
                         {
                             Attempt::Answered(response) => (Ok(response), other),

@@ -32,14 +32,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // the names (standard ones compare as integers) finds out without
     // hashing a name per header to remove.
     let mut present = [false; FIXED_HOP_BY_HOP.len()];
-    let mut any = false;
     for name in headers.keys() {
         if let Some(i) = FIXED_HOP_BY_HOP.iter().position(|hop| *hop == name) {
             present[i] = true;
-            any = true;
         }
     }
-    if !any {
+    if !present.contains(&true) {
         return;
     }
     if present[0] {

@@ -60,22 +60,7 @@ pub fn reload(controller: &Controller, path: &Path) -> Result<(), ConfigError> {
     ) {
         restart_needed.push("limits.* (all but max_body_bytes and body_timeout_ms)");
     }
-    let (was, now) = (&old.health, &config.health);
-    if (
-        &was.path,
-        was.interval,
-        was.timeout,
-        was.fall,
-        was.rise,
-        was.passive_fall,
-    ) != (
-        &now.path,
-        now.interval,
-        now.timeout,
-        now.fall,
-        now.rise,
-        now.passive_fall,
-    ) {
+    if old.health != config.health {
         restart_needed.push("health.*");
     }
     let (was, now) = (&old.timeouts, &config.timeouts);

@@ -17,7 +17,6 @@ use tokio::sync::Semaphore;
 
 use crate::config::Limits;
 use crate::forward::Forwarder;
-use crate::headers::ClientAddr;
 
 mod idle;
 
@@ -91,15 +90,13 @@ pub async fn serve(
             limits.idle_timeout,
             limits.header_read_timeout,
         );
-        let client = Arc::new(ClientAddr::new(peer));
-        let alarm = forwarder.alarm();
+        let client = Arc::new(forwarder.client_conn(peer));
         let service = service_fn(move |req| {
             let forwarder = Arc::clone(&forwarder);
             let client = Arc::clone(&client);
-            let alarm = Arc::clone(&alarm);
             let busy = activity.start();
             async move {
-                let response = forwarder.handle(req, &client, &alarm).await;
+                let response = forwarder.handle(req, &client).await;
                 Ok::<_, Infallible>(response.map(|body| idle::Tracked::new(body, busy)))
             }
         });
