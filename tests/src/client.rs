@@ -200,6 +200,28 @@ impl RawResponse {
     }
 }
 
+/// The sending half of an HTTP/2 cleartext connection, and the task driving it.
+pub type H2Connection = (
+    hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+);
+
+/// Opens an HTTP/2 connection to `addr` with prior knowledge (no upgrade), as a client
+/// that knows the server speaks HTTP/2 cleartext does.
+///
+/// # Panics
+/// When the connection or the HTTP/2 handshake fails.
+pub async fn h2_connect(addr: SocketAddr) -> H2Connection {
+    let stream = TcpStream::connect(addr).await.expect("the proxy accepts");
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("the public listener speaks HTTP/2 with prior knowledge");
+    (sender, tokio::spawn(connection))
+}
+
 /// Sends `request` byte for byte on a new connection and reads one response (framed by
 /// Content-Length, chunked encoding, or the end of the connection).
 pub async fn raw_exchange(addr: SocketAddr, request: &str) -> Result<RawResponse, String> {

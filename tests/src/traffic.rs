@@ -31,6 +31,23 @@ pub struct TrafficReport {
     pub links: Vec<Created>,
 }
 
+impl TrafficReport {
+    /// Asserts that no user request failed `during` what the test did (in the panic message).
+    ///
+    /// # Panics
+    /// When a request failed, with the counts and the first errors.
+    #[track_caller]
+    pub fn assert_no_failure(&self, during: &str) {
+        assert!(
+            self.errors.is_empty(),
+            "{} of {} user requests failed {during}, first ones: {:#?}",
+            self.failures,
+            self.requests,
+            self.errors
+        );
+    }
+}
+
 /// Running background clients; stop them with [`Traffic::stop`] (dropping aborts them).
 #[derive(Debug)]
 pub struct Traffic {

@@ -42,12 +42,6 @@ async fn a_green_that_cannot_read_blue_links_is_refused_by_the_cross_release_sce
         refusal["failure"]["step"], "follow-on-candidate",
         "{refusal}"
     );
-    assert!(
-        report.errors.is_empty(),
-        "{} of {} user requests failed, first ones: {:#?}",
-        report.failures,
-        report.requests,
-        report.errors
-    );
+    report.assert_no_failure("across the releases");
     assert_eq!(stack.proxy.active().await, "blue");
 }

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use e2e::Proxy;
+use e2e::client::h2_connect;
 use e2e::eventually;
 use e2e::recorder::{RawConnection, RecorderStack};
 use http_body_util::{BodyExt as _, Empty};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
@@ -134,12 +134,7 @@ async fn on_sigterm_an_http2_client_gets_goaway_and_its_open_stream_finishes() {
     // Arrange
     let stack = RecorderStack::start(|proxy| proxy).await;
     let public = stack.proxy.public_addr();
-    let stream = TcpStream::connect(public).await.expect("the proxy accepts");
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("the public listener speaks HTTP/2 with prior knowledge");
-    let connection = tokio::spawn(connection);
+    let (mut sender, connection) = h2_connect(public).await;
     let request = |path: &str| {
         http::Request::get(format!("http://{public}{path}"))
             .body(Empty::<Bytes>::new())

@@ -5,13 +5,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use e2e::EchoStack;
-use e2e::client::{RawResponse, raw_exchange};
+use e2e::client::{RawResponse, h2_connect, raw_exchange};
 use e2e::echo::{HOP_BY_HOP_RESPONSE, SEND_HOP_BY_HOP, echoed_header};
 use e2e::http_client;
 use http_body_util::{BodyExt as _, Empty};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
-use tokio::net::TcpStream;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -251,12 +249,7 @@ async fn http2_cleartext_requests_are_forwarded() {
     // Arrange
     let stack = EchoStack::start().await;
     let addr = stack.proxy.public_addr();
-    let stream = TcpStream::connect(addr).await.expect("the proxy accepts");
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("the public listener speaks HTTP/2 with prior knowledge");
-    let connection = tokio::spawn(connection);
+    let (mut sender, connection) = h2_connect(addr).await;
     let request = http::Request::get(format!("http://{addr}/over-h2"))
         .header("x-end-to-end", "kept")
         .body(Empty::<Bytes>::new())

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use e2e::client::raw_exchange;
+use e2e::client::{h2_connect, raw_exchange};
 use e2e::recorder::{RawConnection, RecorderStack};
 use e2e::{Proxy, Shortener};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -125,14 +125,7 @@ async fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
     })
     .await;
     let addr = stack.proxy.public_addr();
-    let stream = TcpStream::connect(addr).await.expect("the proxy accepts");
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .expect("the public listener speaks HTTP/2 with prior knowledge");
-    let connection = tokio::spawn(connection);
+    let (mut sender, connection) = h2_connect(addr).await;
     let request = http::Request::get(format!("http://{addr}/h2"))
         .body(http_body_util::Empty::<bytes::Bytes>::new())
         .expect("a constant request is valid");

@@ -111,13 +111,7 @@ async fn post_reload_applies_a_valid_change_to_new_requests_and_drops_none() {
         refused.is_empty(),
         "valid reloads were refused: {refused:#?}"
     );
-    assert!(
-        report.errors.is_empty(),
-        "{} of {} user requests failed during the reloads, first ones: {:#?}",
-        report.failures,
-        report.requests,
-        report.errors
-    );
+    report.assert_no_failure("during the reloads");
     assert_eq!(
         with_new_secret, "v2",
         "the reloaded secret reaches the candidate"

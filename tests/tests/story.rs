@@ -48,13 +48,7 @@ async fn a_green_that_cannot_create_links_is_refused_at_the_create_step_and_user
     assert_eq!(refusal["failure"]["step"], "create", "{refusal}");
     assert!(refusal["failure"]["expected"].is_string(), "{refusal}");
     assert!(refusal["failure"]["got"].is_string(), "{refusal}");
-    assert!(
-        report.errors.is_empty(),
-        "{} of {} user requests failed, first ones: {:#?}",
-        report.failures,
-        report.requests,
-        report.errors
-    );
+    report.assert_no_failure("during the story");
     assert_eq!(
         report.by_release.keys().collect::<Vec<_>>(),
         ["v1"],

@@ -50,13 +50,7 @@ async fn fifty_switches_under_load_lose_no_request() {
         report.links.len(),
         report.by_release
     );
-    assert!(
-        report.errors.is_empty(),
-        "{} of {} user requests failed, first ones: {:#?}",
-        report.failures,
-        report.requests,
-        report.errors
-    );
+    report.assert_no_failure("during the switches");
     assert!(
         report.requests >= (SWITCHES * CLIENTS) as u64,
         "only {} requests across {SWITCHES} switches",
