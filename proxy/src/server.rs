@@ -83,7 +83,7 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let forwarder = Arc::clone(&forwarder);
-        let activity = Arc::new(idle::Activity::default());
+        let activity = Arc::new(idle::Activity::new());
         let io = idle::TimedIo::new(
             stream,
             Arc::clone(&activity),

@@ -18,7 +18,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::task::AtomicWaker;
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
@@ -37,18 +36,32 @@ fn later(now: Instant, after: Duration) -> Instant {
 /// service. One word, so a reader never sees a count and a generation that
 /// disagree: the low 32 bits count requests in flight, the high 32 bits
 /// count the starts and ends of requests.
-#[derive(Debug, Default)]
+///
+/// The end of a request wakes nobody: the socket wrapper keeps its alarm
+/// armed while requests are in flight and, when it rings, counts the idle
+/// time from `ended`. Waking the connection's task instead would cost every
+/// request one more poll of the whole connection, for a deadline that is
+/// seconds away.
+#[derive(Debug)]
 pub struct Activity {
     state: AtomicU64,
-    /// The reader waiting while a request was in flight, woken when one
-    /// ends so that it sets the idle deadline.
-    reader: AtomicWaker,
+    /// When a request last ended, in nanoseconds after `since`.
+    ended: AtomicU64,
+    since: Instant,
 }
 
 const IN_FLIGHT_MASK: u64 = u32::MAX as u64;
 const GENERATION: u64 = 1 << 32;
 
 impl Activity {
+    pub fn new() -> Activity {
+        Activity {
+            state: AtomicU64::new(0),
+            ended: AtomicU64::new(0),
+            since: Instant::now(),
+        }
+    }
+
     /// A request of this connection is being served until the guard drops
     /// (the service's future, then the response body, holds it).
     pub fn start(self: &Arc<Self>) -> Busy {
@@ -61,6 +74,11 @@ impl Activity {
         let state = self.state.load(Ordering::Acquire);
         (state >> 32, state & IN_FLIGHT_MASK)
     }
+
+    /// When a request last ended; read after a `load` that saw its end.
+    fn ended(&self) -> Instant {
+        self.since + Duration::from_nanos(self.ended.load(Ordering::Relaxed))
+    }
 }
 
 /// Counts one request in flight until dropped.
@@ -69,11 +87,12 @@ pub struct Busy(Arc<Activity>);
 
 impl Drop for Busy {
     fn drop(&mut self) {
+        // Stored before the count moves (and released by it), so a reader
+        // that sees the new generation sees this time or a later one.
+        let nanos = u64::try_from(self.0.since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.0.ended.store(nanos, Ordering::Relaxed);
         // One step: one more generation, one less in flight.
-        let before = self.0.state.fetch_add(GENERATION - 1, Ordering::AcqRel);
-        if before & IN_FLIGHT_MASK == 1 {
-            self.0.reader.wake();
-        }
+        self.0.state.fetch_add(GENERATION - 1, Ordering::AcqRel);
     }
 }
 
@@ -178,10 +197,34 @@ impl<T> TimedIo<T> {
         }
     }
 
-    /// `after` is one of the two timeouts, so never shorter than the alarm's
-    /// step: the alarm is already set no later than the new deadline.
-    fn set_deadline(&mut self, after: Duration) {
-        self.due = later(Instant::now(), after);
+    /// The deadline is now `from + after`. `after` is one of the two
+    /// timeouts, never shorter than the alarm's step, so from now on the
+    /// alarm is already armed no later than the deadline; only a deadline
+    /// counted from the past (the end of a request) can fall before it.
+    fn set_deadline(&mut self, from: Instant, after: Duration) {
+        self.due = later(from, after);
+        if self.due < self.alarm.deadline() {
+            let due = self.due;
+            self.alarm.as_mut().reset(due);
+        }
+    }
+
+    /// Follows the connection's requests: while any is in flight there is
+    /// no deadline (it is pushed a whole idle timeout ahead); once they have
+    /// ended, the idle timeout counts from the last end.
+    fn follow_activity(&mut self, now: Instant) {
+        let (generation, in_flight) = self.activity.load();
+        if in_flight > 0 {
+            self.seen = generation;
+            self.phase = Phase::Idle;
+            let idle = self.idle_timeout;
+            self.set_deadline(now, idle);
+        } else if generation != self.seen {
+            self.seen = generation;
+            self.phase = Phase::Idle;
+            let (ended, idle) = (self.activity.ended(), self.idle_timeout);
+            self.set_deadline(ended, idle);
+        }
     }
 
     /// Whether the deadline has passed; when not, leaves the alarm armed to
@@ -194,6 +237,7 @@ impl<T> TimedIo<T> {
                 return false;
             }
             let now = Instant::now();
+            self.follow_activity(now);
             if now >= self.due {
                 return true;
             }
@@ -227,12 +271,12 @@ impl<T> TimedIo<T> {
             Protocol::Http2 => {
                 self.phase = Phase::Idle;
                 let idle = self.idle_timeout;
-                self.set_deadline(idle);
+                self.set_deadline(Instant::now(), idle);
             }
             Protocol::Http1 | Protocol::Unknown { .. } if self.phase == Phase::Idle => {
                 self.phase = Phase::Head;
                 let head = self.header_read_timeout;
-                self.set_deadline(head);
+                self.set_deadline(Instant::now(), head);
             }
             _ => {}
         }
@@ -250,10 +294,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for TimedIo<T> {
         if generation != this.seen {
             // A request started or ended since the deadline was set: the
             // connection's quiet time starts over.
-            this.seen = generation;
-            this.phase = Phase::Idle;
-            let idle = this.idle_timeout;
-            this.set_deadline(idle);
+            this.follow_activity(Instant::now());
         }
         let busy = in_flight > 0;
         let before = buf.filled().len();
@@ -264,14 +305,8 @@ impl<T: AsyncRead + Unpin> AsyncRead for TimedIo<T> {
                 }
                 Poll::Ready(Ok(()))
             }
-            Poll::Pending if busy => {
-                this.activity.reader.register(cx.waker());
-                // The request may have ended before the registration.
-                if this.activity.load().0 != generation {
-                    cx.waker().wake_by_ref();
-                }
-                Poll::Pending
-            }
+            // Polled while busy too, so that the alarm is armed when the
+            // last request ends: nothing else wakes this task for that.
             Poll::Pending if this.poll_expired(cx) => {
                 let why = match this.phase {
                     Phase::Idle => "idle timeout",
@@ -331,7 +366,7 @@ mod tests {
         Arc<Activity>,
     ) {
         let (server, client) = tokio::io::duplex(1024);
-        let activity = Arc::new(Activity::default());
+        let activity = Arc::new(Activity::new());
         (
             TimedIo::new(server, Arc::clone(&activity), IDLE, HEAD),
             client,
@@ -341,7 +376,14 @@ mod tests {
 
     /// Reads until the wrapper fails a read; the time that took.
     async fn time_to_error(io: &mut TimedIo<tokio::io::DuplexStream>) -> Duration {
-        let from = Instant::now();
+        time_to_error_from(io, Instant::now()).await
+    }
+
+    /// Reads until the wrapper fails a read; the time since `from`.
+    async fn time_to_error_from(
+        io: &mut TimedIo<tokio::io::DuplexStream>,
+        from: Instant,
+    ) -> Duration {
         let mut buf = [0u8; 64];
         let e = tokio::time::timeout(HANG, async {
             loop {
@@ -379,11 +421,52 @@ mod tests {
             in_flight.is_err(),
             "a read failed while a request was in flight"
         );
+        // Taken before the end, which the idle timeout counts from.
+        let ended = Instant::now();
         drop(busy);
-        let waited = time_to_error(&mut io).await;
+        let waited = time_to_error_from(&mut io, ended).await;
         assert!(
             waited >= IDLE,
             "closed after {waited:?}, before the idle timeout"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_read_waiting_when_the_request_ends_gets_the_idle_timeout() {
+        // The end of a request wakes nobody: a read that was already waiting
+        // (in its own task, polled only when woken) must still fail once the
+        // connection has been idle too long, neither at once nor never.
+        let (mut io, mut client, activity) = pair();
+        client
+            .write_all(b"GET / HTTP/1.1\r\n\r\n")
+            .await
+            .expect("write");
+        let busy = activity.start();
+        let mut buf = [0u8; 64];
+        let _ = io.read(&mut buf).await.expect("the head");
+        let reader = tokio::spawn(async move {
+            let result = io.read(&mut buf).await;
+            (result, Instant::now())
+        });
+        tokio::time::sleep(HEAD * 3).await;
+        assert!(
+            !reader.is_finished(),
+            "a read ended while a request was in flight"
+        );
+        let ended = Instant::now();
+        drop(busy);
+        let (result, failed_at) = tokio::time::timeout(HANG, reader)
+            .await
+            .expect("the idle deadline ends the read")
+            .expect("the reader does not panic");
+        let waited = failed_at - ended;
+        assert_eq!(
+            result.expect_err("the client sends nothing more").kind(),
+            io::ErrorKind::TimedOut
+        );
+        assert!(
+            waited >= IDLE && waited < IDLE + HEAD * 5,
+            "closed {waited:?} after the request ended"
         );
     }
 
