@@ -80,18 +80,19 @@ impl Deadlines {
         self.cut.load(Ordering::SeqCst)
     }
 
-    /// Runs `fut` until it finishes, `timeout` passes, or the cut. `alarm`
-    /// must not be shared with another wait at the same time: it wakes one
-    /// task. `fut` is pinned by the caller: moving a large future into this
-    /// one would copy it for every request.
+    /// Runs `fut` until it finishes, `timeout` after `from` passes, or the
+    /// cut. `from` is the caller's reading of the clock, taken anyway for
+    /// the request's latency. `alarm` must not be shared with another wait
+    /// at the same time: it wakes one task. `fut` is pinned by the caller:
+    /// moving a large future into this one would copy it for every request.
     pub async fn within<F: Future>(
         &self,
         alarm: &Alarm,
+        from: Instant,
         timeout: Duration,
         mut fut: Pin<&mut F>,
     ) -> Waited<F::Output> {
-        let now = Instant::now();
-        let due = now.checked_add(timeout).unwrap_or(now + FAR_FUTURE);
+        let due = from.checked_add(timeout).unwrap_or(from + FAR_FUTURE);
         poll_fn(|cx| {
             if let Poll::Ready(out) = fut.as_mut().poll(cx) {
                 return Poll::Ready(Waited::Done(out));
@@ -180,7 +181,9 @@ mod tests {
     async fn a_finished_future_is_done() {
         let deadlines = Deadlines::new();
         let alarm = deadlines.alarm();
-        let out = deadlines.within(&alarm, LONG, pin!(async { 7 })).await;
+        let out = deadlines
+            .within(&alarm, Instant::now(), LONG, pin!(async { 7 }))
+            .await;
         assert!(matches!(out, Waited::Done(7)), "{out:?}");
     }
 
@@ -191,7 +194,7 @@ mod tests {
         // The first wait arms the alarm for t0 + 1 s and finishes at 0.1 s.
         let first = tokio::time::sleep(Duration::from_millis(100));
         let out = deadlines
-            .within(&alarm, Duration::from_secs(1), pin!(first))
+            .within(&alarm, Instant::now(), Duration::from_secs(1), pin!(first))
             .await;
         assert!(matches!(out, Waited::Done(())));
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -201,6 +204,7 @@ mod tests {
         let out = deadlines
             .within(
                 &alarm,
+                Instant::now(),
                 Duration::from_secs(1),
                 pin!(std::future::pending::<()>()),
             )
@@ -218,7 +222,12 @@ mod tests {
             let alarm = Arc::clone(&alarm);
             tokio::spawn(async move {
                 deadlines
-                    .within(&alarm, LONG, pin!(std::future::pending::<()>()))
+                    .within(
+                        &alarm,
+                        Instant::now(),
+                        LONG,
+                        pin!(std::future::pending::<()>()),
+                    )
                     .await
             })
         };
@@ -231,7 +240,12 @@ mod tests {
             .expect("the task");
         assert!(matches!(out, Waited::Cut), "{out:?}");
         let out = deadlines
-            .within(&alarm, LONG, pin!(std::future::pending::<()>()))
+            .within(
+                &alarm,
+                Instant::now(),
+                LONG,
+                pin!(std::future::pending::<()>()),
+            )
             .await;
         assert!(matches!(out, Waited::Cut), "{out:?}");
         assert_eq!(deadlines.cut_requests(), 2);

@@ -43,6 +43,14 @@ pub struct ClientConn {
     alarm: Arc<Alarm>,
 }
 
+/// When an attempt began (its response deadline counts from there) and
+/// the alarm that keeps that deadline.
+#[derive(Clone, Copy)]
+struct Clock<'a> {
+    alarm: &'a Alarm,
+    began: Instant,
+}
+
 /// One attempt's result: the response, or why there is none and whether
 /// the request may go to the other slot.
 enum Attempt {
@@ -160,7 +168,10 @@ impl Forwarder {
                 Resend::Unsent(body),
                 &policy,
                 can_retry,
-                alarm,
+                Clock {
+                    alarm,
+                    began: started,
+                },
             )
             .await
         {
@@ -176,9 +187,18 @@ impl Forwarder {
                         // Boxed: inline, the rare retry's state would make every
                         // request's future larger, and hyper moves that into place
                         // for each request.
-                        match Box::pin(self.attempt(&other, parts, body, &policy, false, alarm))
-                            .await
-                        {
+                        let retry = self.attempt(
+                            &other,
+                            parts,
+                            body,
+                            &policy,
+                            false,
+                            Clock {
+                                alarm,
+                                began: Instant::now(),
+                            },
+                        );
+                        match Box::pin(retry).await {
                             Attempt::Answered(response) => (Ok(response), other),
                             Attempt::Failed { error, kind, .. } => {
                                 self.record_failure(&other, kind, &error);
@@ -190,13 +210,14 @@ impl Forwarder {
                 }
             }
         };
-        let latency = started.elapsed();
+        let finished = Instant::now();
+        let latency = finished.saturating_duration_since(started);
         let slot = answered_by.slot;
         let answer = match result {
             Ok(Answer { response, conn }) => {
                 let (mut parts, body) = response.into_parts();
                 let outcome = Outcome::Answered(parts.status.as_u16());
-                self.traffic.record(slot, outcome, latency);
+                self.traffic.record_at(slot, outcome, latency, finished);
                 self.metrics.record(slot, outcome, latency.as_secs_f64());
                 strip_hop_by_hop(&mut parts.headers);
                 parts.headers.insert(&X_REQUEST_ID, request_id);
@@ -206,7 +227,8 @@ impl Forwarder {
             Err((error, kind)) => {
                 // A refused client body is the client's doing: not an upstream failure.
                 if let Some(kind) = kind {
-                    self.traffic.record(slot, Outcome::Failed(kind), latency);
+                    self.traffic
+                        .record_at(slot, Outcome::Failed(kind), latency, finished);
                     self.metrics
                         .record(slot, Outcome::Failed(kind), latency.as_secs_f64());
                 }
@@ -223,7 +245,7 @@ impl Forwarder {
         body: Resend,
         policy: &Policy,
         may_resend: bool,
-        alarm: &Alarm,
+        clock: Clock<'_>,
     ) -> Attempt {
         let limits = BodyLimits {
             max_bytes: policy.max_body_bytes,
@@ -238,10 +260,15 @@ impl Forwarder {
         };
         let (body, shared) = RequestBody::new(body, limits);
         let _in_flight = upstream.start_request();
-        let send = std::pin::pin!(upstream.send(Request::from_parts(parts, body)));
+        let send = std::pin::pin!(upstream.send(Request::from_parts(parts, body), clock.began));
         let sent = self
             .deadlines
-            .within(alarm, policy.response_timeout, send)
+            .within(
+                clock.alarm,
+                tokio::time::Instant::from_std(clock.began),
+                policy.response_timeout,
+                send,
+            )
             .await;
         match sent {
             Waited::Done(Ok(response)) => {

@@ -101,14 +101,16 @@ impl Upstream {
     /// idle. A pooled connection that turns out closed before the request
     /// went out (the upstream ended it while idle) is skipped and the
     /// request tried on the next; a failure on a new connection is final.
+    /// `now` is the caller's reading of the clock, for the idle check.
     pub async fn send(
         self: &Arc<Self>,
         mut req: Request<RequestBody>,
+        now: Instant,
     ) -> Result<Answer, SendError> {
         let uri = std::mem::take(req.uri_mut());
         *req.uri_mut() = self.request_target(req.method(), uri);
         loop {
-            let (mut conn, reused) = match self.checkout() {
+            let (mut conn, reused) = match self.checkout(now) {
                 Some(conn) => (conn, true),
                 None => (self.connect().await?, false),
             };
@@ -141,10 +143,10 @@ impl Upstream {
             .map_or_else(|| Uri::from_static("/"), |p| Uri::from(p.clone()))
     }
 
-    fn checkout(&self) -> Option<SendRequest<RequestBody>> {
+    fn checkout(&self, now: Instant) -> Option<SendRequest<RequestBody>> {
         let mut idle = self.idle.lock().expect("pool lock is never poisoned");
         while let Some(Idle { sender, since }) = idle.pop() {
-            if since.elapsed() >= self.idle_timeout {
+            if now.saturating_duration_since(since) >= self.idle_timeout {
                 // The rest is older still.
                 idle.clear();
                 return None;
@@ -342,7 +344,10 @@ mod tests {
     /// Sends one request, reads the body to the end and returns the
     /// connection to the pool, as the response body does in the proxy.
     async fn exchange(upstream: &Arc<Upstream>) -> Bytes {
-        let Answer { response, conn } = upstream.send(get()).await.expect("an answer");
+        let Answer { response, conn } = upstream
+            .send(get(), Instant::now())
+            .await
+            .expect("an answer");
         let body = response.into_body().collect().await.expect("the body");
         upstream.checkin(conn);
         body.to_bytes()
@@ -408,7 +413,7 @@ mod tests {
         let addr = listener.local_addr().expect("local addr");
         drop(listener);
         let upstream = upstream(addr, Duration::from_secs(60));
-        let Err(error) = upstream.send(get()).await else {
+        let Err(error) = upstream.send(get(), Instant::now()).await else {
             panic!("a closed port answered");
         };
         assert!(matches!(error, SendError::Connect(_)), "{error:?}");

@@ -164,6 +164,11 @@ pub struct TimedIo<T> {
     seen: u64,
     /// The deadline in force.
     due: Instant,
+    /// A deadline to start at the next read that finds nothing: bytes
+    /// arrive in bursts, and the clock is read once per burst rather than
+    /// per read (a read of the clock costs as much as a few hundred
+    /// instructions on a virtual machine).
+    restart: Option<Duration>,
     /// A timer that fires at `due` or before: when early, it is armed again.
     /// Arming a timer costs more than reading the clock, and the deadline
     /// moves two or three times per request; armed no later than the
@@ -193,6 +198,7 @@ impl<T> TimedIo<T> {
             },
             seen: 0,
             due: later(Instant::now(), header_read_timeout),
+            restart: None,
             alarm: Box::pin(tokio::time::sleep(header_read_timeout.min(idle_timeout))),
         }
     }
@@ -209,22 +215,23 @@ impl<T> TimedIo<T> {
         }
     }
 
-    /// Follows the connection's requests: while any is in flight there is
-    /// no deadline (it is pushed a whole idle timeout ahead); once they have
-    /// ended, the idle timeout counts from the last end.
-    fn follow_activity(&mut self, now: Instant) {
+    /// Follows the connection's requests, without reading the clock: while
+    /// any is in flight there is no deadline (the alarm, when it rings,
+    /// finds the connection busy and rings again later); once they have
+    /// ended, the idle timeout counts from the last end. Whether any is in
+    /// flight.
+    fn follow_activity(&mut self) -> bool {
         let (generation, in_flight) = self.activity.load();
-        if in_flight > 0 {
+        if generation != self.seen {
             self.seen = generation;
             self.phase = Phase::Idle;
-            let idle = self.idle_timeout;
-            self.set_deadline(now, idle);
-        } else if generation != self.seen {
-            self.seen = generation;
-            self.phase = Phase::Idle;
-            let (ended, idle) = (self.activity.ended(), self.idle_timeout);
-            self.set_deadline(ended, idle);
+            self.restart = None;
+            if in_flight == 0 {
+                let (ended, idle) = (self.activity.ended(), self.idle_timeout);
+                self.set_deadline(ended, idle);
+            }
         }
+        in_flight > 0
     }
 
     /// Whether the deadline has passed; when not, leaves the alarm armed to
@@ -237,7 +244,10 @@ impl<T> TimedIo<T> {
                 return false;
             }
             let now = Instant::now();
-            self.follow_activity(now);
+            if self.follow_activity() {
+                self.alarm.as_mut().reset(later(now, step));
+                continue;
+            }
             if now >= self.due {
                 return true;
             }
@@ -270,13 +280,11 @@ impl<T> TimedIo<T> {
         match self.protocol {
             Protocol::Http2 => {
                 self.phase = Phase::Idle;
-                let idle = self.idle_timeout;
-                self.set_deadline(Instant::now(), idle);
+                self.restart = Some(self.idle_timeout);
             }
             Protocol::Http1 | Protocol::Unknown { .. } if self.phase == Phase::Idle => {
                 self.phase = Phase::Head;
-                let head = self.header_read_timeout;
-                self.set_deadline(Instant::now(), head);
+                self.restart = Some(self.header_read_timeout);
             }
             _ => {}
         }
@@ -290,13 +298,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for TimedIo<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let (generation, in_flight) = this.activity.load();
-        if generation != this.seen {
-            // A request started or ended since the deadline was set: the
-            // connection's quiet time starts over.
-            this.follow_activity(Instant::now());
-        }
-        let busy = in_flight > 0;
+        // A request started or ended since the deadline was set: the
+        // connection's quiet time starts over.
+        let busy = this.follow_activity();
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
@@ -305,16 +309,22 @@ impl<T: AsyncRead + Unpin> AsyncRead for TimedIo<T> {
                 }
                 Poll::Ready(Ok(()))
             }
-            // Polled while busy too, so that the alarm is armed when the
-            // last request ends: nothing else wakes this task for that.
-            Poll::Pending if this.poll_expired(cx) => {
+            Poll::Pending => {
+                if let Some(after) = this.restart.take() {
+                    this.set_deadline(Instant::now(), after);
+                }
+                // Polled while busy too, so that the alarm is armed when the
+                // last request ends: nothing else wakes this task for that.
+                if !this.poll_expired(cx) {
+                    return Poll::Pending;
+                }
                 let why = match this.phase {
                     Phase::Idle => "idle timeout",
                     Phase::Head => "request head timeout",
                 };
                 Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, why)))
             }
-            other => other,
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
         }
     }
 }
