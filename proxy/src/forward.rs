@@ -21,7 +21,7 @@ use crate::health::Monitor;
 use crate::metrics::Metrics;
 use crate::routing::{Policy, Router};
 use crate::traffic::{FailureKind, Outcome, Traffic};
-use crate::upstream::{Answer, SendError, Upstream};
+use crate::upstream::{Answer, InFlight, SendError, Upstream};
 
 /// Bytes of a request body kept for a replay on the other slot; a larger
 /// body is streamed without a copy and never replayed.
@@ -37,10 +37,19 @@ pub struct Forwarder {
 }
 
 /// One client connection: its address, and the alarm of its HTTP/1.1
-/// requests' response deadlines (see `deadline`).
+/// requests' response deadlines (see `deadline`). It holds the forwarder
+/// too, so that a request's future needs one counted reference, not two.
 pub struct ClientConn {
+    forwarder: Arc<Forwarder>,
     addr: ClientAddr,
     alarm: Arc<Alarm>,
+}
+
+impl ClientConn {
+    /// Answers one user request of this connection (see `Forwarder::handle`).
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        self.forwarder.handle(req, self).await
+    }
 }
 
 /// When an attempt began (its response deadline counts from there) and
@@ -51,10 +60,11 @@ struct Clock<'a> {
     began: Instant,
 }
 
-/// One attempt's result: the response, or why there is none and whether
-/// the request may go to the other slot.
+/// One attempt's result: the response (with the request's count in flight
+/// on the upstream, which the response body keeps until it ends), or why
+/// there is none and whether the request may go to the other slot.
 enum Attempt {
-    Answered(Answer),
+    Answered(Answer, InFlight),
     Failed {
         error: UpstreamError,
         kind: Option<FailureKind>,
@@ -79,8 +89,9 @@ impl Forwarder {
     }
 
     /// What the forwarder keeps for one client connection.
-    pub fn client_conn(&self, peer: std::net::SocketAddr) -> ClientConn {
+    pub fn client_conn(self: &Arc<Self>, peer: std::net::SocketAddr) -> ClientConn {
         ClientConn {
+            forwarder: Arc::clone(self),
             addr: ClientAddr::new(peer),
             alarm: self.deadlines.alarm(),
         }
@@ -122,20 +133,16 @@ impl Forwarder {
             );
         }
         let (mut parts, body) = req.into_parts();
-        // The only read of routing state for this request.
-        let (route, upstream, alternate, policy) = {
-            let snap = self.router.load();
-            let route = snap.route(&parts.headers);
-            let other = route.slot.other();
-            let alternate = (snap.policy.retry && snap.can_take_over(other))
-                .then(|| Arc::clone(snap.upstream(other)));
-            (
-                route,
-                Arc::clone(snap.upstream(route.slot)),
-                alternate,
-                Arc::clone(&snap.policy),
-            )
-        };
+        // The only read of routing state for this request. The request keeps
+        // the whole snapshot (one reference count) rather than counted
+        // references to three parts of it.
+        let snap = self.router.load_full();
+        let route = snap.route(&parts.headers);
+        let upstream = snap.upstream(route.slot);
+        let other = route.slot.other();
+        let alternate =
+            (snap.policy.retry && snap.can_take_over(other)).then(|| snap.upstream(other));
+        let policy = &*snap.policy;
         if let Some(length) = content_length(&parts)
             && length > policy.max_body_bytes
         {
@@ -163,10 +170,10 @@ impl Forwarder {
 
         let (result, answered_by) = match self
             .attempt(
-                &upstream,
+                upstream,
                 parts,
                 Resend::Unsent(body),
-                &policy,
+                policy,
                 can_retry,
                 Clock {
                     alarm,
@@ -175,12 +182,12 @@ impl Forwarder {
             )
             .await
         {
-            Attempt::Answered(response) => (Ok(response), upstream),
+            Attempt::Answered(response, in_flight) => (Ok((response, in_flight)), upstream),
             Attempt::Failed { error, kind, body } => {
-                self.record_failure(&upstream, kind, &error);
+                self.record_failure(upstream, kind, &error);
                 match (alternate, retry_parts, body) {
                     (Some(other), Some(parts), Some(body))
-                        if may_retry(&parts.method, &error, &policy) =>
+                        if may_retry(&parts.method, &error, policy) =>
                     {
                         tracing::info!(from = %upstream.slot, to = %other.slot, error = %error, "retrying on the other slot");
                         self.metrics.retried();
@@ -188,10 +195,10 @@ impl Forwarder {
                         // request's future larger, and hyper moves that into place
                         // for each request.
                         let retry = self.attempt(
-                            &other,
+                            other,
                             parts,
                             body,
-                            &policy,
+                            policy,
                             false,
                             Clock {
                                 alarm,
@@ -199,9 +206,11 @@ impl Forwarder {
                             },
                         );
                         match Box::pin(retry).await {
-                            Attempt::Answered(response) => (Ok(response), other),
+                            Attempt::Answered(response, in_flight) => {
+                                (Ok((response, in_flight)), other)
+                            }
                             Attempt::Failed { error, kind, .. } => {
-                                self.record_failure(&other, kind, &error);
+                                self.record_failure(other, kind, &error);
                                 (Err((error, kind)), other)
                             }
                         }
@@ -214,14 +223,13 @@ impl Forwarder {
         let latency = finished.saturating_duration_since(started);
         let slot = answered_by.slot;
         let answer = match result {
-            Ok(Answer { response, conn }) => {
+            Ok((Answer { response, conn }, in_flight)) => {
                 let (mut parts, body) = response.into_parts();
                 let outcome = Outcome::Answered(parts.status.as_u16());
                 self.traffic.record_at(slot, outcome, latency, finished);
                 self.metrics.record(slot, outcome, latency.as_secs_f64());
                 strip_hop_by_hop(&mut parts.headers);
                 parts.headers.insert(&X_REQUEST_ID, request_id);
-                let in_flight = answered_by.start_request();
                 Response::from_parts(parts, ProxyBody::upstream(body, conn, in_flight))
             }
             Err((error, kind)) => {
@@ -259,7 +267,7 @@ impl Forwarder {
             },
         };
         let (body, shared) = RequestBody::new(body, limits);
-        let _in_flight = upstream.start_request();
+        let in_flight = upstream.start_request();
         let send = std::pin::pin!(upstream.send(Request::from_parts(parts, body), clock.began));
         let sent = self
             .deadlines
@@ -273,7 +281,7 @@ impl Forwarder {
         match sent {
             Waited::Done(Ok(response)) => {
                 upstream.passive_success();
-                Attempt::Answered(response)
+                Attempt::Answered(response, in_flight)
             }
             Waited::Done(Err(e)) => classify(&e, &shared),
             Waited::TimedOut => Attempt::Failed {

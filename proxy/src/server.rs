@@ -82,7 +82,6 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let forwarder = Arc::clone(&forwarder);
         let activity = Arc::new(idle::Activity::new());
         let io = idle::TimedIo::new(
             stream,
@@ -92,11 +91,10 @@ pub async fn serve(
         );
         let client = Arc::new(forwarder.client_conn(peer));
         let service = service_fn(move |req| {
-            let forwarder = Arc::clone(&forwarder);
             let client = Arc::clone(&client);
             let busy = activity.start();
             async move {
-                let response = forwarder.handle(req, &client).await;
+                let response = client.handle(req).await;
                 Ok::<_, Infallible>(response.map(|body| idle::Tracked::new(body, busy)))
             }
         });
