@@ -226,7 +226,7 @@ impl Forwarder {
             Ok((Answer { response, conn }, in_flight)) => {
                 let (mut parts, body) = response.into_parts();
                 let outcome = Outcome::Answered(parts.status.as_u16());
-                self.traffic.record_at(slot, outcome, latency, finished);
+                self.traffic.record(slot, outcome, latency, finished);
                 self.metrics.record(slot, outcome, latency.as_secs_f64());
                 strip_hop_by_hop(&mut parts.headers);
                 parts.headers.insert(&X_REQUEST_ID, request_id);
@@ -236,7 +236,7 @@ impl Forwarder {
                 // A refused client body is the client's doing: not an upstream failure.
                 if let Some(kind) = kind {
                     self.traffic
-                        .record_at(slot, Outcome::Failed(kind), latency, finished);
+                        .record(slot, Outcome::Failed(kind), latency, finished);
                     self.metrics
                         .record(slot, Outcome::Failed(kind), latency.as_secs_f64());
                 }

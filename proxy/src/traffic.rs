@@ -136,14 +136,9 @@ impl Traffic {
         at.saturating_duration_since(self.started).as_secs() + 1
     }
 
-    /// Records one user request's outcome.
-    pub fn record(&self, slot: Slot, outcome: Outcome, latency: Duration) {
-        self.record_at(slot, outcome, latency, Instant::now());
-    }
-
     /// Records one user request's outcome, which came `at` (the caller's
     /// reading of the clock for the latency: one read fewer per request).
-    pub fn record_at(&self, slot: Slot, outcome: Outcome, latency: Duration, at: Instant) {
+    pub fn record(&self, slot: Slot, outcome: Outcome, latency: Duration, at: Instant) {
         let s = &self.slots[slot.index()];
         s.requests.fetch_add(1, Ordering::Relaxed);
         if outcome.is_failure() {
@@ -221,19 +216,27 @@ mod tests {
                 Slot::Green,
                 Outcome::Answered(200),
                 Duration::from_millis(2),
+                Instant::now(),
             );
         }
         t.record(
             Slot::Green,
             Outcome::Answered(503),
             Duration::from_millis(2),
+            Instant::now(),
         );
         t.record(
             Slot::Green,
             Outcome::Failed(FailureKind::Connect),
             Duration::ZERO,
+            Instant::now(),
         );
-        t.record(Slot::Blue, Outcome::Answered(404), Duration::ZERO);
+        t.record(
+            Slot::Blue,
+            Outcome::Answered(404),
+            Duration::ZERO,
+            Instant::now(),
+        );
         let green = t.window(Slot::Green, Duration::from_secs(30));
         assert_eq!(green.count, 10);
         assert_eq!(green.server_errors, 1);

@@ -384,6 +384,19 @@ mod tests {
         )
     }
 
+    /// The client sends a whole request head and the wrapper reads it.
+    async fn receive_head(
+        io: &mut TimedIo<tokio::io::DuplexStream>,
+        client: &mut tokio::io::DuplexStream,
+    ) {
+        client
+            .write_all(b"GET / HTTP/1.1\r\n\r\n")
+            .await
+            .expect("write");
+        let mut buf = [0u8; 64];
+        let _ = io.read(&mut buf).await.expect("the head");
+    }
+
     /// Reads until the wrapper fails a read; the time that took.
     async fn time_to_error(io: &mut TimedIo<tokio::io::DuplexStream>) -> Duration {
         time_to_error_from(io, Instant::now()).await
@@ -419,13 +432,9 @@ mod tests {
     #[tokio::test]
     async fn a_request_in_flight_has_no_deadline_and_then_the_idle_one_applies() {
         let (mut io, mut client, activity) = pair();
-        client
-            .write_all(b"GET / HTTP/1.1\r\n\r\n")
-            .await
-            .expect("write");
-        let mut buf = [0u8; 64];
-        let _ = io.read(&mut buf).await.expect("the head");
+        receive_head(&mut io, &mut client).await;
         let busy = activity.start();
+        let mut buf = [0u8; 64];
         let in_flight = tokio::time::timeout(IDLE * 2, io.read(&mut buf)).await;
         assert!(
             in_flight.is_err(),
@@ -447,14 +456,10 @@ mod tests {
         // (in its own task, polled only when woken) must still fail once the
         // connection has been idle too long, neither at once nor never.
         let (mut io, mut client, activity) = pair();
-        client
-            .write_all(b"GET / HTTP/1.1\r\n\r\n")
-            .await
-            .expect("write");
         let busy = activity.start();
-        let mut buf = [0u8; 64];
-        let _ = io.read(&mut buf).await.expect("the head");
+        receive_head(&mut io, &mut client).await;
         let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 64];
             let result = io.read(&mut buf).await;
             (result, Instant::now())
         });
