@@ -225,6 +225,23 @@ pub async fn h2_connect(addr: SocketAddr) -> H2Connection {
 /// Sends `request` byte for byte on a new connection and reads one response (framed by
 /// Content-Length, chunked encoding, or the end of the connection).
 pub async fn raw_exchange(addr: SocketAddr, request: &str) -> Result<RawResponse, String> {
+    exchange(addr, request, false).await
+}
+
+/// Like [`raw_exchange`], but shuts down the sending side once the request is written, as
+/// a client does that has nothing more to say and waits for its answer.
+pub async fn raw_exchange_half_closed(
+    addr: SocketAddr,
+    request: &str,
+) -> Result<RawResponse, String> {
+    exchange(addr, request, true).await
+}
+
+async fn exchange(
+    addr: SocketAddr,
+    request: &str,
+    half_close: bool,
+) -> Result<RawResponse, String> {
     tokio::time::timeout(RAW_TIMEOUT, async {
         let mut stream = TcpStream::connect(addr)
             .await
@@ -233,6 +250,12 @@ pub async fn raw_exchange(addr: SocketAddr, request: &str) -> Result<RawResponse
             .write_all(request.as_bytes())
             .await
             .map_err(|e| format!("write: {e}"))?;
+        if half_close {
+            stream
+                .shutdown()
+                .await
+                .map_err(|e| format!("shutdown: {e}"))?;
+        }
         read_response(&mut stream).await
     })
     .await
