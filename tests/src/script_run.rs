@@ -2,6 +2,8 @@
 //! a free address for the idle slot, and stopping the shorteners a script
 //! detached, by the PIDs it recorded.
 
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -62,12 +64,39 @@ fn alive(proc_dir: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// A loopback address free right now: bind port 0, read it, let it go.
+/// A loopback address for a server a release script will start, free now and
+/// not one the kernel hands out meanwhile: a port below its ephemeral range.
+/// A port from binding port 0 and letting go can be given at once to another
+/// test's server binding port 0, or to an outgoing connection, before the
+/// script binds it; then the script rightly refuses an address in use.
 pub fn free_addr() -> SocketAddr {
+    const FLOOR: u16 = 10_000;
+    let low = ephemeral_low().unwrap_or(32_768);
+    if low > FLOOR {
+        for _ in 0..200 {
+            let seed = RandomState::new().build_hasher().finish();
+            let port = FLOOR + (seed % u64::from(low - FLOOR)) as u16;
+            if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+                return listener
+                    .local_addr()
+                    .expect("a bound listener has an address");
+            }
+        }
+    }
     let listener = TcpListener::bind("127.0.0.1:0").expect("a loopback port can be bound");
     listener
         .local_addr()
         .expect("a bound listener has an address")
+}
+
+/// The first port of the kernel's ephemeral range.
+fn ephemeral_low() -> Option<u16> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 pub fn repo_root() -> PathBuf {
