@@ -14,9 +14,7 @@ use hyper::body::Incoming;
 use crate::body::{BodyLimits, BodyShared, ProxyBody, RequestBody, Resend};
 use crate::deadline::{Alarm, Deadlines, Waited};
 use crate::error::UpstreamError;
-use crate::headers::{
-    ClientAddr, X_REQUEST_ID, ensure_request_id, set_forwarded, strip_hop_by_hop,
-};
+use crate::headers::{ClientAddr, Seen, X_REQUEST_ID, rewrite_request, strip_hop_by_hop};
 use crate::health::Monitor;
 use crate::metrics::Metrics;
 use crate::routing::{Policy, Router};
@@ -126,7 +124,8 @@ impl Forwarder {
             Ok(host) => host,
             Err(e) => return local_error(&e, None),
         };
-        if !plain_chunked(req.headers()) {
+        let seen = Seen::scan(req.headers());
+        if seen.transfer_encoding() && !plain_chunked(req.headers()) {
             return local_error(
                 &UpstreamError::BadRequest("400 bad request: unsupported transfer coding\n"),
                 None,
@@ -143,7 +142,8 @@ impl Forwarder {
         let alternate =
             (snap.policy.retry && snap.can_take_over(other)).then(|| snap.upstream(other));
         let policy = &*snap.policy;
-        if let Some(length) = content_length(&parts)
+        if seen.content_length()
+            && let Some(length) = content_length(&parts)
             && length > policy.max_body_bytes
         {
             return local_error(&UpstreamError::TooLarge, None);
@@ -151,13 +151,12 @@ impl Forwarder {
         // Room for the forwarding headers and the request id at once, rather
         // than growing (and rehashing) the map once or twice on the way.
         parts.headers.reserve(5);
-        strip_hop_by_hop(&mut parts.headers);
-        let request_id = ensure_request_id(&mut parts.headers);
         let trusted = policy.trusted_hops.contains(&client.ip());
-        set_forwarded(
+        let request_id = rewrite_request(
             &mut parts.headers,
+            seen,
             client,
-            Some(host.clone()),
+            host.clone(),
             "http",
             trusted,
         );

@@ -25,29 +25,102 @@ static FIXED_HOP_BY_HOP: [&HeaderName; 7] = [
     &header::UPGRADE,
 ];
 
+/// What one pass over a message's header names found: which hop-by-hop
+/// headers (a bit per entry of `FIXED_HOP_BY_HOP`), and the request headers
+/// the forwarder would otherwise look up by hashing their names. Most
+/// messages carry none of them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Seen {
+    hop_by_hop: u8,
+    forwarded: bool,
+    request_id: bool,
+    content_length: bool,
+}
+
+impl Seen {
+    /// Scans the names once; each is compared as text by length first,
+    /// which rejects nearly every name at once.
+    pub fn scan(headers: &HeaderMap) -> Seen {
+        let mut seen = Seen::default();
+        for name in headers.keys() {
+            let hop = match name.as_str() {
+                "connection" => 0,
+                "keep-alive" => 1,
+                "proxy-connection" => 2,
+                "te" => 3,
+                "trailer" => 4,
+                "transfer-encoding" => 5,
+                "upgrade" => 6,
+                "forwarded" => {
+                    seen.forwarded = true;
+                    continue;
+                }
+                "x-request-id" => {
+                    seen.request_id = true;
+                    continue;
+                }
+                "content-length" => {
+                    seen.content_length = true;
+                    continue;
+                }
+                _ => continue,
+            };
+            seen.hop_by_hop |= 1 << hop;
+        }
+        seen
+    }
+
+    pub fn transfer_encoding(&self) -> bool {
+        self.hop_by_hop & (1 << 5) != 0
+    }
+
+    pub fn content_length(&self) -> bool {
+        self.content_length
+    }
+}
+
 /// Removes the headers that describe one connection and must not be passed
 /// on: `Connection` and every header it names, and the fixed list.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none of them, or only `Connection`: one pass over
-    // the names (standard ones compare as integers) finds out without
-    // hashing a name per header to remove.
-    let mut present = [false; FIXED_HOP_BY_HOP.len()];
-    for name in headers.keys() {
-        if let Some(i) = FIXED_HOP_BY_HOP.iter().position(|hop| *hop == name) {
-            present[i] = true;
-        }
-    }
-    if !present.contains(&true) {
+    strip_seen(headers, Seen::scan(headers));
+}
+
+fn strip_seen(headers: &mut HeaderMap, seen: Seen) {
+    if seen.hop_by_hop == 0 {
         return;
     }
-    if present[0] {
+    if seen.hop_by_hop & 1 != 0 {
         strip_connection(headers);
     }
-    for i in 1..FIXED_HOP_BY_HOP.len() {
-        if present[i] {
-            headers.remove(FIXED_HOP_BY_HOP[i]);
+    for (i, name) in FIXED_HOP_BY_HOP.iter().enumerate().skip(1) {
+        if seen.hop_by_hop & (1 << i) != 0 {
+            headers.remove(*name);
         }
     }
+}
+
+/// Rewrites a request's headers for the upstream, given what `Seen::scan`
+/// found in them: strips the hop-by-hop headers, keeps or makes the request
+/// id (returned), and sets the `X-Forwarded-*` headers (see `set_forwarded`).
+pub fn rewrite_request(
+    headers: &mut HeaderMap,
+    seen: Seen,
+    client: &ClientAddr,
+    host: HeaderValue,
+    proto: &'static str,
+    trust_client: bool,
+) -> HeaderValue {
+    strip_seen(headers, seen);
+    let id = request_id(headers, seen.request_id);
+    forwarded(
+        headers,
+        seen.forwarded,
+        client,
+        Some(host),
+        proto,
+        trust_client,
+    );
+    id
 }
 
 /// Removes `Connection` and the headers it names (its options).
@@ -117,7 +190,21 @@ pub fn set_forwarded(
     proto: &'static str,
     trust_client: bool,
 ) {
-    headers.remove(&FORWARDED);
+    forwarded(headers, true, client, host, proto, trust_client);
+}
+
+/// `set_forwarded`, told whether a `Forwarded` header may be present.
+fn forwarded(
+    headers: &mut HeaderMap,
+    maybe_forwarded: bool,
+    client: &ClientAddr,
+    host: Option<HeaderValue>,
+    proto: &'static str,
+    trust_client: bool,
+) {
+    if maybe_forwarded {
+        headers.remove(&FORWARDED);
+    }
     let previous: Vec<&str> = if trust_client {
         headers
             .get_all(&X_FORWARDED_FOR)
@@ -154,7 +241,13 @@ pub fn set_forwarded(
 /// The request's id: the client's when it sent a usable one, otherwise a new
 /// random one, written into `headers` either way.
 pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
-    if let Some(id) = headers.get(&X_REQUEST_ID)
+    request_id(headers, true)
+}
+
+/// `ensure_request_id`, told whether the client may have sent one.
+fn request_id(headers: &mut HeaderMap, maybe_sent: bool) -> HeaderValue {
+    if maybe_sent
+        && let Some(id) = headers.get(&X_REQUEST_ID)
         && !id.is_empty()
         && id.len() <= 200
     {
@@ -167,10 +260,11 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
 
 fn new_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let n: u128 = rand::random();
+    let random: u128 = rand::random();
     let mut buf = [0u8; 32];
-    for (i, b) in buf.iter_mut().enumerate() {
-        *b = HEX[((n >> (i * 4)) & 0xf) as usize];
+    for (pair, byte) in buf.chunks_exact_mut(2).zip(random.to_le_bytes()) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0xf)];
     }
     // Owned by one shared buffer: the copies for the response and the log
     // are reference counts, not allocations.
@@ -269,6 +363,20 @@ mod tests {
         }
     }
 
+    /// The map of the pairs that make a valid header; the rest are skipped.
+    fn valid_pairs(pairs: &[(String, String)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            if let (Ok(k), Ok(v)) = (
+                HeaderName::from_bytes(k.as_bytes()),
+                HeaderValue::from_str(v),
+            ) {
+                m.append(k, v);
+            }
+        }
+        m
+    }
+
     fn sorted(headers: &HeaderMap) -> Vec<(String, Vec<u8>)> {
         let mut all: Vec<_> = headers
             .iter()
@@ -298,12 +406,7 @@ mod tests {
                 0..4,
             ),
         ) {
-            let mut h = HeaderMap::new();
-            for (k, v) in &pairs {
-                if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
-                    h.append(k, v);
-                }
-            }
+            let mut h = valid_pairs(&pairs);
             if !options.is_empty() {
                 h.append(header::CONNECTION, HeaderValue::from_str(&options.join(",")).expect("visible text"));
             }
@@ -314,17 +417,47 @@ mod tests {
         }
 
         #[test]
+        fn one_pass_rewrite_agrees_with_the_steps_one_by_one(
+            pairs in proptest::collection::vec(
+                (prop_oneof![
+                    Just("connection".to_string()), Just("forwarded".to_string()),
+                    Just("x-request-id".to_string()), Just("x-forwarded-for".to_string()),
+                    Just("content-length".to_string()), Just("te".to_string()),
+                    Just("keep-alive".to_string()), "[a-z-]{1,6}"
+                ], prop_oneof![
+                    Just("x-request-id".to_string()), Just("forwarded".to_string()),
+                    Just("keep-alive".to_string()), Just(String::new()), "[ -~]{0,12}"
+                ]),
+                0..12,
+            ),
+            trusted in any::<bool>(),
+        ) {
+            let mut by_steps = valid_pairs(&pairs);
+            let mut in_one = by_steps.clone();
+            let client = ClientAddr::new("10.1.2.3:9".parse().expect("socket address"));
+            let host = HeaderValue::from_static("short.example");
+            strip_hop_by_hop(&mut by_steps);
+            let id_by_steps = ensure_request_id(&mut by_steps);
+            set_forwarded(&mut by_steps, &client, Some(host.clone()), "http", trusted);
+            let seen = Seen::scan(&in_one);
+            let id_in_one = rewrite_request(&mut in_one, seen, &client, host, "http", trusted);
+            // A request id made here is random: compare it only when it was the client's.
+            if id_by_steps != id_in_one {
+                prop_assert_eq!(id_by_steps.len(), 32);
+                prop_assert_eq!(id_in_one.len(), 32);
+                by_steps.insert(&X_REQUEST_ID, id_in_one.clone());
+            }
+            prop_assert_eq!(&in_one[&X_REQUEST_ID], &id_in_one);
+            prop_assert_eq!(sorted(&in_one), sorted(&by_steps));
+        }
+
+        #[test]
         fn rewriting_arbitrary_headers_never_panics_and_leaves_no_hop_by_hop(
             pairs in proptest::collection::vec(("[a-zA-Z-]{1,12}", "[ -~]{0,40}"), 0..20),
             connection in "[ -~]{0,60}",
             trusted in any::<bool>(),
         ) {
-            let mut h = HeaderMap::new();
-            for (k, v) in &pairs {
-                if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
-                    h.append(k, v);
-                }
-            }
+            let mut h = valid_pairs(&pairs);
             if let Ok(v) = HeaderValue::from_str(&connection) {
                 h.append(header::CONNECTION, v);
             }
