@@ -120,6 +120,7 @@ impl Forwarder {
         } else {
             &conn.alarm
         };
+        let from_target = absolute_form(&req);
         let host = match request_host(&req) {
             Ok(host) => host,
             Err(e) => return local_error(&e, None),
@@ -160,8 +161,14 @@ impl Forwarder {
             "http",
             trusted,
         );
-        // HTTP/2 carries the host as `:authority`; the HTTP/1.1 upstream needs it as `Host`.
-        parts.headers.entry(header::HOST).or_insert(host);
+        // HTTP/2 carries the host as `:authority`, and an absolute-form target
+        // names it in the target, which the upstream gets in origin form:
+        // the upstream needs it as `Host`.
+        if from_target {
+            parts.headers.insert(header::HOST, host);
+        } else {
+            parts.headers.entry(header::HOST).or_insert(host);
+        }
         parts.version = Version::HTTP_11;
         // Kept only when a retry is possible: the attempt consumes `parts`.
         let retry_parts = alternate.as_ref().map(|_| parts.clone());
@@ -409,34 +416,54 @@ fn plain_chunked(headers: &http::HeaderMap) -> bool {
     }
 }
 
-/// The host the client addressed: exactly one valid `Host` header, or the
-/// HTTP/2 `:authority`. Anything else is ambiguous and refused.
+/// The host the client addressed. At most one `Host` header, and a valid
+/// one; then the authority of an absolute-form target (`GET
+/// http://shop.example/ HTTP/1.1`), which wins over `Host` (RFC 9112 section
+/// 3.2.2), or the `Host` header, or the HTTP/2 `:authority`. An HTTP/1.1
+/// request without `Host` is refused whatever its target (section 3.2), as
+/// is anything ambiguous.
 fn request_host(req: &Request<Incoming>) -> Result<HeaderValue, UpstreamError> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
-    let host = match (hosts.next(), hosts.next()) {
+    let header = match (hosts.next(), hosts.next()) {
         (Some(_), Some(_)) => {
             return Err(UpstreamError::BadRequest(
                 "400 bad request: more than one Host header\n",
             ));
         }
-        (Some(h), None) => h.clone(),
-        (None, _) => match req.uri().authority() {
-            Some(a) if req.version() == Version::HTTP_2 => HeaderValue::from_str(a.as_str())
-                .map_err(|_| UpstreamError::BadRequest("400 bad request: malformed authority\n"))?,
-            _ => {
-                return Err(UpstreamError::BadRequest(
-                    "400 bad request: missing Host header\n",
-                ));
-            }
-        },
+        (header, _) => header,
     };
-    if valid_host(host.as_bytes()) {
-        Ok(host)
-    } else {
-        Err(UpstreamError::BadRequest(
+    if let Some(h) = header
+        && !valid_host(h.as_bytes())
+    {
+        return Err(UpstreamError::BadRequest(
             "400 bad request: malformed Host header\n",
-        ))
+        ));
     }
+    match (req.uri().authority(), header) {
+        (Some(target), Some(_)) if absolute_form(req) => authority_host(target),
+        (_, Some(h)) => Ok(h.clone()),
+        (Some(target), None) if req.version() != Version::HTTP_11 => authority_host(target),
+        _ => Err(UpstreamError::BadRequest(
+            "400 bad request: missing Host header\n",
+        )),
+    }
+}
+
+/// A target's authority as a `Host` value, if it is a valid one (no userinfo).
+fn authority_host(authority: &http::uri::Authority) -> Result<HeaderValue, UpstreamError> {
+    HeaderValue::from_str(authority.as_str())
+        .ok()
+        .filter(|host| valid_host(host.as_bytes()))
+        .ok_or(UpstreamError::BadRequest(
+            "400 bad request: malformed authority\n",
+        ))
+}
+
+/// Whether an HTTP/1 request's target is in absolute form: then its
+/// authority, not the `Host` header, names the host. (An HTTP/2 request
+/// always carries one, in `:authority`.)
+fn absolute_form(req: &Request<Incoming>) -> bool {
+    req.version() != Version::HTTP_2 && req.uri().authority().is_some()
 }
 
 /// Whether `host` is `host [ ":" port ]` as RFC 9110 allows in `Host`: a

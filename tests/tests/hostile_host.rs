@@ -40,6 +40,31 @@ async fn forwarded(stack: &RecorderStack, request: &str) -> Received {
     stack.recorder.user_requests()[before].clone()
 }
 
+/// Asserts that every answer was a 400, and that the upstream received no
+/// request but the `forwarded` targets.
+fn assert_refused(
+    stack: &RecorderStack,
+    answers: &[(&str, Result<u16, String>)],
+    forwarded: &[&str],
+) {
+    let wrong: Vec<_> = answers
+        .iter()
+        .filter(|(_, answer)| *answer != Ok(400))
+        .collect();
+    assert!(wrong.is_empty(), "not answered 400: {wrong:?}");
+    let leaked: Vec<_> = stack
+        .recorder
+        .user_requests()
+        .iter()
+        .map(|r| r.target().to_owned())
+        .filter(|target| !forwarded.contains(&target.as_str()))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "refused requests reached the upstream: {leaked:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_duplicate_or_malformed_host_is_refused_and_not_forwarded() {
     // Arrange
@@ -83,22 +108,65 @@ async fn a_missing_duplicate_or_malformed_host_is_refused_and_not_forwarded() {
     .await;
 
     // Assert
-    let wrong: Vec<_> = answers
-        .iter()
-        .filter(|(_, answer)| *answer != Ok(400))
-        .collect();
-    assert!(wrong.is_empty(), "bad Hosts not answered 400: {wrong:?}");
-    let leaked: Vec<_> = stack
-        .recorder
-        .user_requests()
-        .iter()
-        .map(|r| r.target().to_owned())
-        .filter(|target| target != "/host-good")
-        .collect();
-    assert!(
-        leaked.is_empty(),
-        "refused requests reached the upstream: {leaked:?}"
+    assert_refused(&stack, &answers, &["/host-good"]);
+    assert_eq!(good.header_all("host"), ["shop.example"], "{good:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absolute_form_target_names_the_host_over_the_host_header() {
+    // Arrange
+    let stack = stack("").await;
+    let refused = [
+        (
+            "HTTP/1.1 without Host",
+            "GET http://shop.example/abs-no-host HTTP/1.1\r\nConnection: close\r\n\r\n",
+        ),
+        (
+            "userinfo",
+            "GET http://user@evil.example/abs-userinfo HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n",
+        ),
+        (
+            "a bad Host beside it",
+            "GET http://shop.example/abs-bad-host HTTP/1.1\r\nHost: shop example\r\nConnection: close\r\n\r\n",
+        ),
+    ];
+
+    // Act
+    let over_host = forwarded(
+        &stack,
+        "GET http://shop.example:8080/abs?q=1 HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let http10 = forwarded(
+        &stack,
+        "GET http://shop.example/abs-http10 HTTP/1.0\r\n\r\n",
+    )
+    .await;
+    let mut answers = Vec::new();
+    for (name, request) in refused {
+        let answer = raw_exchange(stack.proxy.public_addr(), request).await;
+        answers.push((name, answer.map(|r| r.status)));
+    }
+    let good = forwarded(
+        &stack,
+        "GET /abs-good HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+
+    // Assert
+    assert_eq!(over_host.target(), "/abs?q=1", "{over_host:#?}");
+    assert_eq!(
+        over_host.header_all("host"),
+        ["shop.example:8080"],
+        "{over_host:#?}"
     );
+    assert_eq!(
+        over_host.header_all("x-forwarded-host"),
+        ["shop.example:8080"],
+        "{over_host:#?}"
+    );
+    assert_eq!(http10.header_all("host"), ["shop.example"], "{http10:#?}");
+    assert_refused(&stack, &answers, &["/abs?q=1", "/abs-http10", "/abs-good"]);
     assert_eq!(good.header_all("host"), ["shop.example"], "{good:#?}");
 }
 
