@@ -43,6 +43,7 @@ impl Seen {
     pub fn scan(headers: &HeaderMap) -> Seen {
         let mut seen = Seen::default();
         for name in headers.keys() {
+            // The hop-by-hop names map to their index in `FIXED_HOP_BY_HOP`.
             let hop = match name.as_str() {
                 "connection" => 0,
                 "keep-alive" => 1,
@@ -71,6 +72,7 @@ impl Seen {
     }
 
     pub fn transfer_encoding(&self) -> bool {
+        // `Transfer-Encoding` is entry 5 of `FIXED_HOP_BY_HOP`.
         self.hop_by_hop & (1 << 5) != 0
     }
 
@@ -333,6 +335,17 @@ mod tests {
         set_forwarded(&mut untrusted, &peer, None, "http", false);
         assert_eq!(untrusted["x-forwarded-for"], "10.0.0.9");
         assert!(untrusted.get("x-forwarded-host").is_none());
+    }
+
+    #[test]
+    fn the_scan_marks_each_hop_by_hop_name_at_its_index_in_the_fixed_list() {
+        for (i, name) in FIXED_HOP_BY_HOP.iter().enumerate() {
+            let mut h = HeaderMap::new();
+            h.insert(*name, HeaderValue::from_static("x"));
+            assert_eq!(Seen::scan(&h).hop_by_hop, 1 << i, "{name}");
+        }
+        let te = map(&[("transfer-encoding", "chunked")]);
+        assert!(Seen::scan(&te).transfer_encoding());
     }
 
     #[test]
