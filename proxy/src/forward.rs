@@ -120,7 +120,6 @@ impl Forwarder {
         } else {
             &conn.alarm
         };
-        let from_target = absolute_form(&req);
         let host = match request_host(&req) {
             Ok(host) => host,
             Err(e) => return local_error(&e, None),
@@ -161,14 +160,10 @@ impl Forwarder {
             "http",
             trusted,
         );
-        // HTTP/2 carries the host as `:authority`, and an absolute-form target
-        // names it in the target, which the upstream gets in origin form:
-        // the upstream needs it as `Host`.
-        if from_target {
-            parts.headers.insert(header::HOST, host);
-        } else {
-            parts.headers.entry(header::HOST).or_insert(host);
-        }
+        // The upstream needs the host as `Host`: HTTP/2 carries it as
+        // `:authority`, an absolute-form target in the target (which goes
+        // upstream in origin form), and `Connection` may have named `Host`.
+        parts.headers.insert(header::HOST, host);
         parts.version = Version::HTTP_11;
         // Kept only when a retry is possible: the attempt consumes `parts`.
         let retry_parts = alternate.as_ref().map(|_| parts.clone());

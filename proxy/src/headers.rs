@@ -103,7 +103,7 @@ fn strip_seen(headers: &mut HeaderMap, seen: Seen) {
 
 /// Rewrites a request's headers for the upstream, given what `Seen::scan`
 /// found in them: strips the hop-by-hop headers, keeps or makes the request
-/// id (returned), and sets the `X-Forwarded-*` headers (see `set_forwarded`).
+/// id (returned), and sets the `X-Forwarded-*` headers (see `forwarded`).
 pub fn rewrite_request(
     headers: &mut HeaderMap,
     seen: Seen,
@@ -114,14 +114,7 @@ pub fn rewrite_request(
 ) -> HeaderValue {
     strip_seen(headers, seen);
     let id = request_id(headers, seen.request_id);
-    forwarded(
-        headers,
-        seen.forwarded,
-        client,
-        Some(host),
-        proto,
-        trust_client,
-    );
+    forwarded(headers, seen.forwarded, client, host, proto, trust_client);
     id
 }
 
@@ -183,24 +176,14 @@ impl ClientAddr {
 /// Sets the `X-Forwarded-*` headers for the upstream. `trust_client` says
 /// whether the peer is a trusted hop whose `X-Forwarded-For` is kept and
 /// appended to; otherwise the client's own claims are replaced. A client's
-/// `Forwarded` header is always dropped: the proxy speaks `X-Forwarded-*`
-/// only, and a stale `Forwarded` could contradict it.
-pub fn set_forwarded(
-    headers: &mut HeaderMap,
-    client: &ClientAddr,
-    host: Option<HeaderValue>,
-    proto: &'static str,
-    trust_client: bool,
-) {
-    forwarded(headers, true, client, host, proto, trust_client);
-}
-
-/// `set_forwarded`, told whether a `Forwarded` header may be present.
+/// `Forwarded` header is always dropped (`maybe_forwarded`: it may be there):
+/// the proxy speaks `X-Forwarded-*` only, and a stale `Forwarded` could
+/// contradict it.
 fn forwarded(
     headers: &mut HeaderMap,
     maybe_forwarded: bool,
     client: &ClientAddr,
-    host: Option<HeaderValue>,
+    host: HeaderValue,
     proto: &'static str,
     trust_client: bool,
 ) {
@@ -230,23 +213,12 @@ fn forwarded(
     };
     headers.insert(&X_FORWARDED_FOR, xff);
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    match host {
-        Some(host) => {
-            headers.insert(&X_FORWARDED_HOST, host);
-        }
-        None => {
-            headers.remove(&X_FORWARDED_HOST);
-        }
-    }
+    headers.insert(&X_FORWARDED_HOST, host);
 }
 
-/// The request's id: the client's when it sent a usable one, otherwise a new
-/// random one, written into `headers` either way.
-pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
-    request_id(headers, true)
-}
-
-/// `ensure_request_id`, told whether the client may have sent one.
+/// The request's id: the client's when it sent a usable one (`maybe_sent`:
+/// it may have), otherwise a new random one, written into `headers` either
+/// way.
 fn request_id(headers: &mut HeaderMap, maybe_sent: bool) -> HeaderValue {
     if maybe_sent
         && let Some(id) = headers.get(&X_REQUEST_ID)
@@ -316,13 +288,8 @@ mod tests {
     fn appends_to_a_trusted_forwarded_for_and_replaces_an_untrusted_one() {
         let peer = ClientAddr::new("10.0.0.9:4000".parse().expect("socket address"));
         let mut trusted = map(&[("x-forwarded-for", "1.1.1.1"), ("forwarded", "for=evil")]);
-        set_forwarded(
-            &mut trusted,
-            &peer,
-            Some(HeaderValue::from_static("short.example")),
-            "http",
-            true,
-        );
+        let host = HeaderValue::from_static("short.example");
+        forwarded(&mut trusted, true, &peer, host.clone(), "http", true);
         assert_eq!(trusted["x-forwarded-for"], "1.1.1.1, 10.0.0.9");
         assert_eq!(trusted["x-forwarded-host"], "short.example");
         assert_eq!(trusted["x-forwarded-proto"], "http");
@@ -332,9 +299,9 @@ mod tests {
             ("x-forwarded-for", "1.1.1.1"),
             ("x-forwarded-host", "spoof"),
         ]);
-        set_forwarded(&mut untrusted, &peer, None, "http", false);
+        forwarded(&mut untrusted, true, &peer, host, "http", false);
         assert_eq!(untrusted["x-forwarded-for"], "10.0.0.9");
-        assert!(untrusted.get("x-forwarded-host").is_none());
+        assert_eq!(untrusted["x-forwarded-host"], "short.example");
     }
 
     #[test]
@@ -351,12 +318,12 @@ mod tests {
     #[test]
     fn keeps_a_client_request_id_and_makes_one_when_absent() {
         let mut with = map(&[("x-request-id", "abc")]);
-        assert_eq!(ensure_request_id(&mut with), "abc");
+        assert_eq!(request_id(&mut with, true), "abc");
         let mut without = HeaderMap::new();
-        let id = ensure_request_id(&mut without);
+        let id = request_id(&mut without, true);
         assert_eq!(id.len(), 32);
         assert_eq!(without["x-request-id"], id);
-        assert_ne!(ensure_request_id(&mut HeaderMap::new()), id);
+        assert_ne!(request_id(&mut HeaderMap::new(), true), id);
     }
 
     /// The plain version `strip_hop_by_hop` must agree with.
@@ -450,8 +417,9 @@ mod tests {
             let client = ClientAddr::new("10.1.2.3:9".parse().expect("socket address"));
             let host = HeaderValue::from_static("short.example");
             strip_hop_by_hop(&mut by_steps);
-            let id_by_steps = ensure_request_id(&mut by_steps);
-            set_forwarded(&mut by_steps, &client, Some(host.clone()), "http", trusted);
+            // Each step looking up what it needs, as if anything could be there.
+            let id_by_steps = request_id(&mut by_steps, true);
+            forwarded(&mut by_steps, true, &client, host.clone(), "http", trusted);
             let seen = Seen::scan(&in_one);
             let id_in_one = rewrite_request(&mut in_one, seen, &client, host, "http", trusted);
             // A request id made here is random: compare it only when it was the client's.
@@ -475,8 +443,9 @@ mod tests {
                 h.append(header::CONNECTION, v);
             }
             strip_hop_by_hop(&mut h);
-            set_forwarded(&mut h, &ClientAddr::new("127.0.0.1:1".parse().expect("socket address")), None, "http", trusted);
-            ensure_request_id(&mut h);
+            let client = ClientAddr::new("127.0.0.1:1".parse().expect("socket address"));
+            forwarded(&mut h, true, &client, HeaderValue::from_static("short.example"), "http", trusted);
+            request_id(&mut h, true);
             for name in ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "forwarded"] {
                 prop_assert!(h.get(name).is_none());
             }

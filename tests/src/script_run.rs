@@ -72,11 +72,15 @@ fn alive(proc_dir: &Path) -> bool {
 pub fn free_addr() -> SocketAddr {
     const FLOOR: u16 = 10_000;
     let low = ephemeral_low().unwrap_or(32_768);
-    let below_ephemeral = (0..200).filter(|_| low > FLOOR).find_map(|_| {
-        let seed = RandomState::new().build_hasher().finish();
-        let port = FLOOR + (seed % u64::from(low - FLOOR)) as u16;
-        TcpListener::bind(("127.0.0.1", port)).ok()
-    });
+    let below_ephemeral = (low > FLOOR)
+        .then(|| {
+            (0..200).find_map(|_| {
+                let seed = RandomState::new().build_hasher().finish();
+                let port = FLOOR + (seed % u64::from(low - FLOOR)) as u16;
+                TcpListener::bind(("127.0.0.1", port)).ok()
+            })
+        })
+        .flatten();
     let listener = match below_ephemeral {
         Some(listener) => listener,
         None => TcpListener::bind("127.0.0.1:0").expect("a loopback port can be bound"),
