@@ -10,51 +10,33 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
 
-use crate::upstream::InFlight;
+use crate::upstream::{InFlight, ResponseBody, ResponseBodyError};
 
 pub enum ProxyBody {
     /// Streams the upstream's body; the request counts as in flight until
-    /// this is finished or dropped.
+    /// this is finished or dropped. The connection goes back to its pool
+    /// as soon as the body has been read to its end, and is closed when the
+    /// body is dropped before that (HTTP/1.1 cannot reuse a connection with
+    /// a response half read).
     Upstream {
-        body: Incoming,
-        conn: Returning,
+        body: ResponseBody,
+        in_flight: InFlight,
     },
     Local(Full<Bytes>),
 }
 
-/// The connection a response came on: back to its pool as soon as the body
-/// has been read to its end, closed when the body is dropped before that
-/// (HTTP/1.1 cannot reuse a connection with a response half read).
-pub struct Returning {
-    conn: Option<SendRequest<RequestBody>>,
-    in_flight: InFlight,
-}
-
-impl Returning {
-    fn release(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            self.in_flight.upstream().checkin(conn);
-        }
+fn release(body: &mut ResponseBody, in_flight: &InFlight) {
+    if let Some(conn) = body.take_reusable() {
+        in_flight.upstream().checkin(conn);
     }
 }
 
 impl ProxyBody {
-    pub fn upstream(
-        body: Incoming,
-        conn: SendRequest<RequestBody>,
-        in_flight: InFlight,
-    ) -> ProxyBody {
-        let mut conn = Returning {
-            conn: Some(conn),
-            in_flight,
-        };
+    pub fn upstream(mut body: ResponseBody, in_flight: InFlight) -> ProxyBody {
         // No body (HEAD, 204, 304, length 0): nothing will poll it.
-        if body.is_end_stream() {
-            conn.release();
-        }
-        ProxyBody::Upstream { body, conn }
+        release(&mut body, &in_flight);
+        ProxyBody::Upstream { body, in_flight }
     }
 
     pub fn local(text: impl Into<Bytes>) -> ProxyBody {
@@ -68,20 +50,18 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ResponseBodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, ResponseBodyError>>> {
         match self.get_mut() {
-            ProxyBody::Upstream { body, conn } => {
+            ProxyBody::Upstream { body, in_flight } => {
                 let polled = Pin::new(&mut *body).poll_frame(cx);
                 // The server stops polling once `is_end_stream` says so.
-                match &polled {
-                    Poll::Ready(None) => conn.release(),
-                    Poll::Ready(Some(Ok(_))) if body.is_end_stream() => conn.release(),
-                    _ => {}
+                if matches!(polled, Poll::Ready(None | Some(Ok(_)))) {
+                    release(body, in_flight);
                 }
                 polled
             }

@@ -19,7 +19,7 @@ use crate::health::Monitor;
 use crate::metrics::Metrics;
 use crate::routing::{Policy, Router};
 use crate::traffic::{FailureKind, Outcome, Traffic};
-use crate::upstream::{Answer, InFlight, SendError, Upstream};
+use crate::upstream::{InFlight, ResponseBody, SendError, Upstream};
 
 /// Bytes of a request body kept for a replay on the other slot; a larger
 /// body is streamed without a copy and never replayed.
@@ -62,7 +62,7 @@ struct Clock<'a> {
 /// on the upstream, which the response body keeps until it ends), or why
 /// there is none and whether the request may go to the other slot.
 enum Attempt {
-    Answered(Answer, InFlight),
+    Answered(Response<ResponseBody>, InFlight),
     Failed {
         error: UpstreamError,
         kind: Option<FailureKind>,
@@ -224,14 +224,14 @@ impl Forwarder {
         let latency = finished.saturating_duration_since(started);
         let slot = answered_by.slot;
         let answer = match result {
-            Ok((Answer { response, conn }, in_flight)) => {
+            Ok((response, in_flight)) => {
                 let (mut parts, body) = response.into_parts();
                 let outcome = Outcome::Answered(parts.status.as_u16());
                 self.traffic.record(slot, outcome, latency, finished);
                 self.metrics.record(slot, outcome, latency.as_secs_f64());
                 strip_hop_by_hop(&mut parts.headers);
                 parts.headers.insert(&X_REQUEST_ID, request_id);
-                Response::from_parts(parts, ProxyBody::upstream(body, conn, in_flight))
+                Response::from_parts(parts, ProxyBody::upstream(body, in_flight))
             }
             Err((error, kind)) => {
                 // A refused client body is the client's doing: not an upstream failure.

@@ -1,11 +1,10 @@
 //! One upstream: a slot's address, its pool of idle keep-alive HTTP/1.1
 //! connections, and the count of requests in flight on it.
 //!
-//! The pool is hyper's connection API under a small idle stack rather than
-//! hyper-util's general `Client`: one upstream is one address, so there is
-//! no pool key to hash, no URI to parse per request, and a connection goes
-//! back to the stack when its response body ends instead of through a task
-//! spawned per request to wait for that.
+//! The connections are the proxy's own HTTP/1.1 client (`conn`, reading
+//! responses with `response`) under a small idle stack: one upstream is one
+//! address, so there is no pool key to hash, no URI to parse per request,
+//! and a connection goes back to the stack when its response body ends.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
@@ -14,15 +13,17 @@ use std::time::{Duration, Instant};
 
 use http::uri::{Authority, Uri};
 use http::{Method, Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::task::AbortHandle;
 
 use crate::body::RequestBody;
 use crate::config::Timeouts;
 use crate::slot::Slot;
+
+mod conn;
+mod response;
+
+pub use conn::{Conn, ExchangeError, ResponseBody, ResponseBodyError};
 
 /// Idle connections kept per upstream at most; more are closed when they
 /// become idle.
@@ -59,7 +60,7 @@ pub struct Upstream {
 }
 
 struct Idle {
-    sender: SendRequest<RequestBody>,
+    conn: Box<Conn>,
     since: Instant,
 }
 
@@ -70,14 +71,7 @@ pub enum SendError {
     Connect(String),
     /// The exchange failed once the request was on its way (or its body
     /// could not be read): some of it may have reached the upstream.
-    Failed(hyper::Error),
-}
-
-/// A response and the connection it came on, which goes back to the pool
-/// once the response body has been read to its end.
-pub struct Answer {
-    pub response: Response<Incoming>,
-    pub conn: SendRequest<RequestBody>,
+    Failed(ExchangeError),
 }
 
 impl Upstream {
@@ -98,81 +92,53 @@ impl Upstream {
     }
 
     /// Sends `req` on an idle connection, or on a new one when none is
-    /// idle. A pooled connection that turns out closed before the request
-    /// went out (the upstream ended it while idle) is skipped and the
-    /// request tried on the next; a failure on a new connection is final.
+    /// idle; the response's body holds the connection until it ends. A
+    /// pooled connection the upstream closed while it was idle is skipped
+    /// (`checkout`); a failure once the request is on its way is final.
     /// `now` is the caller's reading of the clock, for the idle check.
     pub async fn send(
         self: &Arc<Self>,
         mut req: Request<RequestBody>,
         now: Instant,
-    ) -> Result<Answer, SendError> {
-        let uri = std::mem::take(req.uri_mut());
-        *req.uri_mut() = self.request_target(req.method(), uri);
-        loop {
-            let (mut conn, reused) = match self.checkout(now) {
-                Some(conn) => (conn, true),
-                None => (self.connect().await?, false),
-            };
-            // A reused connection may still be finishing the previous
-            // exchange; a new one takes its first request before it is polled.
-            if reused && conn.ready().await.is_err() {
-                continue;
-            }
-            match conn.try_send_request(req).await {
-                Ok(response) => return Ok(Answer { response, conn }),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) if reused => req = unsent,
-                    _ => return Err(SendError::Failed(e.into_error())),
-                },
-            }
+    ) -> Result<Response<ResponseBody>, SendError> {
+        if req.method() == Method::CONNECT {
+            *req.uri_mut() = Uri::from(self.authority.clone());
         }
+        let conn = match self.checkout(now) {
+            Some(conn) => conn,
+            None => self.connect().await?,
+        };
+        conn.send(req).await.map_err(SendError::Failed)
     }
 
-    /// The request target for the upstream: the origin form (`/path?query`)
-    /// the client sent, or made from an absolute URI; a `CONNECT` names the
-    /// upstream itself.
-    fn request_target(&self, method: &Method, uri: Uri) -> Uri {
-        if method == Method::CONNECT {
-            return Uri::from(self.authority.clone());
-        }
-        if uri.scheme().is_none() && uri.authority().is_none() {
-            return uri;
-        }
-        uri.path_and_query()
-            .map_or_else(|| Uri::from_static("/"), |p| Uri::from(p.clone()))
-    }
-
-    fn checkout(&self, now: Instant) -> Option<SendRequest<RequestBody>> {
+    fn checkout(&self, now: Instant) -> Option<Box<Conn>> {
         let mut idle = self.idle.lock().expect("pool lock is never poisoned");
-        while let Some(Idle { sender, since }) = idle.pop() {
+        // Bounded by the stack, which only shrinks here.
+        while let Some(Idle { conn, since }) = idle.pop() {
             if now.saturating_duration_since(since) >= self.idle_timeout {
                 // The rest is older still.
                 idle.clear();
                 return None;
             }
-            if !sender.is_closed() {
-                return Some(sender);
+            if conn.is_usable() {
+                return Some(conn);
             }
         }
         None
     }
 
     /// Returns a connection whose last response was read to the end.
-    pub fn checkin(&self, sender: SendRequest<RequestBody>) {
-        if sender.is_closed() {
-            return;
-        }
+    pub fn checkin(&self, conn: Box<Conn>) {
         let mut idle = self.idle.lock().expect("pool lock is never poisoned");
         if idle.len() < MAX_IDLE {
             idle.push(Idle {
-                sender,
+                conn,
                 since: Instant::now(),
             });
         }
     }
 
-    async fn connect(self: &Arc<Self>) -> Result<SendRequest<RequestBody>, SendError> {
+    async fn connect(self: &Arc<Self>) -> Result<Box<Conn>, SendError> {
         self.sweeper.get_or_init(|| {
             tokio::spawn(sweep(Arc::downgrade(self), self.idle_timeout)).abort_handle()
         });
@@ -183,17 +149,7 @@ impl Upstream {
                 Err(_) => return Err(SendError::Connect("tcp connect timed out".to_string())),
             };
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| SendError::Connect(format!("handshake: {e}")))?;
-        let (slot, addr) = (self.slot, self.addr);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%slot, %addr, error = %e, "upstream connection ended with an error");
-            }
-        });
-        Ok(sender)
+        Ok(Conn::new(stream))
     }
 
     /// Closes the idle connections that waited longer than the idle timeout.
@@ -201,7 +157,7 @@ impl Upstream {
         let mut idle = self.idle.lock().expect("pool lock is never poisoned");
         let fresh = idle.partition_point(|c| c.since.elapsed() >= self.idle_timeout);
         idle.drain(..fresh);
-        idle.retain(|c| !c.sender.is_closed());
+        idle.retain(|c| c.conn.is_usable());
     }
 
     pub fn in_flight(&self) -> usize {
@@ -282,6 +238,15 @@ mod tests {
     /// and closes each connection after `per_conn` answers; counts the
     /// connections it accepted.
     async fn upstream_server(per_conn: usize) -> (SocketAddr, Arc<AtomicUsize>) {
+        scripted_server(ANSWER, per_conn).await
+    }
+
+    /// The same with `answer` as the answer to each request head (request
+    /// bodies are not read).
+    async fn scripted_server(
+        answer: &'static [u8],
+        per_conn: usize,
+    ) -> (SocketAddr, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -303,7 +268,7 @@ mod tests {
                         seen.extend_from_slice(&buf[..n]);
                         while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
                             seen.drain(..end + 4);
-                            if socket.write_all(ANSWER).await.is_err() {
+                            if socket.write_all(answer).await.is_err() {
                                 return;
                             }
                             answered += 1;
@@ -326,13 +291,19 @@ mod tests {
     }
 
     fn get() -> Request<RequestBody> {
+        request(Method::GET, Vec::new())
+    }
+
+    /// A request whose body is `chunks`, sent with its length.
+    fn request(method: Method, chunks: Vec<Bytes>) -> Request<RequestBody> {
         let limits = BodyLimits {
-            max_bytes: 1024,
+            max_bytes: u64::MAX,
             timeout: Duration::from_secs(5),
             retain: 0,
         };
-        let (body, _) = RequestBody::new(Resend::Replay(Vec::new()), limits);
+        let (body, _) = RequestBody::new(Resend::Replay(chunks), limits);
         let mut req = Request::new(body);
+        *req.method_mut() = method;
         *req.uri_mut() = Uri::from_static("http://client.example/path?q=1");
         req.headers_mut().insert(
             http::header::HOST,
@@ -344,13 +315,264 @@ mod tests {
     /// Sends one request, reads the body to the end and returns the
     /// connection to the pool, as the response body does in the proxy.
     async fn exchange(upstream: &Arc<Upstream>) -> Bytes {
-        let Answer { response, conn } = upstream
-            .send(get(), Instant::now())
+        let (status, body) = exchange_with(upstream, get()).await.expect("an answer");
+        assert_eq!(status, http::StatusCode::OK);
+        body
+    }
+
+    /// Sends `req`; the status and the whole body, or what went wrong.
+    async fn exchange_with(
+        upstream: &Arc<Upstream>,
+        req: Request<RequestBody>,
+    ) -> Result<(http::StatusCode, Bytes), String> {
+        let response = upstream
+            .send(req, Instant::now())
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        let status = response.status();
+        let mut body = response.into_body();
+        let mut data = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| e.to_string())?;
+            data.extend_from_slice(&frame.into_data().expect("data"));
+        }
+        if let Some(conn) = body.take_reusable() {
+            upstream.checkin(conn);
+        }
+        Ok((status, Bytes::from(data)))
+    }
+
+    /// Sends two GETs to a `scripted_server(answer, per_conn)`, checks that
+    /// each body read is `body`, and returns the connections it accepted.
+    async fn connections_for_two(answer: &'static [u8], per_conn: usize, body: &str) -> usize {
+        let (addr, accepted) = scripted_server(answer, per_conn).await;
+        let upstream = upstream(addr, Duration::from_secs(60));
+        for _ in 0..2 {
+            assert_eq!(exchange(&upstream).await, body);
+        }
+        accepted.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn a_chunked_response_is_decoded_and_its_connection_reused() {
+        let answer = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1\r\no\r\n1;x=y\r\nk\r\n0\r\n\r\n";
+        assert_eq!(connections_for_two(answer, usize::MAX, "ok").await, 1);
+    }
+
+    #[tokio::test]
+    async fn a_body_without_a_length_ends_with_the_close_and_its_connection_goes() {
+        let answer = b"HTTP/1.1 200 OK\r\n\r\nuntil the end";
+        assert_eq!(connections_for_two(answer, 1, "until the end").await, 2);
+    }
+
+    #[tokio::test]
+    async fn an_upstream_saying_close_gets_no_second_request_on_that_connection() {
+        // The server would take more: the client must not offer them.
+        let answer = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok";
+        assert_eq!(connections_for_two(answer, usize::MAX, "ok").await, 2);
+    }
+
+    #[tokio::test]
+    async fn informational_responses_are_skipped_for_the_final_one() {
+        let answer = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        assert_eq!(connections_for_two(answer, usize::MAX, "ok").await, 1);
+    }
+
+    #[tokio::test]
+    async fn the_answer_to_head_has_no_body_whatever_its_length_says() {
+        let (addr, accepted) = scripted_server(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n",
+            usize::MAX,
+        )
+        .await;
+        let upstream = upstream(addr, Duration::from_secs(60));
+        for _ in 0..2 {
+            let (status, body) = exchange_with(&upstream, request(Method::HEAD, Vec::new()))
+                .await
+                .expect("an answer");
+            assert_eq!((status, body.len()), (http::StatusCode::OK, 0));
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_body_cut_short_by_the_upstream_is_an_error_not_an_end() {
+        let (addr, _) =
+            scripted_server(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc", 1).await;
+        let upstream = upstream(addr, Duration::from_secs(60));
+        let error = exchange_with(&upstream, get())
+            .await
+            .expect_err("a short body");
+        assert!(error.contains("middle of the body"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn garbage_or_an_early_close_is_a_failed_exchange() {
+        for (answer, expected) in [
+            (&b"SSH-2.0-OpenSSH_9.6\r\n\r\n"[..], "Malformed"),
+            (b"", "Closed"),
+            (b"HTTP/1.1 200 OK\r\ncontent-le", "Truncated"),
+            (b"HTTP/1.1 101 Switching Protocols\r\n\r\n", "Switched"),
+        ] {
+            let (addr, _) = scripted_server(answer, 1).await;
+            let upstream = upstream(addr, Duration::from_secs(60));
+            let error = exchange_with(&upstream, get())
+                .await
+                .expect_err("no answer");
+            assert!(error.contains(expected), "{error} for {answer:?}");
+        }
+    }
+
+    /// Accepts one connection, reads the request head and its body of the
+    /// length given, and answers `ANSWER`; returns the raw request.
+    async fn recording_server() -> (SocketAddr, tokio::task::JoinHandle<Vec<u8>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let task = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.expect("accept");
+            let mut seen = Vec::new();
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let n = socket.read(&mut buf).await.expect("read");
+                assert!(n > 0, "closed before a whole request");
+                seen.extend_from_slice(&buf[..n]);
+                if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&seen[..end]).to_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length: "))
+                        .map_or(0, |v| v.trim().parse().expect("a length"));
+                    if seen.len() >= end + 4 + length {
+                        break;
+                    }
+                }
+            }
+            socket.write_all(ANSWER).await.expect("write");
+            seen
+        });
+        (addr, task)
+    }
+
+    #[tokio::test]
+    async fn a_body_goes_with_its_length_once_whatever_the_client_said() {
+        let (addr, recorded) = recording_server().await;
+        let upstream = upstream(addr, Duration::from_secs(60));
+        let mut req = request(
+            Method::POST,
+            vec![Bytes::from_static(b"hel"), Bytes::from_static(b"lo")],
+        );
+        // The client's own framing headers are not passed on as they came.
+        req.headers_mut().insert(
+            http::header::CONTENT_LENGTH,
+            http::HeaderValue::from_static("005"),
+        );
+        let (status, _) = exchange_with(&upstream, req).await.expect("an answer");
+        assert_eq!(status, http::StatusCode::OK);
+        let raw = String::from_utf8(recorded.await.expect("the server")).expect("text");
+        assert!(raw.starts_with("POST /path?q=1 HTTP/1.1\r\n"), "{raw}");
+        assert_eq!(raw.matches("content-length").count(), 1, "{raw}");
+        assert!(raw.ends_with("content-length: 5\r\n\r\nhello"), "{raw}");
+    }
+
+    #[tokio::test]
+    async fn a_post_without_a_body_says_its_length_is_zero() {
+        let (addr, recorded) = recording_server().await;
+        let upstream = upstream(addr, Duration::from_secs(60));
+        exchange_with(&upstream, request(Method::POST, Vec::new()))
             .await
             .expect("an answer");
-        let body = response.into_body().collect().await.expect("the body");
-        upstream.checkin(conn);
-        body.to_bytes()
+        let raw = String::from_utf8(recorded.await.expect("the server")).expect("text");
+        assert!(raw.ends_with("content-length: 0\r\n\r\n"), "{raw}");
+    }
+
+    #[tokio::test]
+    async fn an_upstream_answering_as_it_reads_gets_the_rest_of_the_body() {
+        // An echo that streams: the head first, then each piece of the body
+        // as it arrives. The body is larger than the socket buffers, so the
+        // rest of it must go out while the answer is read.
+        const LENGTH: usize = 8 << 20;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.expect("accept");
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut seen = Vec::new();
+            let body_start = loop {
+                let n = socket.read(&mut buf).await.expect("read");
+                assert!(n > 0, "closed before the head");
+                seen.extend_from_slice(&buf[..n]);
+                if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break end + 4;
+                }
+            };
+            socket
+                .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                .await
+                .expect("write");
+            let mut echoed = 0;
+            let mut pending = seen.split_off(body_start);
+            loop {
+                if !pending.is_empty() {
+                    let chunk = format!("{:x}\r\n", pending.len());
+                    socket.write_all(chunk.as_bytes()).await.expect("write");
+                    socket.write_all(&pending).await.expect("write");
+                    socket.write_all(b"\r\n").await.expect("write");
+                    echoed += pending.len();
+                }
+                if echoed >= LENGTH {
+                    break;
+                }
+                let n = socket.read(&mut buf).await.expect("read");
+                assert!(n > 0, "closed mid-body");
+                pending = buf[..n].to_vec();
+            }
+            socket.write_all(b"0\r\n\r\n").await.expect("write");
+        });
+        let upstream = upstream(addr, Duration::from_secs(60));
+        let chunks: Vec<Bytes> = (0..LENGTH / 65_536)
+            .map(|i| Bytes::from(vec![(i % 251) as u8; 65_536]))
+            .collect();
+        let sent: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        let echoed = tokio::time::timeout(
+            Duration::from_secs(20),
+            exchange_with(&upstream, request(Method::POST, chunks)),
+        )
+        .await
+        .expect("the exchange never ended")
+        .expect("an answer");
+        assert_eq!(echoed.0, http::StatusCode::OK);
+        assert!(echoed.1 == sent, "the echo differs from the body");
+        assert_eq!(upstream.idle.lock().expect("pool lock").len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_answer_before_the_body_is_read_is_taken_not_waited_past() {
+        // The upstream answers after the head and never reads the body, which
+        // is larger than the socket buffers: writing it all first would wait
+        // forever.
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.expect("accept");
+            let mut buf = vec![0u8; 1024];
+            let _ = socket.read(&mut buf).await.expect("read");
+            socket
+                .write_all(b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .expect("write");
+            // Held open, unread, until the test ends.
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            drop(socket);
+        });
+        let upstream = upstream(addr, Duration::from_secs(60));
+        let chunks = vec![Bytes::from(vec![b'x'; 1 << 20]); 64];
+        let (status, _) = exchange_with(&upstream, request(Method::POST, chunks))
+            .await
+            .expect("an answer");
+        assert_eq!(status, http::StatusCode::PAYLOAD_TOO_LARGE);
+        // Half a body went out: the connection is not offered again.
+        assert!(upstream.idle.lock().expect("pool lock").is_empty());
+        server.abort();
     }
 
     #[tokio::test]
@@ -391,18 +613,10 @@ mod tests {
 
     #[tokio::test]
     async fn the_upstream_gets_the_origin_form_of_an_absolute_target() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("local addr");
-        let head = tokio::spawn(async move {
-            let (mut socket, _) = listener.accept().await.expect("accept");
-            let mut buf = vec![0u8; 4096];
-            let n = socket.read(&mut buf).await.expect("read");
-            socket.write_all(ANSWER).await.expect("write");
-            String::from_utf8_lossy(&buf[..n]).into_owned()
-        });
+        let (addr, recorded) = recording_server().await;
         let upstream = upstream(addr, Duration::from_secs(60));
         assert_eq!(exchange(&upstream).await, "ok");
-        let head = head.await.expect("the server task");
+        let head = String::from_utf8(recorded.await.expect("the server")).expect("text");
         assert!(head.starts_with("GET /path?q=1 HTTP/1.1\r\n"), "{head}");
         assert!(head.contains("host: client.example\r\n"), "{head}");
     }

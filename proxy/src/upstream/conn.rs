@@ -1,0 +1,466 @@
+//! One keep-alive HTTP/1.1 connection to an upstream: writes a request
+//! (the head, then the body framed by its length or in chunks) while
+//! watching for the response head, and hands the connection to the
+//! response's body, which reads the rest and gives it back to the pool.
+//!
+//! Hand-written over tokio's socket rather than hyper's client connection:
+//! the whole exchange runs in the task of the client connection that asked
+//! for it, so a request costs no channel send, no second task to wake and
+//! no body channel between two tasks (docs/performance.md, "Sixth pass").
+//! hyper still serves the client side.
+
+use std::future::Future as _;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap};
+use http::request::Parts;
+use http::{Method, Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncReadExt as _, AsyncWrite};
+use tokio::net::TcpStream;
+
+use super::response::{Decoded, Framing, ResponseError, parse_head};
+use crate::body::{RequestBody, RequestBodyError};
+
+/// Bytes asked of the socket per read once the buffer runs low.
+const READ_SIZE: usize = 8 * 1024;
+
+/// Below this much free room the read buffer is grown (or reclaimed) before
+/// a read, so that a read is never a sliver.
+const MIN_SPARE: usize = 1024;
+
+/// Informational (1xx) responses skipped before the real one at most.
+const MAX_INFORMATIONAL: usize = 8;
+
+/// Room left in a response's header map for what the proxy adds to it
+/// (the request id, a canary cookie).
+const ADDED_HEADERS: usize = 2;
+
+/// Request bytes gathered before they are written, so that a body's chunks
+/// go out with the head and each other rather than a write each.
+const WRITE_GATHER: usize = 64 * 1024;
+
+/// Why an exchange with the upstream failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    #[error("writing the request: {0}")]
+    Write(io::Error),
+    #[error("reading the response: {0}")]
+    Read(io::Error),
+    #[error("the upstream closed the connection before answering")]
+    Closed,
+    #[error("the upstream closed the connection in the middle of the response")]
+    Truncated,
+    #[error("more than {MAX_INFORMATIONAL} informational responses")]
+    TooManyInformational,
+    #[error("an unrequested protocol switch (101)")]
+    Switched,
+    #[error(transparent)]
+    Response(#[from] ResponseError),
+    #[error("the request body: {0}")]
+    RequestBody(#[from] RequestBodyError),
+}
+
+/// A connection to an upstream, between requests or during one.
+pub struct Conn {
+    io: TcpStream,
+    /// Bytes read and not yet used. Bodies are handed on as slices of it,
+    /// so it is grown only when its free room runs out (and then reclaimed
+    /// when those slices are gone).
+    read: BytesMut,
+    /// The request bytes not yet written.
+    write: Vec<u8>,
+}
+
+/// How the request body goes on the wire.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sending {
+    /// No body, and no `Content-Length`.
+    Nothing,
+    /// `Content-Length: 0`: no body, but the length says so.
+    Zero,
+    Length(u64),
+    Chunked,
+}
+
+/// The request being written.
+struct Outgoing {
+    sending: Sending,
+    body: Option<RequestBody>,
+    /// Bytes of `Conn::write` already written.
+    written: usize,
+    /// Every byte of the request is written.
+    done: bool,
+    /// Informational responses skipped so far.
+    informational: usize,
+}
+
+impl Conn {
+    pub fn new(io: TcpStream) -> Box<Conn> {
+        Box::new(Conn {
+            io,
+            read: BytesMut::new(),
+            write: Vec::new(),
+        })
+    }
+
+    /// Whether the connection can take a request: nothing unread and no close
+    /// from the upstream. Costs no system call unless the socket has become
+    /// readable since the last response, which for an idle connection means
+    /// closed (or sending what nobody asked for).
+    pub fn is_usable(&self) -> bool {
+        if !self.read.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// Sends `req` and reads the response head; the response's body owns
+    /// the connection from then on. `req`'s target must be in origin form
+    /// (or authority form for `CONNECT`).
+    pub async fn send(
+        mut self: Box<Self>,
+        req: Request<RequestBody>,
+    ) -> Result<Response<ResponseBody>, ExchangeError> {
+        let (parts, body) = req.into_parts();
+        let sending = sending(&parts, &body);
+        self.write.clear();
+        encode_head(&mut self.write, &parts, sending);
+        let mut out = Outgoing {
+            sending,
+            body: matches!(sending, Sending::Length(_) | Sending::Chunked).then_some(body),
+            written: 0,
+            done: false,
+            informational: 0,
+        };
+        let head =
+            std::future::poll_fn(|cx| self.poll_exchange(cx, &mut out, &parts.method)).await?;
+        let mut response = Response::new(ResponseBody {
+            conn: Some(self),
+            framing: head.framing,
+            keep_alive: head.keep_alive,
+            // Boxed: rare, and the common response stays small.
+            sending: (!out.done).then(|| Box::new(out)),
+        });
+        *response.status_mut() = head.status;
+        *response.headers_mut() = head.headers;
+        Ok(response)
+    }
+
+    /// Writes what it can of the request and reads what it can of the
+    /// response: an upstream may answer before it has read the whole body
+    /// (a 413, say), and waiting to finish writing first could wait forever.
+    fn poll_exchange(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &mut Outgoing,
+        method: &Method,
+    ) -> Poll<Result<super::response::Head, ExchangeError>> {
+        let mut write_error = None;
+        if !out.done {
+            match self.poll_write_request(cx, out) {
+                Poll::Ready(Ok(())) => out.done = true,
+                Poll::Ready(Err(e)) => write_error = Some(e),
+                Poll::Pending => {}
+            }
+        }
+        match self.poll_head(cx, method, &mut out.informational) {
+            Poll::Ready(result) => Poll::Ready(result),
+            // The upstream stopped reading; an answer it sent first would
+            // have been taken above.
+            Poll::Pending => write_error.map_or(Poll::Pending, |e| Poll::Ready(Err(e))),
+        }
+    }
+
+    fn poll_write_request(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &mut Outgoing,
+    ) -> Poll<Result<(), ExchangeError>> {
+        // Each turn takes a body frame or writes bytes, or returns.
+        loop {
+            if let Some(body) = out.body.as_mut()
+                && self.write.len() - out.written < WRITE_GATHER
+            {
+                match Pin::new(body).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        // What is written goes first, so the buffer holds no
+                        // more than what is left plus a frame.
+                        self.write.drain(..out.written);
+                        out.written = 0;
+                        encode_frame(&mut self.write, out.sending, frame);
+                        continue;
+                    }
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e.into())),
+                    Poll::Ready(None) => {
+                        if out.sending == Sending::Chunked {
+                            self.write.extend_from_slice(b"0\r\n\r\n");
+                        }
+                        out.body = None;
+                        continue;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            if out.written < self.write.len() {
+                let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.write[out.written..]))
+                    .map_err(ExchangeError::Write)?;
+                if n == 0 {
+                    return Poll::Ready(Err(ExchangeError::Write(io::ErrorKind::WriteZero.into())));
+                }
+                out.written += n;
+                if out.written == self.write.len() {
+                    self.write.clear();
+                    out.written = 0;
+                }
+                continue;
+            }
+            if out.body.is_none() {
+                if self.write.capacity() > WRITE_GATHER {
+                    // A large body's buffer is not kept by an idle connection.
+                    self.write = Vec::new();
+                }
+                return Poll::Ready(Ok(()));
+            }
+            // The body has nothing yet; it wakes the task when it has.
+            return Poll::Pending;
+        }
+    }
+
+    /// Reads until a final response head is parsed, skipping informational
+    /// ones (100 Continue, 103 Early Hints).
+    fn poll_head(
+        &mut self,
+        cx: &mut Context<'_>,
+        method: &Method,
+        informational: &mut usize,
+    ) -> Poll<Result<super::response::Head, ExchangeError>> {
+        // Each turn parses a head or reads bytes, or returns.
+        loop {
+            if !self.read.is_empty() {
+                if let Some(head) = parse_head(&mut self.read, method, ADDED_HEADERS)? {
+                    if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
+                        return Poll::Ready(Err(ExchangeError::Switched));
+                    }
+                    if !head.status.is_informational() {
+                        return Poll::Ready(Ok(head));
+                    }
+                    *informational += 1;
+                    if *informational > MAX_INFORMATIONAL {
+                        return Poll::Ready(Err(ExchangeError::TooManyInformational));
+                    }
+                    continue;
+                }
+            }
+            let had = self.read.len();
+            let n = ready!(self.poll_fill(cx)).map_err(ExchangeError::Read)?;
+            if n == 0 {
+                return Poll::Ready(Err(if had == 0 {
+                    ExchangeError::Closed
+                } else {
+                    ExchangeError::Truncated
+                }));
+            }
+        }
+    }
+
+    /// Reads once into the buffer; 0 is the upstream's close.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.read.capacity() - self.read.len() < MIN_SPARE {
+            self.read.reserve(READ_SIZE);
+        }
+        std::pin::pin!(self.io.read_buf(&mut self.read)).poll(cx)
+    }
+}
+
+/// How the request's body is framed. The client's own framing headers are
+/// not passed on: the proxy frames the body it sends.
+fn sending(parts: &Parts, body: &RequestBody) -> Sending {
+    match body.size_hint().exact() {
+        Some(0)
+            if parts.headers.contains_key(header::CONTENT_LENGTH)
+                || matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) =>
+        {
+            Sending::Zero
+        }
+        Some(0) => Sending::Nothing,
+        Some(n) => Sending::Length(n),
+        None => Sending::Chunked,
+    }
+}
+
+fn encode_head(w: &mut Vec<u8>, parts: &Parts, sending: Sending) {
+    w.extend_from_slice(parts.method.as_str().as_bytes());
+    w.push(b' ');
+    let target = if parts.method == Method::CONNECT {
+        parts.uri.authority().map(http::uri::Authority::as_str)
+    } else {
+        parts
+            .uri
+            .path_and_query()
+            .map(http::uri::PathAndQuery::as_str)
+    };
+    w.extend_from_slice(target.unwrap_or("/").as_bytes());
+    w.extend_from_slice(b" HTTP/1.1\r\n");
+    encode_fields(w, &parts.headers);
+    match sending {
+        Sending::Nothing => {}
+        Sending::Zero => w.extend_from_slice(b"content-length: 0\r\n"),
+        Sending::Length(n) => {
+            w.extend_from_slice(b"content-length: ");
+            push_decimal(w, n);
+            w.extend_from_slice(b"\r\n");
+        }
+        Sending::Chunked => w.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    w.extend_from_slice(b"\r\n");
+}
+
+fn push_decimal(w: &mut Vec<u8>, n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    w.extend_from_slice(&digits[at..]);
+}
+
+fn encode_fields(w: &mut Vec<u8>, headers: &HeaderMap) {
+    for (name, value) in headers {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        w.extend_from_slice(name.as_str().as_bytes());
+        w.extend_from_slice(b": ");
+        w.extend_from_slice(value.as_bytes());
+        w.extend_from_slice(b"\r\n");
+    }
+}
+
+fn encode_frame(w: &mut Vec<u8>, sending: Sending, frame: Frame<Bytes>) {
+    // Trailers are dropped: `TE: trailers` is hop-by-hop and never passed on,
+    // so the upstream has not said it takes them.
+    let Ok(data) = frame.into_data() else { return };
+    if data.is_empty() {
+        return;
+    }
+    if sending == Sending::Chunked {
+        w.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+        w.extend_from_slice(&data);
+        w.extend_from_slice(b"\r\n");
+    } else {
+        w.extend_from_slice(&data);
+    }
+}
+
+/// A response body read from the upstream connection, which it owns until
+/// the body ends; then `take_reusable` gives the connection back if another
+/// request may follow on it.
+pub struct ResponseBody {
+    conn: Option<Box<Conn>>,
+    framing: Framing,
+    keep_alive: bool,
+    /// The rest of the request when the answer began before it was all
+    /// sent: written on while the body is read, as an upstream that streams
+    /// its answer while it reads (an echo) needs. A connection with a
+    /// request not all sent is never reused.
+    sending: Option<Box<Outgoing>>,
+}
+
+/// Why a response body stopped short.
+#[derive(Debug, thiserror::Error)]
+pub enum ResponseBodyError {
+    #[error("reading the response body: {0}")]
+    Read(#[from] io::Error),
+    #[error("the upstream closed the connection in the middle of the body")]
+    Truncated,
+    #[error(transparent)]
+    Decode(#[from] ResponseError),
+}
+
+impl ResponseBody {
+    /// The connection, once the body has been read to its end and the
+    /// connection may take another request.
+    pub fn take_reusable(&mut self) -> Option<Box<Conn>> {
+        if self.keep_alive && self.sending.is_none() && self.framing.ended() {
+            self.conn.take()
+        } else {
+            None
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = ResponseBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ResponseBodyError>>> {
+        let this = self.get_mut();
+        let Some(conn) = this.conn.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if let Some(out) = this.sending.as_mut() {
+            match conn.poll_write_request(cx, out) {
+                Poll::Ready(Ok(())) => this.sending = None,
+                Poll::Ready(Err(e)) => {
+                    // The answer may still come whole: read on, but the
+                    // connection ends with it.
+                    tracing::debug!(error = %e, "the rest of the request could not be sent");
+                    this.sending = None;
+                    this.keep_alive = false;
+                }
+                Poll::Pending => {}
+            }
+        }
+        // Each turn decodes bytes or reads some, or returns.
+        loop {
+            match this.framing.decode(&mut conn.read) {
+                Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                Ok(Decoded::End) => return Poll::Ready(None),
+                Ok(Decoded::More) => {}
+                Err(e) => {
+                    this.keep_alive = false;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
+            match ready!(conn.poll_fill(cx)) {
+                Ok(0) if matches!(this.framing, Framing::Close) => {
+                    this.framing = Framing::Empty;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    this.keep_alive = false;
+                    return Poll::Ready(Some(Err(ResponseBodyError::Truncated)));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    this.keep_alive = false;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.framing.ended()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.framing
+            .remaining()
+            .map_or_else(SizeHint::default, SizeHint::with_exact)
+    }
+}

@@ -1,0 +1,606 @@
+//! Reading an upstream's response: the head parsed into a status and a
+//! header map whose values share the bytes read (no copy), the body's framing
+//! decided as RFC 9112 section 6.3 says, and the body decoded by length, in
+//! chunks, or up to the connection's close.
+
+use std::mem::MaybeUninit;
+use std::ops::Range;
+
+use bytes::{Buf as _, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode};
+
+/// The largest response head taken (nginx's default is 4 or 8 KiB); a
+/// larger one is a bad gateway, not a buffer that grows without bound.
+pub const MAX_HEAD: usize = 64 * 1024;
+
+/// The most header fields taken in a response head (hyper's limit is 100).
+const MAX_HEADERS: usize = 128;
+
+/// The longest chunk-size line (size and extensions) taken.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+
+/// The largest trailer section taken; trailers are read and dropped.
+const MAX_TRAILERS: usize = 16 * 1024;
+
+/// Why an upstream's response could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ResponseError {
+    #[error("malformed response head: {0}")]
+    Malformed(&'static str),
+    #[error("response head larger than {MAX_HEAD} bytes")]
+    HeadTooLarge,
+    #[error("more than {MAX_HEADERS} header fields in the response head")]
+    TooManyHeaders,
+    #[error("conflicting or invalid Content-Length in the response")]
+    BadLength,
+    #[error("malformed chunked response body: {0}")]
+    BadChunk(&'static str),
+}
+
+/// How the response body ends.
+#[derive(Debug)]
+pub enum Framing {
+    /// No body: HEAD, 1xx, 204, 304, a length of 0.
+    Empty,
+    /// This many bytes are still to come.
+    Length(u64),
+    Chunked(Chunked),
+    /// Everything until the upstream closes the connection.
+    Close,
+}
+
+/// A parsed response head.
+#[derive(Debug)]
+pub struct Head {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub framing: Framing,
+    /// Whether the connection may carry another request once this response
+    /// has been read to its end.
+    pub keep_alive: bool,
+}
+
+/// Where one header field lies in the head.
+#[derive(Clone, Copy, Default)]
+struct Span {
+    name: (u32, u32),
+    value: (u32, u32),
+}
+
+fn range((start, end): (u32, u32)) -> Range<usize> {
+    start as usize..end as usize
+}
+
+/// Parses a response head at the start of `buf` and splits it off; `None`
+/// when it is not all there yet. `extra` is room to leave in the header map
+/// for the headers the proxy adds, so that it is not grown again.
+pub fn parse_head(
+    buf: &mut BytesMut,
+    method: &Method,
+    extra: usize,
+) -> Result<Option<Head>, ResponseError> {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut spans = [Span::default(); MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut parsed,
+        buf,
+        &mut slots,
+    ) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
+            return Err(ResponseError::HeadTooLarge);
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(ResponseError::TooManyHeaders),
+        Err(e) => return Err(ResponseError::Malformed(error_text(e))),
+    };
+    if len > MAX_HEAD {
+        return Err(ResponseError::HeadTooLarge);
+    }
+    let status = parsed
+        .code
+        .and_then(|code| StatusCode::from_u16(code).ok())
+        .ok_or(ResponseError::Malformed("invalid status code"))?;
+    let http_11 = parsed.version == Some(1);
+    // The values go into the map as slices of the head, which needs the head
+    // split off `buf` first: so note where each field is, then split.
+    let base = buf.as_ptr() as usize;
+    let offset = |part: &[u8]| {
+        let start = (part.as_ptr() as usize - base) as u32;
+        (start, start + part.len() as u32)
+    };
+    let count = parsed.headers.len();
+    for (span, field) in spans.iter_mut().zip(parsed.headers.iter()) {
+        *span = Span {
+            name: offset(field.name.as_bytes()),
+            value: offset(field.value),
+        };
+    }
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(count + extra);
+    for span in &spans[..count] {
+        let name = HeaderName::from_bytes(&head[range(span.name)])
+            .map_err(|_| ResponseError::Malformed("invalid header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(range(span.value)))
+            .map_err(|_| ResponseError::Malformed("invalid header value"))?;
+        headers.append(name, value);
+    }
+    let (framing, keep_alive) = framing(status, method, &mut headers, http_11)?;
+    Ok(Some(Head {
+        status,
+        headers,
+        framing,
+        keep_alive,
+    }))
+}
+
+fn error_text(e: httparse::Error) -> &'static str {
+    match e {
+        httparse::Error::HeaderName => "invalid header name",
+        httparse::Error::HeaderValue => "invalid header value",
+        httparse::Error::NewLine => "invalid line ending",
+        httparse::Error::Status => "invalid status line",
+        httparse::Error::Token => "invalid token",
+        httparse::Error::Version => "invalid HTTP version",
+        _ => "unparseable",
+    }
+}
+
+/// How the body of a response to `method` is framed, and whether the
+/// connection may be reused after it (RFC 9112 sections 6.3 and 9.3).
+fn framing(
+    status: StatusCode,
+    method: &Method,
+    headers: &mut HeaderMap,
+    http_11: bool,
+) -> Result<(Framing, bool), ResponseError> {
+    let (close, keep_alive_token) = connection_tokens(headers);
+    let mut keep_alive = if http_11 { !close } else { keep_alive_token };
+    if method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok((Framing::Empty, keep_alive));
+    }
+    if method == Method::CONNECT && status.is_success() {
+        // A tunnel, which the proxy does not open: nothing more is read,
+        // and the connection is not the upstream's HTTP any more.
+        return Ok((Framing::Empty, false));
+    }
+    if http_11 && headers.contains_key(header::TRANSFER_ENCODING) {
+        if headers.remove(header::CONTENT_LENGTH).is_some() {
+            // Both: a sign of smuggling (section 6.3, 3). The coding wins,
+            // and the connection is not trusted with another request.
+            keep_alive = false;
+        }
+        if last_coding_is_chunked(headers) {
+            return Ok((Framing::Chunked(Chunked::default()), keep_alive));
+        }
+        return Ok((Framing::Close, false));
+    }
+    match content_length(headers)? {
+        Some(0) => Ok((Framing::Empty, keep_alive)),
+        Some(n) => Ok((Framing::Length(n), keep_alive)),
+        None => Ok((Framing::Close, false)),
+    }
+}
+
+/// Whether `Connection` names `close`, and whether it names `keep-alive`.
+fn connection_tokens(headers: &HeaderMap) -> (bool, bool) {
+    let mut close = false;
+    let mut keep_alive = false;
+    for token in headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+    {
+        close |= token.eq_ignore_ascii_case(b"close");
+        keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+    }
+    (close, keep_alive)
+}
+
+fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+        .and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
+        .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
+
+/// The body's length if `Content-Length` gives one: every value (and every
+/// item of a list) must be the same number (RFC 9112 section 6.3, 5).
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ResponseError> {
+    let mut length = None;
+    for item in headers
+        .get_all(header::CONTENT_LENGTH)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+    {
+        let digits = item.trim_ascii();
+        if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+            return Err(ResponseError::BadLength);
+        }
+        let n = digits
+            .iter()
+            .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+        if length.is_some_and(|seen| seen != n) {
+            return Err(ResponseError::BadLength);
+        }
+        length = Some(n);
+    }
+    Ok(length)
+}
+
+/// What decoding the bytes read so far gave.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded {
+    Data(Bytes),
+    /// The body has ended.
+    End,
+    /// More bytes must be read first.
+    More,
+}
+
+impl Framing {
+    /// Takes the next piece of the body from `buf` (a slice of it, not a
+    /// copy). Bytes after the body's end stay in `buf`.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, ResponseError> {
+        match self {
+            Framing::Empty => Ok(Decoded::End),
+            Framing::Length(remaining) => {
+                if *remaining == 0 {
+                    return Ok(Decoded::End);
+                }
+                if buf.is_empty() {
+                    return Ok(Decoded::More);
+                }
+                let take = usize::try_from(*remaining).map_or(buf.len(), |r| r.min(buf.len()));
+                *remaining -= take as u64;
+                Ok(Decoded::Data(buf.split_to(take).freeze()))
+            }
+            Framing::Chunked(chunked) => chunked.decode(buf),
+            Framing::Close if buf.is_empty() => Ok(Decoded::More),
+            Framing::Close => Ok(Decoded::Data(buf.split().freeze())),
+        }
+    }
+
+    /// Whether the body is known to have ended without another read.
+    pub fn ended(&self) -> bool {
+        match self {
+            Framing::Empty => true,
+            Framing::Length(remaining) => *remaining == 0,
+            Framing::Chunked(chunked) => chunked.state == ChunkState::Done,
+            Framing::Close => false,
+        }
+    }
+
+    /// The bytes still to come, when known.
+    pub fn remaining(&self) -> Option<u64> {
+        match self {
+            Framing::Empty => Some(0),
+            Framing::Length(remaining) => Some(*remaining),
+            Framing::Chunked(_) | Framing::Close => None,
+        }
+    }
+}
+
+/// The decoder of a chunked body (RFC 9112 section 7.1).
+#[derive(Debug, Default)]
+pub struct Chunked {
+    state: ChunkState,
+}
+
+#[derive(Debug, Default, PartialEq, Eq, Clone, Copy)]
+enum ChunkState {
+    /// At a chunk-size line.
+    #[default]
+    Size,
+    /// Inside a chunk's data, this many bytes from its end.
+    Data(u64),
+    /// At the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk, at the trailer section.
+    Trailers,
+    Done,
+}
+
+impl Chunked {
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, ResponseError> {
+        // Each turn consumes bytes or returns, so the loop ends with `buf`.
+        loop {
+            match self.state {
+                ChunkState::Size => match httparse::parse_chunk_size(buf) {
+                    Ok(httparse::Status::Complete((used, size))) => {
+                        buf.advance(used);
+                        self.state = if size == 0 {
+                            ChunkState::Trailers
+                        } else {
+                            ChunkState::Data(size)
+                        };
+                    }
+                    Ok(httparse::Status::Partial) if buf.len() > MAX_CHUNK_LINE => {
+                        return Err(ResponseError::BadChunk("chunk-size line too long"));
+                    }
+                    Ok(httparse::Status::Partial) => return Ok(Decoded::More),
+                    Err(_) => return Err(ResponseError::BadChunk("invalid chunk size")),
+                },
+                ChunkState::Data(remaining) => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::More);
+                    }
+                    let take = usize::try_from(remaining).map_or(buf.len(), |r| r.min(buf.len()));
+                    let left = remaining - take as u64;
+                    self.state = if left == 0 {
+                        ChunkState::DataEnd
+                    } else {
+                        ChunkState::Data(left)
+                    };
+                    return Ok(Decoded::Data(buf.split_to(take).freeze()));
+                }
+                ChunkState::DataEnd => {
+                    if buf.len() < 2 {
+                        return Ok(Decoded::More);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err(ResponseError::BadChunk("no CRLF after chunk data"));
+                    }
+                    buf.advance(2);
+                    self.state = ChunkState::Size;
+                }
+                ChunkState::Trailers => {
+                    let end = if buf.starts_with(b"\r\n") {
+                        Some(2)
+                    } else {
+                        buf.windows(4)
+                            .position(|w| w == b"\r\n\r\n")
+                            .map(|at| at + 4)
+                    };
+                    match end {
+                        Some(end) => {
+                            buf.advance(end);
+                            self.state = ChunkState::Done;
+                        }
+                        None if buf.len() > MAX_TRAILERS => {
+                            return Err(ResponseError::BadChunk("trailer section too large"));
+                        }
+                        None => return Ok(Decoded::More),
+                    }
+                }
+                ChunkState::Done => return Ok(Decoded::End),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn parse(text: &[u8], method: &Method) -> Result<Option<Head>, ResponseError> {
+        parse_head(&mut BytesMut::from(text), method, 0)
+    }
+
+    fn head(text: &str) -> Head {
+        parse(text.as_bytes(), &Method::GET)
+            .expect("a valid head")
+            .expect("a whole head")
+    }
+
+    /// Decodes everything `framing` takes from `wire`, fed in pieces of
+    /// `step` bytes; returns the body and what was left after it.
+    fn decode_all(
+        mut framing: Framing,
+        wire: &[u8],
+        step: usize,
+    ) -> Result<(Vec<u8>, Vec<u8>), ResponseError> {
+        let mut buf = BytesMut::new();
+        let mut fed = 0;
+        let mut body = Vec::new();
+        loop {
+            match framing.decode(&mut buf)? {
+                Decoded::Data(data) => body.extend_from_slice(&data),
+                Decoded::End => {
+                    let mut rest = buf.to_vec();
+                    rest.extend_from_slice(&wire[fed..]);
+                    return Ok((body, rest));
+                }
+                Decoded::More if fed < wire.len() => {
+                    let next = (fed + step).min(wire.len());
+                    buf.extend_from_slice(&wire[fed..next]);
+                    fed = next;
+                }
+                Decoded::More => return Err(ResponseError::BadChunk("input ended")),
+            }
+        }
+    }
+
+    #[test]
+    fn a_head_splits_off_and_leaves_the_body_in_the_buffer() {
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 302 Found\r\nLocation: /x\r\nContent-Length: 2\r\nX-A: 1\r\nX-A: 2\r\n\r\nok"[..],
+        );
+        let head = parse_head(&mut buf, &Method::GET, 2)
+            .expect("valid")
+            .expect("whole");
+        assert_eq!(head.status, StatusCode::FOUND);
+        assert_eq!(head.headers["location"], "/x");
+        let both: Vec<_> = head.headers.get_all("x-a").iter().collect();
+        assert_eq!(both, ["1", "2"]);
+        assert!(matches!(head.framing, Framing::Length(2)));
+        assert!(head.keep_alive);
+        assert_eq!(&buf[..], b"ok");
+    }
+
+    #[test]
+    fn a_partial_head_waits_for_more_and_an_endless_one_is_refused() {
+        assert!(matches!(
+            parse(b"HTTP/1.1 200 OK\r\nContent-Le", &Method::GET),
+            Ok(None)
+        ));
+        let mut endless = b"HTTP/1.1 200 OK\r\n".to_vec();
+        while endless.len() < MAX_HEAD {
+            endless.extend_from_slice(b"X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
+        }
+        assert!(matches!(
+            parse(&endless, &Method::GET),
+            Err(ResponseError::HeadTooLarge | ResponseError::TooManyHeaders)
+        ));
+    }
+
+    #[test]
+    fn garbage_and_bad_fields_are_refused_by_name() {
+        assert!(matches!(
+            parse(b"HTTX/1.1 200 OK\r\n\r\n", &Method::GET),
+            Err(ResponseError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse(b"HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n", &Method::GET),
+            Err(ResponseError::Malformed(_))
+        ));
+        for lengths in ["1, 2", "abc", "-1", "", "99999999999999999999"] {
+            let text = format!("HTTP/1.1 200 OK\r\nContent-Length: {lengths}\r\n\r\n");
+            assert!(
+                matches!(
+                    parse(text.as_bytes(), &Method::GET),
+                    Err(ResponseError::BadLength)
+                ),
+                "{lengths:?} taken"
+            );
+        }
+    }
+
+    #[test]
+    fn equal_repeated_lengths_are_one_length() {
+        let head = head("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3, 3\r\n\r\n");
+        assert!(matches!(head.framing, Framing::Length(3)));
+    }
+
+    #[test]
+    fn responses_without_a_body_are_empty_whatever_their_length_says() {
+        for (status, method) in [
+            ("204 No Content", Method::GET),
+            ("304 Not Modified", Method::GET),
+            ("200 OK", Method::HEAD),
+            ("100 Continue", Method::POST),
+        ] {
+            let text = format!("HTTP/1.1 {status}\r\nContent-Length: 10\r\n\r\n");
+            let head = parse(text.as_bytes(), &method)
+                .expect("valid")
+                .expect("whole");
+            assert!(matches!(head.framing, Framing::Empty), "{status} {method}");
+            assert!(head.keep_alive);
+        }
+    }
+
+    #[test]
+    fn the_connection_is_kept_only_when_the_version_and_connection_allow() {
+        for (text, keep) in [
+            ("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", true),
+            (
+                "HTTP/1.1 200 OK\r\nConnection: x, Close\r\nContent-Length: 0\r\n\r\n",
+                false,
+            ),
+            ("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", false),
+            (
+                "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n",
+                true,
+            ),
+            // Read to the close: nothing else can follow on the connection.
+            ("HTTP/1.1 200 OK\r\n\r\n", false),
+            ("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", false),
+            // Both length and chunked: chunked wins, the connection goes.
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+                false,
+            ),
+        ] {
+            assert_eq!(head(text).keep_alive, keep, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn chunked_wins_over_a_length_which_is_removed() {
+        let head = head(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 5\r\n\r\n",
+        );
+        assert!(matches!(head.framing, Framing::Chunked(_)));
+        assert!(!head.headers.contains_key(header::CONTENT_LENGTH));
+    }
+
+    #[test]
+    fn a_chunked_body_with_extensions_and_trailers_decodes() {
+        let wire = b"5;ext=1\r\nhello\r\n1\r\n \r\n5\r\nworld\r\n0\r\nX-Sum: 1\r\n\r\nNEXT";
+        for step in [1, 2, 3, 7, wire.len()] {
+            let (body, rest) =
+                decode_all(Framing::Chunked(Chunked::default()), wire, step).expect("valid");
+            assert_eq!(body, b"hello world", "step {step}");
+            assert_eq!(rest, b"NEXT", "step {step}");
+        }
+    }
+
+    #[test]
+    fn malformed_chunks_are_errors_not_hangs() {
+        for wire in [
+            &b"z\r\nhello\r\n0\r\n\r\n"[..],
+            b"5\r\nhelloXX0\r\n\r\n",
+            b"fffffffffffffffffff\r\n",
+        ] {
+            assert!(
+                decode_all(Framing::Chunked(Chunked::default()), wire, 1).is_err(),
+                "{:?} taken",
+                String::from_utf8_lossy(wire)
+            );
+        }
+        let endless_size = vec![b'1'; MAX_CHUNK_LINE + 2];
+        assert!(decode_all(Framing::Chunked(Chunked::default()), &endless_size, 64).is_err());
+    }
+
+    #[test]
+    fn a_length_body_stops_at_its_length() {
+        let (body, rest) = decode_all(Framing::Length(5), b"helloHTTP/1.1", 2).expect("valid");
+        assert_eq!(body, b"hello");
+        assert_eq!(rest, b"HTTP/1.1");
+    }
+
+    fn chunked_wire(body: &[u8], sizes: &[usize]) -> Vec<u8> {
+        let mut wire = Vec::new();
+        let mut at = 0;
+        for &size in sizes.iter().cycle() {
+            if at == body.len() {
+                break;
+            }
+            let end = (at + size).min(body.len());
+            wire.extend_from_slice(format!("{:x}\r\n", end - at).as_bytes());
+            wire.extend_from_slice(&body[at..end]);
+            wire.extend_from_slice(b"\r\n");
+            at = end;
+        }
+        wire.extend_from_slice(b"0\r\n\r\n");
+        wire
+    }
+
+    proptest! {
+        /// However the body is cut into chunks, and however the wire is cut
+        /// into reads, the decoded body is the body.
+        #[test]
+        fn chunked_decoding_gives_back_the_body(
+            body in proptest::collection::vec(any::<u8>(), 0..600),
+            sizes in proptest::collection::vec(1usize..70, 1..8),
+            step in 1usize..40,
+        ) {
+            let wire = chunked_wire(&body, &sizes);
+            let (decoded, rest) = decode_all(Framing::Chunked(Chunked::default()), &wire, step)
+                .expect("valid");
+            prop_assert_eq!(decoded, body);
+            prop_assert!(rest.is_empty());
+        }
+    }
+}
