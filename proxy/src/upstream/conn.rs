@@ -94,6 +94,9 @@ struct Outgoing {
     written: usize,
     /// Every byte of the request is written.
     done: bool,
+    /// Writing failed (or the client's body did): nothing more is written,
+    /// and the connection is not reused.
+    failed: bool,
     /// Informational responses skipped so far.
     informational: usize,
 }
@@ -135,6 +138,7 @@ impl Conn {
             body: matches!(sending, Sending::Length(_) | Sending::Chunked).then_some(body),
             written: 0,
             done: false,
+            failed: false,
             informational: 0,
         };
         let head =
@@ -142,9 +146,9 @@ impl Conn {
         let mut response = Response::new(ResponseBody {
             conn: Some(self),
             framing: head.framing,
-            keep_alive: head.keep_alive,
+            keep_alive: head.keep_alive && !out.failed,
             // Boxed: rare, and the common response stays small.
-            sending: (!out.done).then(|| Box::new(out)),
+            sending: (!out.done && !out.failed).then(|| Box::new(out)),
         });
         *response.status_mut() = head.status;
         *response.headers_mut() = head.headers;
@@ -161,10 +165,14 @@ impl Conn {
         method: &Method,
     ) -> Poll<Result<super::response::Head, ExchangeError>> {
         let mut write_error = None;
-        if !out.done {
+        if !out.done && !out.failed {
             match self.poll_write_request(cx, out) {
                 Poll::Ready(Ok(())) => out.done = true,
-                Poll::Ready(Err(e)) => write_error = Some(e),
+                Poll::Ready(Err(e)) => {
+                    out.failed = true;
+                    out.body = None;
+                    write_error = Some(e);
+                }
                 Poll::Pending => {}
             }
         }
