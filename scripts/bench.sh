@@ -43,7 +43,8 @@ Sections (--sections, default $SECTIONS):
   nginx      throughput and latency (requests/s, p50, p99: median over rounds,
              min..max), and each target's CPU time (user + system) per request,
              which tells a target that got less CPU from one that needed more
-             (contention from other work on the machine raises it too); four
+             (contention from other work on the machine raises it too), and
+             the upstream's behind each proxy (it shares the proxy's CPU); four
              targets measured in alternation, each round
              starting one target later (A B C D, B C D A, ...):
              the upstream directly, ours, nginx (keep-alive upstream pool) and
@@ -466,22 +467,33 @@ cpu_ticks() {
 run_wrk() {
   local table=$1 target=$2 round=$3 url=$4 out
   local pid=${TARGET_PID[$target]:-} before=0 after=0
+  # The upstream's CPU behind a proxy: a proxy that makes its upstream work
+  # harder (more connections, smaller reads) costs the shared CPU too.
+  local up_pid=${TARGET_PID[upstream]:-} up_before=0 up_after=0
+  [[ $target == upstream ]] && up_pid=''
   [[ -n $pid ]] && before=$(cpu_ticks "$pid")
+  [[ -n $up_pid ]] && up_before=$(cpu_ticks "$up_pid")
   out=$(timeout $((DURATION + 30)) "${PIN_LOAD[@]}" wrk -t1 -c "$CONNECTIONS" -d "${DURATION}s" \
     -s "$BENCH_DIR/report.lua" "$url" 2>&1) || die "wrk failed against $target ($url): $out"
   [[ -n $pid ]] && after=$(cpu_ticks "$pid")
+  [[ -n $up_pid ]] && up_after=$(cpu_ticks "$up_pid")
   local line
   line=$(grep '^BENCH ' <<<"$out") || die "no result line from wrk against $target: $out"
-  python3 - "$table" "$target" "$round" "$line" "$((after - before))" "$CLK_TCK" "$pid" >>"$RESULTS" <<'PY'
+  python3 - "$table" "$target" "$round" "$line" "$((after - before))" "$CLK_TCK" "$pid" \
+    "$((up_after - up_before))" "$up_pid" >>"$RESULTS" <<'PY'
 import sys
-table, target, rnd, line, ticks, clk_tck, pid = sys.argv[1:8]
+table, target, rnd, line, ticks, clk_tck, pid, up_ticks, up_pid = sys.argv[1:10]
 f = dict(kv.split("=") for kv in line.split()[1:])
 errors = sum(int(f[k]) for k in ("connect", "read", "write", "timeout", "status"))
 requests = int(f["requests"])
-cpu_us = (
-    f"{int(ticks) * 1e6 / int(clk_tck) / requests:.2f}" if pid and requests else ""
-)
-print("\t".join([table, target, rnd, f["rps"], f["p50_us"], f["p99_us"], str(errors), cpu_us]))
+
+
+def per_request(ticks, known):
+    return f"{int(ticks) * 1e6 / int(clk_tck) / requests:.2f}" if known and requests else ""
+
+
+fields = [table, target, rnd, f["rps"], f["p50_us"], f["p99_us"], str(errors)]
+print("\t".join(fields + [per_request(ticks, pid), per_request(up_ticks, up_pid)]))
 PY
   log "  $target: ${line#BENCH }"
 }
@@ -548,6 +560,23 @@ hold_and_measure() {
   MEMORY_ROWS+=("| $name | $(mib "$idle") | $(mib "$held_kb") ($held) | $(mib "$(rss_kb "$pid")") |")
 }
 
+# start_compared UPSTREAM SCENARIOS SECTION: the other builds of ours
+# (--compare), each on its own three ports, switched once like ours; sets
+# COMPARE_TARGETS (NAME=ADDR) and COMPARE_PIDS, and their TARGET_PID later.
+start_compared() {
+  local i base
+  COMPARE_TARGETS=()
+  COMPARE_PIDS=()
+  for i in "${!COMPARE_NAMES[@]}"; do
+    base=$((12 + 3 * i))
+    start_ours "ours-${COMPARE_NAMES[i]}-$3" "${PORTS[base]}" "${PORTS[base + 1]}" "${PORTS[base + 2]}" \
+      "$1" "$1" "$2" "${COMPARE_BINS[i]}"
+    COMPARE_PIDS+=("$BG_PID")
+    switch_to "${PORTS[base + 1]}" green
+    COMPARE_TARGETS+=("${COMPARE_NAMES[i]}=127.0.0.1:${PORTS[base]}")
+  done
+}
+
 # --- Section: in front of nginx --------------------------------------------
 if want nginx || want memory; then
   log "starting the nginx upstream and the three proxies in front of it"
@@ -556,17 +585,7 @@ if want nginx || want memory; then
   start_ours ours "$OURS_PORT" "$OURS_ADMIN_PORT" "$STATUS_PORT" "$UP" "$UP" "$HEALTH_SCENARIO"
   OURS_PID=$BG_PID
   switch_to "$OURS_ADMIN_PORT" green
-  # The other builds of ours (--compare), each on its own three ports.
-  COMPARE_TARGETS=()
-  COMPARE_PIDS=()
-  for i in "${!COMPARE_NAMES[@]}"; do
-    base=$((12 + 3 * i))
-    start_ours "ours-${COMPARE_NAMES[i]}" "${PORTS[base]}" "${PORTS[base + 1]}" "${PORTS[base + 2]}" \
-      "$UP" "$UP" "$HEALTH_SCENARIO" "${COMPARE_BINS[i]}"
-    COMPARE_PIDS+=("$BG_PID")
-    switch_to "${PORTS[base + 1]}" green
-    COMPARE_TARGETS+=("${COMPARE_NAMES[i]}=127.0.0.1:${PORTS[base]}")
-  done
+  start_compared "$UP" "$HEALTH_SCENARIO" nginx
   start_nginx_proxy "$NGINX_PORT" "$UP"
   start_haproxy "$HAPROXY_PORT" "$UP"
   sleep 1
@@ -614,13 +633,17 @@ if want shortener; then
   start_ours ours-shortener "$OURS_PORT" "$OURS_ADMIN_PORT" "$STATUS_PORT" "$V1" "$V1" "$SHORTENER_SCENARIOS"
   OURS_PID=$BG_PID
   switch_to "$OURS_ADMIN_PORT" green
+  start_compared "$V1" "$SHORTENER_SCENARIOS" shortener
   start_nginx_proxy "$NGINX_PORT" "$V1"
   start_haproxy "$HAPROXY_PORT" "$V1"
   TARGET_PID=([upstream]=$V1_PID [ours]=$OURS_PID [nginx]=$NGINX_PID [haproxy]=$HAPROXY_PID)
+  for i in "${!COMPARE_NAMES[@]}"; do
+    TARGET_PID[${COMPARE_NAMES[i]}]=${COMPARE_PIDS[i]}
+  done
   measure shortener "In front of the shortener: GET /$CODE (302)" "/$CODE" \
-    "upstream=$V1" "ours=127.0.0.1:$OURS_PORT" \
+    "upstream=$V1" "ours=127.0.0.1:$OURS_PORT" "${COMPARE_TARGETS[@]}" \
     "nginx=127.0.0.1:$NGINX_PORT" "haproxy=127.0.0.1:$HAPROXY_PORT"
-  for pid in "$HAPROXY_PID" "$NGINX_PID" "$OURS_PID"; do forget_pid "$pid"; done
+  for pid in "$HAPROXY_PID" "$NGINX_PID" "${COMPARE_PIDS[@]}" "$OURS_PID"; do forget_pid "$pid"; done
 fi
 
 # --- Section: switching under load ------------------------------------------

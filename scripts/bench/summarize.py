@@ -1,8 +1,9 @@
 """Turns bench.sh's raw results into markdown tables on stdout.
 
 Input (argv[1]): tab-separated lines "table<TAB>target<TAB>round<TAB>rps<TAB>
-p50_us<TAB>p99_us<TAB>errors<TAB>cpu_us" (cpu_us: the target's CPU time per
-request, empty when unknown). argv[2]: a file of "table<TAB>title" lines, in
+p50_us<TAB>p99_us<TAB>errors<TAB>cpu_us<TAB>upstream_cpu_us" (cpu_us: the
+target's CPU time per request; upstream_cpu_us: the upstream's behind it;
+each empty when unknown). argv[2]: a file of "table<TAB>title" lines, in
 the order to print. Targets print in the order they first appear."""
 
 import statistics
@@ -41,13 +42,16 @@ def main():
     rows = OrderedDict()
     with open(sys.argv[1]) as f:
         for line in f:
-            table, target, rnd, r, p50, p99, errors, cpu = line.rstrip("\n").split("\t")
+            table, target, rnd, r, p50, p99, errors, cpu, up_cpu = line.rstrip("\n").split("\t")
             t = rows.setdefault(table, OrderedDict()).setdefault(
-                target, {"rps": [], "p50": [], "p99": [], "cpu": [], "by_round": {}, "errors": 0}
+                target,
+                {"rps": [], "p50": [], "p99": [], "cpu": [], "up_cpu": [], "by_round": {}, "errors": 0},
             )
             t["by_round"][rnd] = (float(r), float(p99))
             if cpu:
                 t["cpu"].append(float(cpu))
+            if up_cpu:
+                t["up_cpu"].append(float(up_cpu))
             t["rps"].append(float(r))
             t["p50"].append(float(p50))
             t["p99"].append(float(p99))
@@ -63,17 +67,22 @@ def main():
         if not targets:
             continue
         print(f"### {title}\n")
-        print("| target | requests/s | p50 ms | p99 ms | CPU µs/request | errors |")
-        print("|---|---:|---:|---:|---:|---:|")
+        print(
+            "| target | requests/s | p50 ms | p99 ms | CPU µs/request "
+            "| upstream CPU µs/request | errors |"
+        )
+        print("|---|---:|---:|---:|---:|---:|---:|")
         for name, t in targets.items():
             cpu = spread(t["cpu"], us) if t["cpu"] else "n/a"
+            up_cpu = spread(t["up_cpu"], us) if t["up_cpu"] else "n/a"
             print(
                 f"| {name} | {spread(t['rps'], rps)} | {spread(t['p50'], ms)} "
-                f"| {spread(t['p99'], ms)} | {cpu} | {t['errors']} |"
+                f"| {spread(t['p99'], ms)} | {cpu} | {up_cpu} | {t['errors']} |"
             )
         print(
             "\nMedian over rounds, (min..max) across rounds. CPU: the target's own "
-            "user + system time per request (nginx: master and worker).\n"
+            "user + system time per request (nginx: master and worker); upstream "
+            "CPU: the upstream's behind it, on the same CPU.\n"
         )
         ours = targets.get("ours")
         if ours:
