@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use crate::body::{BodyLimits, BodyShared, ProxyBody, RequestBody, Resend};
 use crate::deadline::{Alarm, Deadlines, Waited};
 use crate::error::UpstreamError;
-use crate::headers::{ClientAddr, Seen, X_REQUEST_ID, rewrite_request, strip_hop_by_hop};
+use crate::headers::{ClientAddr, Seen, X_REQUEST_ID, rewrite_request};
 use crate::health::Monitor;
 use crate::metrics::Metrics;
 use crate::routing::{Policy, Router};
@@ -229,7 +229,7 @@ impl Forwarder {
                 let outcome = Outcome::Answered(parts.status.as_u16());
                 self.traffic.record(slot, outcome, latency, finished);
                 self.metrics.record(slot, outcome, latency.as_secs_f64());
-                strip_hop_by_hop(&mut parts.headers);
+                // The client's parser kept the hop-by-hop headers out of the map.
                 parts.headers.insert(&X_REQUEST_ID, request_id);
                 Response::from_parts(parts, ProxyBody::upstream(body, in_flight))
             }

@@ -37,43 +37,48 @@ pub struct Seen {
     content_length: bool,
 }
 
+/// Which of the fixed hop-by-hop headers `name` is, as its index in
+/// `FIXED_HOP_BY_HOP`: compared as text by length first, which rejects
+/// nearly every name at once.
+pub fn fixed_hop_by_hop(name: &HeaderName) -> Option<usize> {
+    Some(match name.as_str() {
+        "connection" => HOP_CONNECTION,
+        "keep-alive" => 1,
+        "proxy-connection" => 2,
+        "te" => 3,
+        "trailer" => 4,
+        "transfer-encoding" => HOP_TRANSFER_ENCODING,
+        "upgrade" => 6,
+        _ => return None,
+    })
+}
+
+/// `Connection`'s index in `FIXED_HOP_BY_HOP`.
+pub const HOP_CONNECTION: usize = 0;
+/// `Transfer-Encoding`'s index in `FIXED_HOP_BY_HOP`.
+pub const HOP_TRANSFER_ENCODING: usize = 5;
+
 impl Seen {
-    /// Scans the names once; each is compared as text by length first,
-    /// which rejects nearly every name at once.
+    /// Scans the names once (see `fixed_hop_by_hop`).
     pub fn scan(headers: &HeaderMap) -> Seen {
         let mut seen = Seen::default();
         for name in headers.keys() {
-            // The hop-by-hop names map to their index in `FIXED_HOP_BY_HOP`.
-            let hop = match name.as_str() {
-                "connection" => 0,
-                "keep-alive" => 1,
-                "proxy-connection" => 2,
-                "te" => 3,
-                "trailer" => 4,
-                "transfer-encoding" => 5,
-                "upgrade" => 6,
-                "forwarded" => {
-                    seen.forwarded = true;
-                    continue;
-                }
-                "x-request-id" => {
-                    seen.request_id = true;
-                    continue;
-                }
-                "content-length" => {
-                    seen.content_length = true;
-                    continue;
-                }
-                _ => continue,
-            };
-            seen.hop_by_hop |= 1 << hop;
+            if let Some(hop) = fixed_hop_by_hop(name) {
+                seen.hop_by_hop |= 1 << hop;
+                continue;
+            }
+            match name.as_str() {
+                "forwarded" => seen.forwarded = true,
+                "x-request-id" => seen.request_id = true,
+                "content-length" => seen.content_length = true,
+                _ => {}
+            }
         }
         seen
     }
 
     pub fn transfer_encoding(&self) -> bool {
-        // `Transfer-Encoding` is entry 5 of `FIXED_HOP_BY_HOP`.
-        self.hop_by_hop & (1 << 5) != 0
+        self.hop_by_hop & (1 << HOP_TRANSFER_ENCODING) != 0
     }
 
     pub fn content_length(&self) -> bool {
@@ -82,11 +87,9 @@ impl Seen {
 }
 
 /// Removes the headers that describe one connection and must not be passed
-/// on: `Connection` and every header it names, and the fixed list.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    strip_seen(headers, Seen::scan(headers));
-}
-
+/// on: `Connection` and every header it names, and the fixed list (those
+/// `seen` found). Responses never need it: the upstream client's parser keeps
+/// them out of the map (`upstream::response`).
 fn strip_seen(headers: &mut HeaderMap, seen: Seen) {
     if seen.hop_by_hop == 0 {
         return;
@@ -262,6 +265,11 @@ mod tests {
         m
     }
 
+    /// The strip on its own, as `rewrite_request` does it first.
+    fn strip_hop_by_hop(headers: &mut HeaderMap) {
+        strip_seen(headers, Seen::scan(headers));
+    }
+
     #[test]
     fn strips_the_fixed_list_and_what_connection_names() {
         let mut h = map(&[
@@ -326,7 +334,7 @@ mod tests {
         assert_ne!(request_id(&mut HeaderMap::new(), true), id);
     }
 
-    /// The plain version `strip_hop_by_hop` must agree with.
+    /// The plain version the strip must agree with.
     fn strip_by_the_book(headers: &mut HeaderMap) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)

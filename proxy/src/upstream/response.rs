@@ -1,5 +1,7 @@
 //! Reading an upstream's response: the head parsed into a status and a
-//! header map whose values share the bytes read (no copy), the body's framing
+//! header map whose values share the bytes read (no copy) and which holds no
+//! hop-by-hop header (they describe this connection, and are read here
+//! rather than put in the map to be taken out again), the body's framing
 //! decided as RFC 9112 section 6.3 says, and the body decoded by length, in
 //! chunks, or up to the connection's close.
 
@@ -9,6 +11,8 @@ use std::ops::Range;
 use bytes::{Buf as _, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
+
+use crate::headers::{HOP_CONNECTION, HOP_TRANSFER_ENCODING, fixed_hop_by_hop};
 
 /// The largest response head taken (nginx's default is 4 or 8 KiB); a
 /// larger one is a bad gateway, not a buffer that grows without bound.
@@ -120,14 +124,35 @@ pub fn parse_head(
     }
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(count + extra);
+    let mut hop = HopByHop::default();
     for span in &spans[..count] {
         let name = HeaderName::from_bytes(&head[range(span.name)])
             .map_err(|_| ResponseError::Malformed("invalid header name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(range(span.value)))
-            .map_err(|_| ResponseError::Malformed("invalid header value"))?;
-        headers.append(name, value);
+        let value = &head[range(span.value)];
+        match fixed_hop_by_hop(&name) {
+            None => {
+                let value = HeaderValue::from_maybe_shared(head.slice(range(span.value)))
+                    .map_err(|_| ResponseError::Malformed("invalid header value"))?;
+                headers.append(name, value);
+            }
+            Some(HOP_CONNECTION) => hop.connection(value),
+            Some(HOP_TRANSFER_ENCODING) => hop.transfer_encoding(value),
+            Some(_) => {}
+        }
     }
-    let (framing, keep_alive) = framing(status, method, &mut headers, http_11)?;
+    if hop.names_others {
+        // `Connection` names headers of this hop too (rare): they go as well.
+        for span in &spans[..count] {
+            if head[range(span.name)].eq_ignore_ascii_case(b"connection") {
+                for token in tokens(&head[range(span.value)]) {
+                    if let Ok(name) = HeaderName::from_bytes(token) {
+                        headers.remove(name);
+                    }
+                }
+            }
+        }
+    }
+    let (framing, keep_alive) = framing(status, method, &mut headers, &hop, http_11)?;
     Ok(Some(Head {
         status,
         headers,
@@ -148,16 +173,61 @@ fn error_text(e: httparse::Error) -> &'static str {
     }
 }
 
+/// What a response's `Connection` and `Transfer-Encoding` said.
+#[derive(Default)]
+struct HopByHop {
+    close: bool,
+    keep_alive: bool,
+    /// `Connection` names headers that may be in the map (any option but
+    /// `keep-alive`, whose header is on the fixed list).
+    names_others: bool,
+    transfer_encoding: bool,
+    /// The last coding of the last `Transfer-Encoding` is `chunked`.
+    chunked: bool,
+}
+
+impl HopByHop {
+    fn connection(&mut self, value: &[u8]) {
+        for token in tokens(value) {
+            if token.eq_ignore_ascii_case(b"close") {
+                // Also the name of a header of this hop, as any option is.
+                self.close = true;
+                self.names_others = true;
+            } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                self.keep_alive = true;
+            } else {
+                self.names_others = true;
+            }
+        }
+    }
+
+    fn transfer_encoding(&mut self, value: &[u8]) {
+        self.transfer_encoding = true;
+        self.chunked = value
+            .rsplit(|&b| b == b',')
+            .next()
+            .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+    }
+}
+
+/// The non-empty items of a comma-separated list, trimmed.
+fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
 /// How the body of a response to `method` is framed, and whether the
 /// connection may be reused after it (RFC 9112 sections 6.3 and 9.3).
 fn framing(
     status: StatusCode,
     method: &Method,
     headers: &mut HeaderMap,
+    hop: &HopByHop,
     http_11: bool,
 ) -> Result<(Framing, bool), ResponseError> {
-    let (close, keep_alive_token) = connection_tokens(headers);
-    let mut keep_alive = if http_11 { !close } else { keep_alive_token };
+    let mut keep_alive = if http_11 { !hop.close } else { hop.keep_alive };
     if method == Method::HEAD
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -170,13 +240,13 @@ fn framing(
         // and the connection is not the upstream's HTTP any more.
         return Ok((Framing::Empty, false));
     }
-    if http_11 && headers.contains_key(header::TRANSFER_ENCODING) {
+    if http_11 && hop.transfer_encoding {
         if headers.remove(header::CONTENT_LENGTH).is_some() {
             // Both: a sign of smuggling (section 6.3, 3). The coding wins,
             // and the connection is not trusted with another request.
             keep_alive = false;
         }
-        if last_coding_is_chunked(headers) {
+        if hop.chunked {
             return Ok((Framing::Chunked(Chunked::default()), keep_alive));
         }
         return Ok((Framing::Close, false));
@@ -186,31 +256,6 @@ fn framing(
         Some(n) => Ok((Framing::Length(n), keep_alive)),
         None => Ok((Framing::Close, false)),
     }
-}
-
-/// Whether `Connection` names `close`, and whether it names `keep-alive`.
-fn connection_tokens(headers: &HeaderMap) -> (bool, bool) {
-    let mut close = false;
-    let mut keep_alive = false;
-    for token in headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .map(<[u8]>::trim_ascii)
-    {
-        close |= token.eq_ignore_ascii_case(b"close");
-        keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-    }
-    (close, keep_alive)
-}
-
-fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-        .and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
-        .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
 /// The body's length if `Content-Length` gives one: every value (and every
@@ -527,6 +572,20 @@ mod tests {
     }
 
     #[test]
+    fn hop_by_hop_headers_and_those_connection_names_stay_out_of_the_map() {
+        let head = head(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nKeep-Alive: timeout=5\r\n\
+             X-Hop: 1\r\nProxy-Connection: x\r\nTE: trailers\r\nTrailer: X-Sum\r\n\
+             Upgrade: h2c\r\nTransfer-Encoding: chunked\r\nX-End: kept\r\nLocation: /x\r\n\r\n",
+        );
+        let mut names: Vec<&str> = head.headers.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["location", "x-end"]);
+        assert!(matches!(head.framing, Framing::Chunked(_)));
+        assert!(head.keep_alive);
+    }
+
+    #[test]
     fn chunked_wins_over_a_length_which_is_removed() {
         let head = head(
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 5\r\n\r\n",
@@ -588,6 +647,68 @@ mod tests {
     }
 
     proptest! {
+        /// Whatever the upstream sends, the map keeps every end-to-end
+        /// header with its value, and nothing hop-by-hop: neither the fixed
+        /// list nor what `Connection` names.
+        #[test]
+        fn the_map_is_the_end_to_end_headers_exactly(
+            fields in proptest::collection::vec((
+                prop_oneof![
+                    Just("Connection"), Just("keep-alive"), Just("Proxy-Connection"),
+                    Just("TE"), Just("Trailer"), Just("Transfer-Encoding"), Just("Upgrade"),
+                    Just("X-A"), Just("x-b"), Just("Location"), Just("Set-Cookie"),
+                    Just("close"),
+                ],
+                "[a-z0-9=;]([a-z0-9=;, -]{0,10}[a-z0-9=;])?",
+            ), 0..14),
+            options in proptest::collection::vec(
+                prop_oneof![
+                    Just("x-a"), Just("X-B"), Just("location"), Just("close"),
+                    Just("keep-alive"), Just("te"),
+                ],
+                0..4,
+            ),
+            at in any::<prop::sample::Index>(),
+        ) {
+            let mut fields = fields;
+            if !options.is_empty() {
+                // `Connection` naming headers of the message, anywhere in it.
+                let at = at.index(fields.len() + 1);
+                fields.insert(at, ("Connection", options.join(", ")));
+            }
+            let mut text = String::from("HTTP/1.1 200 OK\r\n");
+            for (name, value) in &fields {
+                text.push_str(&format!("{name}: {value}\r\n"));
+            }
+            text.push_str("\r\n");
+            let head = parse(text.as_bytes(), &Method::GET)
+                .expect("valid")
+                .expect("whole");
+            let named: Vec<String> = fields
+                .iter()
+                .filter(|(name, _)| name.eq_ignore_ascii_case("connection"))
+                .flat_map(|(_, value)| value.split(','))
+                .map(|token| token.trim().to_ascii_lowercase())
+                .collect();
+            let fixed = ["connection", "keep-alive", "proxy-connection", "te", "trailer",
+                "transfer-encoding", "upgrade"];
+            let mut expected: Vec<(String, String)> = fields
+                .iter()
+                .map(|(name, value)| (name.to_ascii_lowercase(), value.clone()))
+                .filter(|(name, _)| !fixed.contains(&name.as_str()) && !named.contains(name))
+                .collect();
+            let mut kept: Vec<(String, String)> = head
+                .headers
+                .iter()
+                .map(|(name, value)| {
+                    (name.to_string(), value.to_str().expect("text").to_string())
+                })
+                .collect();
+            expected.sort();
+            kept.sort();
+            prop_assert_eq!(kept, expected);
+        }
+
         /// However the body is cut into chunks, and however the wire is cut
         /// into reads, the decoded body is the body.
         #[test]
