@@ -200,9 +200,10 @@ impl RawResponse {
     }
 }
 
-/// The sending half of an HTTP/2 cleartext connection, and the task driving it.
-pub type H2Connection = (
-    hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+/// The sending half of an HTTP/2 cleartext connection (of requests with bodies of type
+/// `B`), and the task driving it.
+pub type H2Connection<B = http_body_util::Empty<bytes::Bytes>> = (
+    hyper::client::conn::http2::SendRequest<B>,
     tokio::task::JoinHandle<hyper::Result<()>>,
 );
 
@@ -211,7 +212,12 @@ pub type H2Connection = (
 ///
 /// # Panics
 /// When the connection or the HTTP/2 handshake fails.
-pub async fn h2_connect(addr: SocketAddr) -> H2Connection {
+pub async fn h2_connect<B>(addr: SocketAddr) -> H2Connection<B>
+where
+    B: hyper::body::Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let stream = TcpStream::connect(addr).await.expect("the proxy accepts");
     let (sender, connection) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),

@@ -1,10 +1,13 @@
-//! A 32 MB body crosses the proxy intact both ways: up to the echo upstream, and back.
+//! A 32 MB body crosses the proxy intact both ways: up to the echo upstream, and back; and
+//! an HTTP/2 body without a length, which the proxy sends upstream in chunks.
 
 use std::time::Duration;
 
 use bytes::Bytes;
+use e2e::client::h2_connect;
 use e2e::{EchoStack, fnv64, http_client};
 use futures_util::stream;
+use http_body_util::{BodyExt as _, StreamBody};
 use reqwest::{Body, StatusCode};
 
 const SIZE: usize = 32 * 1024 * 1024;
@@ -20,29 +23,30 @@ fn payload() -> Vec<u8> {
         .collect()
 }
 
-async fn assert_round_trip(response: reqwest::Response, sent: &[u8]) {
-    assert_eq!(response.status(), StatusCode::OK);
+/// The upstream direction: what the echo says it received (its length and hash headers).
+fn assert_echo_received(headers: &http::HeaderMap, sent: &[u8]) {
     let header = |name: &str| {
-        response
-            .headers()
+        headers
             .get(name)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     };
-    let received_len = header("x-echo-received-len");
-    let received_hash = header("x-echo-received-fnv64");
-    let body = response.bytes().await.expect("the whole body comes back");
-    // Upstream direction: what the echo received.
     assert_eq!(
-        received_len,
+        header("x-echo-received-len"),
         Some(sent.len().to_string()),
         "the upstream got another length"
     );
     assert_eq!(
-        received_hash,
+        header("x-echo-received-fnv64"),
         Some(format!("{:016x}", fnv64(sent))),
         "the upstream got other bytes"
     );
+}
+
+async fn assert_round_trip(response: reqwest::Response, sent: &[u8]) {
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_echo_received(response.headers(), sent);
+    let body = response.bytes().await.expect("the whole body comes back");
     // Downstream direction: what came back.
     assert_eq!(body.len(), sent.len(), "the client got another length back");
     assert!(body == sent, "the client got other bytes back");
@@ -88,4 +92,38 @@ async fn a_32_mb_chunked_body_passes_intact_both_ways() {
 
     // Assert
     assert_round_trip(response, &sent).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_body_without_a_length_reaches_the_upstream_intact() {
+    // Arrange: an HTTP/2 upload whose size the proxy cannot know in advance, so it goes
+    // upstream (HTTP/1.1) in chunks.
+    let stack = EchoStack::start().await;
+    let addr = stack.proxy.public_addr();
+    let sent: Vec<u8> = payload().into_iter().take(4 * 1024 * 1024).collect();
+    let frames: Vec<Result<hyper::body::Frame<Bytes>, std::io::Error>> = sent
+        .chunks(CHUNK)
+        .map(|c| Ok(hyper::body::Frame::data(Bytes::copy_from_slice(c))))
+        .collect();
+    let (mut sender, connection) = h2_connect(addr).await;
+    let request = http::Request::post(format!("http://{addr}/echo-body"))
+        .body(StreamBody::new(stream::iter(frames)))
+        .expect("a constant request is valid");
+
+    // Act
+    let response = tokio::time::timeout(TIMEOUT, sender.send_request(request))
+        .await
+        .expect("an HTTP/2 answer within the timeout")
+        .expect("an HTTP/2 answer");
+
+    // Assert
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_echo_received(response.headers(), &sent);
+    let body = tokio::time::timeout(TIMEOUT, response.into_body().collect())
+        .await
+        .expect("the body within the timeout")
+        .expect("the body arrives")
+        .to_bytes();
+    assert!(body == sent, "the client got other bytes back");
+    connection.abort();
 }
