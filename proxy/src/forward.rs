@@ -229,7 +229,7 @@ impl Forwarder {
                 let outcome = Outcome::Answered(parts.status.as_u16());
                 self.traffic.record(slot, outcome, latency, finished);
                 self.metrics.record(slot, outcome, latency.as_secs_f64());
-                // The client's parser kept the hop-by-hop headers out of the map.
+                // The upstream client's parser kept the hop-by-hop headers out of the map.
                 parts.headers.insert(&X_REQUEST_ID, request_id);
                 Response::from_parts(parts, ProxyBody::upstream(body, in_flight))
             }

@@ -14,7 +14,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf as _, Bytes, BytesMut};
 use http::header::{self, HeaderMap};
 use http::request::Parts;
 use http::{Method, Request, Response};
@@ -42,6 +42,11 @@ const ADDED_HEADERS: usize = 2;
 /// Request bytes gathered before they are written, so that a body's chunks
 /// go out with the head and each other rather than a write each.
 const WRITE_GATHER: usize = 64 * 1024;
+
+/// Body frames up to this size are copied into the write buffer, to go out
+/// with what surrounds them; a larger one is written from where it is, not
+/// copied.
+const COPY_LIMIT: usize = 8 * 1024;
 
 /// Why an exchange with the upstream failed.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +97,9 @@ struct Outgoing {
     body: Option<RequestBody>,
     /// Bytes of `Conn::write` already written.
     written: usize,
+    /// The rest of a large body frame, written after `Conn::write` (and
+    /// followed by its chunk's CRLF); empty when there is none.
+    frame: Bytes,
     /// Every byte of the request is written.
     done: bool,
     /// Writing failed (or the client's body did): nothing more is written,
@@ -137,6 +145,7 @@ impl Conn {
             sending,
             body: matches!(sending, Sending::Length(_) | Sending::Chunked).then_some(body),
             written: 0,
+            frame: Bytes::new(),
             done: false,
             failed: false,
             informational: 0,
@@ -191,16 +200,18 @@ impl Conn {
     ) -> Poll<Result<(), ExchangeError>> {
         // Each turn takes a body frame or writes bytes, or returns.
         loop {
-            if let Some(body) = out.body.as_mut()
+            // A large frame waiting goes out before the body is asked again.
+            if out.frame.is_empty()
+                && let Some(body) = out.body.as_mut()
                 && self.write.len() - out.written < WRITE_GATHER
             {
                 match Pin::new(body).poll_frame(cx) {
                     Poll::Ready(Some(Ok(frame))) => {
                         // What is written goes first, so the buffer holds no
-                        // more than what is left plus a frame.
+                        // more than what is left plus a small frame.
                         self.write.drain(..out.written);
                         out.written = 0;
-                        encode_frame(&mut self.write, out.sending, frame);
+                        out.frame = encode_frame(&mut self.write, out.sending, frame);
                         continue;
                     }
                     Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e.into())),
@@ -224,6 +235,18 @@ impl Conn {
                 if out.written == self.write.len() {
                     self.write.clear();
                     out.written = 0;
+                }
+                continue;
+            }
+            if !out.frame.is_empty() {
+                let n = ready!(Pin::new(&mut self.io).poll_write(cx, &out.frame))
+                    .map_err(ExchangeError::Write)?;
+                if n == 0 {
+                    return Poll::Ready(Err(ExchangeError::Write(io::ErrorKind::WriteZero.into())));
+                }
+                out.frame.advance(n);
+                if out.frame.is_empty() && out.sending == Sending::Chunked {
+                    self.write.extend_from_slice(b"\r\n");
                 }
                 continue;
             }
@@ -320,7 +343,7 @@ fn encode_head(w: &mut Vec<u8>, parts: &Parts, sending: Sending) {
         Sending::Zero => w.extend_from_slice(b"content-length: 0\r\n"),
         Sending::Length(n) => {
             w.extend_from_slice(b"content-length: ");
-            push_decimal(w, n);
+            push_number(w, n, 10);
             w.extend_from_slice(b"\r\n");
         }
         Sending::Chunked => w.extend_from_slice(b"transfer-encoding: chunked\r\n"),
@@ -328,14 +351,16 @@ fn encode_head(w: &mut Vec<u8>, parts: &Parts, sending: Sending) {
     w.extend_from_slice(b"\r\n");
 }
 
-fn push_decimal(w: &mut Vec<u8>, n: u64) {
+/// `n` in base 10 or 16 (lower case), without the allocation of `format!`.
+fn push_number(w: &mut Vec<u8>, n: u64, base: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut digits = [0u8; 20];
     let mut at = digits.len();
     let mut n = n;
     loop {
         at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
+        digits[at] = DIGITS[(n % base) as usize];
+        n /= base;
         if n == 0 {
             break;
         }
@@ -355,20 +380,31 @@ fn encode_fields(w: &mut Vec<u8>, headers: &HeaderMap) {
     }
 }
 
-fn encode_frame(w: &mut Vec<u8>, sending: Sending, frame: Frame<Bytes>) {
+/// Puts a body frame on the wire: its chunk-size line into `w`, and a small
+/// frame's data (with its chunk's CRLF) too; returns a large frame's data,
+/// to be written from where it is (then its CRLF), or nothing.
+fn encode_frame(w: &mut Vec<u8>, sending: Sending, frame: Frame<Bytes>) -> Bytes {
     // Trailers are dropped: `TE: trailers` is hop-by-hop and never passed on,
     // so the upstream has not said it takes them.
-    let Ok(data) = frame.into_data() else { return };
+    let Ok(data) = frame.into_data() else {
+        return Bytes::new();
+    };
     if data.is_empty() {
-        return;
+        return data;
     }
-    if sending == Sending::Chunked {
-        w.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-        w.extend_from_slice(&data);
+    let chunked = sending == Sending::Chunked;
+    if chunked {
+        push_number(w, data.len() as u64, 16);
         w.extend_from_slice(b"\r\n");
-    } else {
-        w.extend_from_slice(&data);
     }
+    if data.len() > COPY_LIMIT {
+        return data;
+    }
+    w.extend_from_slice(&data);
+    if chunked {
+        w.extend_from_slice(b"\r\n");
+    }
+    Bytes::new()
 }
 
 /// A response body read from the upstream connection, which it owns until
@@ -470,5 +506,62 @@ impl Body for ResponseBody {
         self.framing
             .remaining()
             .map_or_else(SizeHint::default, SizeHint::with_exact)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `encode_frame` puts on the wire for `data`: the buffer, then the
+    /// frame it hands back, then the CRLF a chunk's data ends with.
+    fn wire(sending: Sending, data: &[u8]) -> (Vec<u8>, usize) {
+        let mut w = Vec::new();
+        let rest = encode_frame(&mut w, sending, Frame::data(Bytes::copy_from_slice(data)));
+        let in_place = rest.len();
+        w.extend_from_slice(&rest);
+        if in_place > 0 && sending == Sending::Chunked {
+            w.extend_from_slice(b"\r\n");
+        }
+        (w, in_place)
+    }
+
+    #[test]
+    fn small_frames_are_copied_and_large_ones_written_where_they_are() {
+        let small = vec![b'a'; 26];
+        let large = vec![b'b'; COPY_LIMIT + 1];
+        assert_eq!(wire(Sending::Length(26), &small), (small.clone(), 0));
+        assert_eq!(
+            wire(Sending::Chunked, &small),
+            ([&b"1a\r\n"[..], &small, b"\r\n"].concat(), 0)
+        );
+        assert_eq!(
+            wire(Sending::Length(0), &large),
+            (large.clone(), large.len())
+        );
+        let size_line = format!("{:x}\r\n", large.len());
+        assert_eq!(
+            wire(Sending::Chunked, &large),
+            (
+                [size_line.as_bytes(), &large, b"\r\n"].concat(),
+                large.len()
+            )
+        );
+        assert_eq!(wire(Sending::Chunked, b""), (Vec::new(), 0));
+    }
+
+    #[test]
+    fn numbers_are_written_in_their_base() {
+        for (n, base, text) in [
+            (0, 10, "0"),
+            (1_048_576, 10, "1048576"),
+            (u64::MAX, 10, "18446744073709551615"),
+            (255, 16, "ff"),
+            (u64::MAX, 16, "ffffffffffffffff"),
+        ] {
+            let mut w = Vec::new();
+            push_number(&mut w, n, base);
+            assert_eq!(w, text.as_bytes());
+        }
     }
 }
