@@ -184,6 +184,15 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("database worker thread failed: {0}")]
     Worker(#[from] tokio::task::JoinError),
+    #[error("cannot start the database writer thread: {0}")]
+    WriterThread(std::io::Error),
+    #[error("the database writer thread has stopped")]
+    WriterGone,
+    #[error("a database write panicked; it was rolled back")]
+    WritePanicked,
+    /// The transaction a write shared with others failed; the cause, as text.
+    #[error("{0}")]
+    BatchFailed(String),
 }
 
 impl StoreError {
@@ -192,6 +201,17 @@ impl StoreError {
     pub fn is_busy(&self) -> bool {
         use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked};
         matches!(self, Self::Sqlite(rusqlite::Error::SqliteFailure(e, _)) if matches!(e.code, DatabaseBusy | DatabaseLocked))
+    }
+
+    /// The same failure again, for each write of a batch that failed as a whole. SQLite's
+    /// own failures keep their code, so a busy database still answers 503 to every one.
+    pub fn duplicate(&self) -> Self {
+        match self {
+            Self::Sqlite(rusqlite::Error::SqliteFailure(e, message)) => {
+                Self::Sqlite(rusqlite::Error::SqliteFailure(*e, message.clone()))
+            }
+            other => Self::BatchFailed(other.to_string()),
+        }
     }
 }
 
@@ -239,6 +259,21 @@ mod tests {
         let taken = AppError::from(StoreError::CodeTaken("x".into()));
         assert_eq!(taken.status_code(), StatusCode::CONFLICT);
         assert!(taken.client_message().contains("`x`"));
+    }
+
+    /// Every write of a batch that failed as a whole gets the batch's error: a busy database
+    /// is still a 503 for each, anything else still a 500.
+    #[test]
+    fn a_duplicated_failure_keeps_its_status() {
+        let busy = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+            Some("database is locked".into()),
+        );
+        let again = StoreError::Sqlite(busy).duplicate();
+        assert!(again.is_busy());
+        assert!(again.to_string().contains("database is locked"), "{again}");
+        let gone = AppError::from(StoreError::WriterGone.duplicate());
+        assert_eq!(gone.status_code(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 
     #[test]

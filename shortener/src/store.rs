@@ -11,9 +11,11 @@
 //! - `synchronous = NORMAL`: in WAL mode a commit survives a killed process; only a power cut may
 //!   lose the last commits. Good enough for a demo shortener, and writes stay fast.
 //!
-//! The schema and its additive-only rule live in [`migrations`].
+//! The schema and its additive-only rule live in [`migrations`]; the thread that commits every
+//! write, several to a transaction under load, in [`writer`].
 
 mod migrations;
+mod writer;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,13 +24,14 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
-use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, ffi};
+use rusqlite::{Connection, OptionalExtension, Row, ffi};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::code::Code;
 use crate::error::StoreError;
 use crate::long_url::LongUrl;
+use writer::Writer;
 
 /// How long a statement waits for the other process's write lock before failing.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -58,20 +61,21 @@ pub struct Link {
 
 /// A handle on the database; cheap to clone, shared by all requests.
 ///
-/// One writer connection and a few reader connections, each behind a std `Mutex`, used only from
-/// `spawn_blocking` so no SQLite call ever blocks the async runtime. One writer loses nothing:
-/// SQLite admits one writer per file at a time anyway, across processes. Separate readers keep
-/// `GET`s and `/healthz` answering while a write waits out the other process's lock, which a
-/// single connection would not. Std mutexes, not Tokio ones, because they are never held across
-/// an `.await`. Connections are opened once: opening costs a file open and several pragmas.
+/// One writer connection, owned by the writer thread, and a few reader connections, each behind
+/// a std `Mutex` and used only from `spawn_blocking`: no SQLite call ever blocks the async
+/// runtime. One writer loses nothing: SQLite admits one writer per file at a time anyway, across
+/// processes. Separate readers keep `GET`s and `/healthz` answering while a write waits out the
+/// other process's lock, which a single connection would not. Std mutexes, not Tokio ones,
+/// because they are never held across an `.await`. Connections are opened once: opening costs a
+/// file open and several pragmas.
 #[derive(Clone)]
 pub struct Store {
     pool: Arc<Pool>,
 }
 
 struct Pool {
-    /// Every write goes through this connection, one transaction at a time.
-    writer: Mutex<Connection>,
+    /// Every write goes through its connection.
+    writer: Writer,
     /// Read-only use; any free one will do.
     readers: Vec<Mutex<Connection>>,
     /// Round-robin start when all readers are busy.
@@ -88,13 +92,13 @@ impl Store {
                 source,
             })?;
         }
-        let writer = open_writer(path)?;
+        let writer = Writer::spawn(open_writer(path)?).map_err(StoreError::WriterThread)?;
         let readers = (0..READERS)
             .map(|_| connect(path).map(Mutex::new))
             .collect::<Result<_, _>>()?;
         Ok(Self {
             pool: Arc::new(Pool {
-                writer: Mutex::new(writer),
+                writer,
                 readers,
                 next_reader: AtomicUsize::new(0),
             }),
@@ -238,22 +242,14 @@ impl Store {
         Ok(value)
     }
 
-    /// Runs `f` in a `BEGIN IMMEDIATE` transaction on the writer, off the async runtime. An
-    /// error from `f` rolls the transaction back.
+    /// Runs `f` in a `BEGIN IMMEDIATE` transaction of the writer thread, answering once it is
+    /// committed. An error from `f` rolls back what `f` did.
     async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let pool = Arc::clone(&self.pool);
-        tokio::task::spawn_blocking(move || {
-            let mut conn = lock(&pool.writer);
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let value = f(&tx)?;
-            tx.commit()?;
-            Ok(value)
-        })
-        .await?
+        self.pool.writer.run(f).await
     }
 }
 
@@ -417,6 +413,48 @@ mod tests {
         let stored = store.get(code("abc")).await.expect("get").expect("present");
         assert_eq!(stored, Link { clicks: 1, ..link });
         assert!(OffsetDateTime::parse(&stored.created_at, &Rfc3339).is_ok());
+    }
+
+    /// Concurrent redirects share transactions; each click is still counted once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_click_of_concurrent_redirects_is_counted() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(&dir.path().join("links.db")).expect("open");
+        for c in ["a", "b"] {
+            store
+                .insert(
+                    Some(code(c)),
+                    url("https://example.com/"),
+                    "v1".into(),
+                    None,
+                )
+                .await
+                .expect("insert");
+        }
+        let follows: Vec<_> = (0..300)
+            .map(|i| {
+                let store = store.clone();
+                let which = if i % 3 == 0 { "a" } else { "b" };
+                tokio::spawn(async move { store.follow(code(which)).await })
+            })
+            .collect();
+        for follow in follows {
+            let target = follow.await.expect("task").expect("follow");
+            assert_eq!(target.as_deref(), Some("https://example.com/"));
+        }
+        assert_eq!(store.follow(code("none")).await.expect("follow"), None);
+        let clicks = |c| {
+            let store = store.clone();
+            async move {
+                store
+                    .get(code(c))
+                    .await
+                    .expect("get")
+                    .expect("present")
+                    .clicks
+            }
+        };
+        assert_eq!((clicks("a").await, clicks("b").await), (100, 200));
     }
 
     #[tokio::test]
