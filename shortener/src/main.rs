@@ -10,11 +10,27 @@ use shortener::{AppState, Args, StartError};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// Threads for blocking work: the SQLite reads, on two reader connections (writes have a
+/// thread of their own). More would only queue on the readers' mutexes; tokio's default (512)
+/// let a burst of 200 concurrent reads start a thread each.
+const BLOCKING_THREADS: usize = 8;
+
+fn main() -> ExitCode {
     let args = Args::parse();
     init_tracing();
-    match serve(args).await {
+    // Worker threads: tokio's default, the CPU count or TOKIO_WORKER_THREADS.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(BLOCKING_THREADS)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot start the runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = %err, "shortener failed");

@@ -112,6 +112,38 @@ async fn two_processes_racing_for_a_code_give_it_to_exactly_one() {
     assert_eq!(first.len(), 30);
 }
 
+/// Reads run on blocking threads, on two reader connections: a burst of them must queue for a
+/// few threads, not start one thread each (200 concurrent reads started 120 threads before the
+/// pool was bounded).
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_of_reads_runs_on_a_bounded_number_of_threads() {
+    const READS: usize = 200;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let app = Arc::new(Process::start(&dir.path().join("links.db"), &[]).await);
+    let code = app.create("https://example.com/read", None).await["code"]
+        .as_str()
+        .expect("a code")
+        .to_owned();
+    let mut reads = JoinSet::new();
+    for _ in 0..READS {
+        let (app, code) = (Arc::clone(&app), code.clone());
+        reads.spawn(async move { send(app.get(&format!("/api/links/{code}"))).await.status() });
+    }
+    while let Some(status) = reads.join_next().await {
+        assert_eq!(status.expect("a read task"), StatusCode::OK);
+    }
+    let workers = std::thread::available_parallelism().map_or(1, usize::from);
+    // The runtime's workers and 8 blocking threads, the main thread, the SQLite writer, and
+    // slack for a thread of a platform's own.
+    let bound = workers + 8 + 2 + 2;
+    let threads = app.threads();
+    assert!(
+        threads <= bound,
+        "{threads} threads after {READS} concurrent reads (bound {bound})"
+    );
+}
+
 #[tokio::test]
 async fn a_restart_keeps_the_data() {
     let dir = tempfile::tempdir().expect("temp dir");

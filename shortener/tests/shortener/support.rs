@@ -268,6 +268,14 @@ impl Process {
         .await;
     }
 
+    /// The threads the child runs now.
+    pub fn threads(&self) -> usize {
+        let pid = self.child.id().expect("the child is still running");
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .expect("the child's threads are listed")
+            .count()
+    }
+
     /// Sends SIGTERM, as an orchestrator would.
     pub fn terminate(&self) {
         let pid = self.child.id().expect("the child is still running");
