@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use crate::body::{BodyLimits, BodyShared, ProxyBody, RequestBody, Resend};
 use crate::deadline::{Alarm, Deadlines, Waited};
 use crate::error::UpstreamError;
-use crate::headers::{ClientAddr, Seen, X_REQUEST_ID, rewrite_request};
+use crate::headers::{ClientAddr, Seen, X_REQUEST_ID, list_items, rewrite_request};
 use crate::health::Monitor;
 use crate::metrics::Metrics;
 use crate::routing::{Policy, Router};
@@ -401,9 +401,7 @@ fn plain_chunked(headers: &http::HeaderMap) -> bool {
     let mut codings = headers
         .get_all(header::TRANSFER_ENCODING)
         .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .map(<[u8]>::trim_ascii)
-        .filter(|c| !c.is_empty());
+        .flat_map(|v| list_items(v.as_bytes()));
     match (codings.next(), codings.next()) {
         (None, _) => true,
         (Some(only), None) => only.eq_ignore_ascii_case(b"chunked"),

@@ -53,6 +53,14 @@ pub fn fixed_hop_by_hop(name: &HeaderName) -> Option<usize> {
     })
 }
 
+/// The non-empty items of a comma-separated header value, trimmed.
+pub fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|item| !item.is_empty())
+}
+
 /// `Connection`'s index in `FIXED_HOP_BY_HOP`.
 pub const HOP_CONNECTION: usize = 0;
 /// `Transfer-Encoding`'s index in `FIXED_HOP_BY_HOP`.

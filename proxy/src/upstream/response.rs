@@ -12,7 +12,7 @@ use bytes::{Buf as _, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 
-use crate::headers::{HOP_CONNECTION, HOP_TRANSFER_ENCODING, fixed_hop_by_hop};
+use crate::headers::{HOP_CONNECTION, HOP_TRANSFER_ENCODING, fixed_hop_by_hop, list_items};
 
 /// The largest response head taken (nginx's default is 4 or 8 KiB); a
 /// larger one is a bad gateway, not a buffer that grows without bound.
@@ -144,7 +144,7 @@ pub fn parse_head(
         // `Connection` names headers of this hop too (rare): they go as well.
         for span in &spans[..count] {
             if head[range(span.name)].eq_ignore_ascii_case(b"connection") {
-                for token in tokens(&head[range(span.value)]) {
+                for token in list_items(&head[range(span.value)]) {
                     if let Ok(name) = HeaderName::from_bytes(token) {
                         headers.remove(name);
                     }
@@ -188,7 +188,7 @@ struct HopByHop {
 
 impl HopByHop {
     fn connection(&mut self, value: &[u8]) {
-        for token in tokens(value) {
+        for token in list_items(value) {
             if token.eq_ignore_ascii_case(b"close") {
                 // Also the name of a header of this hop, as any option is.
                 self.close = true;
@@ -208,14 +208,6 @@ impl HopByHop {
             .next()
             .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"));
     }
-}
-
-/// The non-empty items of a comma-separated list, trimmed.
-fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value
-        .split(|&b| b == b',')
-        .map(<[u8]>::trim_ascii)
-        .filter(|t| !t.is_empty())
 }
 
 /// How the body of a response to `method` is framed, and whether the

@@ -16,7 +16,7 @@
 //! and waits, and then commits all of it at once.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, Sender};
 
 use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::oneshot;
@@ -143,12 +143,7 @@ fn serve(mut conn: Connection, queue: &Receiver<Box<dyn Job>>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Ok(first) = queue.recv() {
         batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-            }
-        }
+        batch.extend(queue.try_iter().take(MAX_BATCH - 1));
         let failed = commit(&mut conn, &mut batch).err();
         for job in batch.drain(..) {
             job.answer(failed.as_ref());
