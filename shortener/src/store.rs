@@ -12,8 +12,10 @@
 //!   lose the last commits. Good enough for a demo shortener, and writes stay fast.
 //!
 //! The schema and its additive-only rule live in [`migrations`]; the thread that commits every
-//! write, several to a transaction under load, in [`writer`].
+//! write, several to a transaction under load, in [`writer`]; the thread that copies the WAL back
+//! into the database file, and when it does, in [`checkpoint`].
 
+mod checkpoint;
 mod migrations;
 mod writer;
 
@@ -92,7 +94,8 @@ impl Store {
                 source,
             })?;
         }
-        let writer = Writer::spawn(open_writer(path)?).map_err(StoreError::WriterThread)?;
+        let writer =
+            Writer::spawn(open_writer(path)?, connect(path)?).map_err(StoreError::WriterThread)?;
         let readers = (0..READERS)
             .map(|_| connect(path).map(Mutex::new))
             .collect::<Result<_, _>>()?;

@@ -14,6 +14,9 @@
 //! therefore runs as `SCHED_BATCH`, which on Linux only means that its wakeups do not preempt
 //! (its share of the CPU is unchanged): it runs once the runtime thread has read what was ready
 //! and waits, and then commits all of it at once.
+//!
+//! Copying the WAL back into the database file is not this thread's job but the checkpointer's
+//! ([`super::checkpoint`]): a checkpoint in a commit held every queued write for its two `fsync`s.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -21,6 +24,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::oneshot;
 
+use super::checkpoint::{Checkpoints, WalLimits};
 use crate::error::StoreError;
 
 /// Most writes in one transaction: bounds how long the file's write lock is held, which the
@@ -36,14 +40,16 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    /// Starts the thread that owns `conn`.
-    pub(super) fn spawn(conn: Connection) -> std::io::Result<Self> {
+    /// Starts the thread that owns `conn`, and the one that checkpoints the WAL for it on
+    /// `checkpointer`, a second connection to the same file.
+    pub(super) fn spawn(conn: Connection, checkpointer: Connection) -> std::io::Result<Self> {
+        let checkpoints = Checkpoints::start(&conn, checkpointer, WalLimits::default())?;
         let (jobs, queue) = mpsc::channel();
         std::thread::Builder::new()
             .name(THREAD_NAME.into())
             .spawn(move || {
                 let_requests_run_first();
-                serve(conn, &queue);
+                serve(conn, &queue, &checkpoints);
             })?;
         Ok(Self { jobs })
     }
@@ -82,7 +88,7 @@ type Answer<T> = oneshot::Receiver<Result<T, StoreError>>;
 /// Makes the calling thread `SCHED_BATCH` (see the module docs). Not being able to is no
 /// reason not to serve: the batches are smaller, that is all.
 #[cfg(target_os = "linux")]
-fn let_requests_run_first() {
+pub(super) fn let_requests_run_first() {
     let normal = uapi::c::sched_param { sched_priority: 0 };
     if let Err(e) = uapi::sched_setscheduler(0, uapi::c::SCHED_BATCH, &normal) {
         tracing::warn!(error = %e, "the SQLite writer thread stays SCHED_OTHER");
@@ -90,7 +96,7 @@ fn let_requests_run_first() {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn let_requests_run_first() {}
+pub(super) fn let_requests_run_first() {}
 
 /// A queued write, type-erased so that writes of any result type share the queue.
 trait Job: Send {
@@ -139,7 +145,7 @@ where
 
 /// The thread's loop: everything queued, up to [`MAX_BATCH`], goes into the next transaction.
 /// Ends when every [`Writer`] is dropped and the queue is empty.
-fn serve(mut conn: Connection, queue: &Receiver<Box<dyn Job>>) {
+fn serve(mut conn: Connection, queue: &Receiver<Box<dyn Job>>, checkpoints: &Checkpoints) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Ok(first) = queue.recv() {
         batch.push(first);
@@ -148,6 +154,8 @@ fn serve(mut conn: Connection, queue: &Receiver<Box<dyn Job>>) {
         for job in batch.drain(..) {
             job.answer(failed.as_ref());
         }
+        // After the answers: a checkpoint the writer must run itself delays only the next batch.
+        checkpoints.after_commit(&conn);
     }
 }
 
@@ -227,7 +235,7 @@ mod tests {
     fn a_failed_write_in_a_batch_is_rolled_back_alone() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("w.db");
-        let writer = Writer::spawn(open(&path)).expect("spawn");
+        let writer = Writer::spawn(open(&path), open(&path)).expect("spawn");
         wait(writer.queue(insert("taken")).expect("queued")).expect("the first insert");
 
         let (release, held) = hold(&writer);
@@ -261,7 +269,7 @@ mod tests {
         let conn = open(&path);
         conn.busy_timeout(Duration::from_millis(50))
             .expect("timeout");
-        let writer = Writer::spawn(conn).expect("spawn");
+        let writer = Writer::spawn(conn, open(&path)).expect("spawn");
         let other = Connection::open(&path).expect("the other process");
         other.execute_batch("BEGIN IMMEDIATE").expect("lock");
 
@@ -284,7 +292,7 @@ mod tests {
     fn a_panicking_write_fails_alone_and_the_writer_goes_on() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("w.db");
-        let writer = Writer::spawn(open(&path)).expect("spawn");
+        let writer = Writer::spawn(open(&path), open(&path)).expect("spawn");
         let panicked = writer
             .queue(|conn| -> Result<(), StoreError> {
                 conn.execute("INSERT INTO t (k) VALUES ('partial')", [])?;
@@ -301,7 +309,11 @@ mod tests {
     #[test]
     fn the_writer_thread_does_not_preempt_the_threads_that_queue_writes() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let writer = Writer::spawn(open(&dir.path().join("w.db"))).expect("spawn");
+        let writer = Writer::spawn(
+            open(&dir.path().join("w.db")),
+            open(&dir.path().join("w.db")),
+        )
+        .expect("spawn");
         // Answered writes mean the thread has set its policy.
         wait(writer.queue(insert("k")).expect("queued")).expect("a write");
         let policies: Vec<i32> = std::fs::read_dir("/proc/self/task")
@@ -324,7 +336,7 @@ mod tests {
     fn queued_writes_are_committed_before_the_thread_ends() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("w.db");
-        let writer = Writer::spawn(open(&path)).expect("spawn");
+        let writer = Writer::spawn(open(&path), open(&path)).expect("spawn");
         let (release, held) = hold(&writer);
         let last = writer.queue(insert("last")).expect("queued");
         drop(writer);
