@@ -85,13 +85,15 @@ impl Writer {
 
 type Answer<T> = oneshot::Receiver<Result<T, StoreError>>;
 
-/// Makes the calling thread `SCHED_BATCH` (see the module docs). Not being able to is no
-/// reason not to serve: the batches are smaller, that is all.
+/// Makes the calling thread (the writer, or the checkpointer) `SCHED_BATCH` (see the module
+/// docs). Not being able to is no reason not to serve: the batches are smaller, that is all.
 #[cfg(target_os = "linux")]
 pub(super) fn let_requests_run_first() {
     let normal = uapi::c::sched_param { sched_priority: 0 };
     if let Err(e) = uapi::sched_setscheduler(0, uapi::c::SCHED_BATCH, &normal) {
-        tracing::warn!(error = %e, "the SQLite writer thread stays SCHED_OTHER");
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("a SQLite thread");
+        tracing::warn!(error = %e, "{name} stays SCHED_OTHER");
     }
 }
 

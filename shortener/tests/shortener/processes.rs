@@ -134,9 +134,9 @@ async fn a_burst_of_reads_runs_on_a_bounded_number_of_threads() {
         assert_eq!(status.expect("a read task"), StatusCode::OK);
     }
     let workers = std::thread::available_parallelism().map_or(1, usize::from);
-    // The runtime's workers and 8 blocking threads, the main thread, the SQLite writer, and
-    // slack for a thread of a platform's own.
-    let bound = workers + 8 + 2 + 2;
+    // The runtime's workers and 8 blocking threads, the main thread, the SQLite writer and
+    // checkpointer, and slack for a thread of a platform's own.
+    let bound = workers + 8 + 3 + 1;
     let threads = app.threads();
     assert!(
         threads <= bound,
