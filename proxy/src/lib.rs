@@ -1,48 +1,40 @@
-//! A blue-green deployment reverse proxy.
+//! A blue-green deployment reverse proxy: three planes, each a folder.
 //!
 //! ```text
-//!  user ──> server ──> forward: Snapshot::route (one ArcSwap load) ──> slot's pooled client ──> upstream
-//!                        │ outcome                   ▲ new snapshots
-//!                        ▼                           │
-//!                     traffic (windows, totals)     routing::Router <── health::Monitor (checks, passive)
-//!                        │          │                ▲
-//!                        ▼          ▼                │
-//!                     guard     incidents, budget   control::Controller <── admin API (operator)
-//!                  (abort,      (bad minutes)        │  gate (probe scenarios), state file
-//!                   rollback)       │                ▼
-//!                                   └──────────> events (JSON lines) ──> notify (webhooks)
-//!                                                                   └──> status page (public)
+//!  data plane (http/)
+//!  user ──> server ──> forward: routing::Snapshot (one ArcSwap load) ──> upstream (pool, conn) ──> release
+//!                        │ outcome                     ▲ new snapshots
+//!                        ▼                             │
+//!                     traffic (windows, totals)  ──────┼─────────────────────────────┐
+//!                        │                             │                             │
+//!  control plane (control/)                            │            operations (ops/)▼
+//!                     controller (guard verdicts, ─────┘            incidents::watcher, budget
+//!                       switch, canary, state file)                      │
+//!                        ▲      │ gate ──> probe scenarios               ▼
+//!                        │      └──────────────────────────────────> events (JSON lines)
+//!                     health (checks; passive, from forward)             │──> notify (webhooks)
+//!                        ▲                                               └──> status_page (public)
+//!                     admin/ (routes + auth: the operator), reload (SIGHUP)
 //! ```
 //!
-//! `run` wires the parts together; `main.rs` only parses arguments and binds.
+//! Shared leaves: `config` (raw -> validated -> typed), `error`, `slot`,
+//! `atomic_file`, `metrics`. `run` wires the parts together; `main.rs` only
+//! parses arguments and binds. Everything but `run`, `Listeners`, the config
+//! and the admin token is private to the crate.
 
-pub mod admin;
-pub mod atomic_file;
-pub mod auth;
-pub mod body;
-pub mod budget;
+mod admin;
+mod atomic_file;
 pub mod config;
-pub mod control;
-pub mod deadline;
+mod control;
 pub mod error;
-pub mod events;
-pub mod forward;
-pub mod gate;
-pub mod guard;
-pub mod headers;
-pub mod health;
-pub mod incidents;
-pub mod metrics;
-pub mod notify;
-pub mod probe;
-pub mod reload;
-pub mod routing;
-pub mod server;
-pub mod slot;
-pub mod state;
-pub mod status_page;
-pub mod traffic;
-pub mod upstream;
+mod http;
+mod metrics;
+mod ops;
+mod slot;
+
+pub use admin::auth::{AdminToken, TOKEN_ENV};
+pub use config::Config;
+pub use error::ProxyError;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -50,26 +42,23 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
-use crate::admin::AdminState;
-use crate::auth::AdminToken;
-use crate::budget::Budget;
-use crate::config::Config;
-use crate::control::Controller;
-use crate::error::ProxyError;
-use crate::events::EventLog;
-use crate::forward::Forwarder;
-use crate::health::HealthTable;
-use crate::health::Monitor;
-use crate::incidents::IncidentStore;
+use crate::admin::routes::AdminState;
+use crate::control::controller::Controller;
+use crate::control::health::HealthTable;
+use crate::control::health::Monitor;
+use crate::control::probe::Prober;
+use crate::http::forward::Forwarder;
+use crate::http::routing::{Policy, Router, Snapshot};
+use crate::http::server::Drain;
+use crate::http::traffic::Traffic;
+use crate::http::upstream::Upstream;
 use crate::metrics::Metrics;
-use crate::notify::Notifier;
-use crate::probe::Prober;
-use crate::routing::{Policy, Router, Snapshot};
-use crate::server::Drain;
+use crate::ops::budget::Budget;
+use crate::ops::events::EventLog;
+use crate::ops::incidents::IncidentStore;
+use crate::ops::notify::Notifier;
+use crate::ops::status_page::StatusPage;
 use crate::slot::Slot;
-use crate::status_page::StatusPage;
-use crate::traffic::Traffic;
-use crate::upstream::Upstream;
 
 /// The bound listeners, so callers (and tests) can bind port 0 first.
 pub struct Listeners {
@@ -109,7 +98,7 @@ pub async fn run(
         events: Arc::clone(&events),
         cfg: config.health.clone(),
     });
-    let controller = Arc::new(Controller::new(control::Parts {
+    let controller = Arc::new(Controller::new(control::controller::Parts {
         router: Arc::clone(&router),
         health: Arc::clone(&health),
         prober: prober.clone(),
@@ -122,7 +111,10 @@ pub async fn run(
     // One shutdown path: every background task watches this.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let checker = tokio::spawn(Arc::clone(&monitor).run(prober, stop_rx.clone()));
-    let guard = tokio::spawn(guard::run(Arc::clone(&controller), stop_rx.clone()));
+    let guard = tokio::spawn(control::controller::run_guard(
+        Arc::clone(&controller),
+        stop_rx.clone(),
+    ));
     let reloader = tokio::spawn(reload_on_sighup(
         Arc::clone(&controller),
         config_path.clone(),
@@ -130,10 +122,10 @@ pub async fn run(
     ));
     let (notifier, notices) =
         Notifier::start(config.notify.clone(), Arc::clone(&events), stop_rx.clone());
-    let detector = tokio::spawn(incidents::run(
+    let detector = tokio::spawn(ops::incidents::watcher::run(
         Arc::clone(&incident_store),
         config.incidents,
-        incidents::Sources {
+        ops::incidents::watcher::Sources {
             traffic: Arc::clone(&traffic),
             health: Arc::clone(&health),
             events: Arc::clone(&events),
@@ -141,14 +133,14 @@ pub async fn run(
         },
         stop_rx.clone(),
     ));
-    let accountant = tokio::spawn(budget::run(
+    let accountant = tokio::spawn(ops::budget::run(
         Arc::clone(&budget),
         Arc::clone(&router),
         Arc::clone(&traffic),
         Arc::clone(&metrics),
         stop_rx.clone(),
     ));
-    let status_app = status_page::app(StatusPage {
+    let status_app = ops::status_page::app(StatusPage {
         router: Arc::clone(&router),
         health: Arc::clone(&health),
         budget: Arc::clone(&budget),
@@ -164,7 +156,7 @@ pub async fn run(
             .await
     });
 
-    let admin_app = admin::app(AdminState {
+    let admin_app = admin::routes::app(AdminState {
         controller: Arc::clone(&controller),
         token: Arc::new(token),
         config_path: Arc::new(config_path),
@@ -186,7 +178,7 @@ pub async fn run(
         metrics,
         monitor,
     ));
-    let drain = server::serve(
+    let drain = http::server::serve(
         listeners.public,
         forwarder,
         config.limits,
@@ -237,7 +229,7 @@ async fn reload_on_sighup(
         tokio::select! {
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading {}", path.display());
-                let _ = reload::reload(&controller, &path);
+                let _ = control::reload::reload(&controller, &path);
             }
             _ = shutdown.changed() => return,
         }
@@ -253,7 +245,9 @@ async fn restore(
     health: &HealthTable,
 ) -> Result<Router, ProxyError> {
     let state_path = config.state_file();
-    let (active, previous, addrs, last_switch, vetted_releases) = match state::load(&state_path)? {
+    let (active, previous, addrs, last_switch, vetted_releases) = match control::state::load(
+        &state_path,
+    )? {
         Some(saved) => {
             tracing::info!(file = %state_path.display(), active = %saved.active, blue = %saved.blue, green = %saved.green, "restored routing state");
             (
@@ -276,8 +270,8 @@ async fn restore(
         }
     };
     let (blue, green) = tokio::join!(
-        health::check(prober, addrs[0], &config.health),
-        health::check(prober, addrs[1], &config.health)
+        control::health::check(prober, addrs[0], &config.health),
+        control::health::check(prober, addrs[1], &config.health)
     );
     let mut healthy = [false; 2];
     // The active slot is the operator's choice; the other takes users in a

@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use proxy::auth::{AdminToken, TOKEN_ENV};
-use proxy::config::Config;
-use proxy::error::ProxyError;
+use proxy::Config;
+use proxy::ProxyError;
+use proxy::{AdminToken, TOKEN_ENV};
 use proxy::{Listeners, run};
 use tokio::net::TcpListener;
 

@@ -11,8 +11,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::http::traffic::{FailureKind, Outcome};
 use crate::slot::Slot;
-use crate::traffic::{FailureKind, Outcome};
 
 type Labels = Vec<(&'static str, String)>;
 

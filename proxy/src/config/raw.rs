@@ -415,10 +415,10 @@ impl RawConfig {
             ),
             bake: Duration::from_millis(gd.bake_ms.unwrap_or(d::GUARD_BAKE_MS)),
         };
-        if guard.window > Duration::from_secs(crate::traffic::MAX_WINDOW_SECS) {
+        if guard.window > Duration::from_secs(crate::http::traffic::MAX_WINDOW_SECS) {
             p.push(
                 "guard.window_ms",
-                format!("at most {} seconds", crate::traffic::MAX_WINDOW_SECS),
+                format!("at most {} seconds", crate::http::traffic::MAX_WINDOW_SECS),
             );
         }
 

@@ -11,15 +11,16 @@ use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
-use crate::body::{BodyLimits, BodyShared, ProxyBody, RequestBody, Resend};
-use crate::deadline::{Alarm, Deadlines, Waited};
+use crate::control::health::Monitor;
 use crate::error::UpstreamError;
-use crate::headers::{ClientAddr, Seen, X_REQUEST_ID, list_items, rewrite_request};
-use crate::health::Monitor;
+use crate::http::body::ProxyBody;
+use crate::http::deadline::{Alarm, Deadlines, Waited};
+use crate::http::headers::{ClientAddr, Seen, X_REQUEST_ID, list_items, rewrite_request};
+use crate::http::routing::{Policy, Router};
+use crate::http::traffic::{FailureKind, Outcome, Traffic};
+use crate::http::upstream::request_body::{BodyLimits, BodyShared, RequestBody, Resend};
+use crate::http::upstream::{InFlight, ResponseBody, SendError, Upstream};
 use crate::metrics::Metrics;
-use crate::routing::{Policy, Router};
-use crate::traffic::{FailureKind, Outcome, Traffic};
-use crate::upstream::{InFlight, ResponseBody, SendError, Upstream};
 
 /// Bytes of a request body kept for a replay on the other slot; a larger
 /// body is streamed without a copy and never replayed.

@@ -12,8 +12,8 @@ use http::header::COOKIE;
 use time::OffsetDateTime;
 
 use crate::config::{CanaryCfg, Config};
+use crate::http::upstream::Upstream;
 use crate::slot::Slot;
-use crate::upstream::Upstream;
 
 /// A share of user traffic sent to the slot that is not active.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

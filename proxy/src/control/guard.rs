@@ -1,13 +1,9 @@
-//! The live guard: judges a release by the user traffic it served (a
-//! sliding window of failures), and every evaluation interval asks the
-//! controller to pull back a canary or a freshly switched release that
-//! breaches the limits.
-
-use std::sync::Arc;
+//! The live guard's rule: whether a release breaches the limits, judged by
+//! the user traffic it served (a sliding window of failures). The controller
+//! evaluates it every interval and applies the verdict.
 
 use crate::config::GuardCfg;
-use crate::control::Controller;
-use crate::traffic::WindowStats;
+use crate::http::traffic::WindowStats;
 
 /// The reason a release breaches the limits, or `None` while it is fine or
 /// has not served enough requests to judge. `stable` is the release it is
@@ -43,19 +39,6 @@ pub fn judge(
         ));
     }
     None
-}
-
-/// Evaluates every interval until `shutdown` changes.
-pub async fn run(controller: Arc<Controller>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-    let mut ticker = tokio::time::interval(controller.guard_config().interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = shutdown.changed() => return,
-        }
-        controller.guard_tick().await;
-    }
 }
 
 #[cfg(test)]

@@ -17,10 +17,10 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use time::macros::format_description;
 
-use crate::budget::{AvailabilityView, Budget, BudgetView};
-use crate::health::HealthTable;
-use crate::incidents::{FAILURES, Incident, IncidentKind, IncidentStore, TimelineEntry};
-use crate::routing::Router as Routing;
+use crate::control::health::HealthTable;
+use crate::http::routing::Router as Routing;
+use crate::ops::budget::{AvailabilityView, Budget, BudgetView};
+use crate::ops::incidents::{FAILURES, Incident, IncidentKind, IncidentStore, TimelineEntry};
 
 /// Incidents shown, newest first.
 pub const SHOWN: usize = 50;
@@ -405,7 +405,7 @@ fn render_incident(page: &mut String, incident: &PublicIncident, now: OffsetDate
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::incidents::TimelineEntry;
+    use crate::ops::incidents::TimelineEntry;
 
     fn view() -> BudgetView {
         let window = AvailabilityView {

@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex};
 use time::OffsetDateTime;
 
 use crate::config::Health;
-use crate::events::{Event, EventKind, EventLog};
-use crate::probe::Prober;
-use crate::routing::Router;
+use crate::control::probe::Prober;
+use crate::http::routing::Router;
+use crate::ops::events::{Event, EventKind, EventLog};
 use crate::slot::Slot;
 
 /// What the checker knows of one slot beyond the routing verdict.
@@ -236,7 +236,7 @@ impl Monitor {
         let events = Arc::clone(&self.events);
         let mut list = vec![
             Event::new(kind, why)
-                .to_slot(slot)
+                .slot_to(slot)
                 .releases([release])
                 .detail(serde_json::json!({ "addr": addr })),
         ];
@@ -252,8 +252,8 @@ impl Monitor {
                     kind,
                     format!("users now go to {serving_after} (active: {})", snap.active),
                 )
-                .from_slot(serving_before)
-                .to_slot(serving_after),
+                .slot_from(serving_before)
+                .slot_to(serving_after),
             );
         }
         // The log's file write must not stall a request or the checker.

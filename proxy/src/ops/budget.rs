@@ -18,10 +18,10 @@ use time::OffsetDateTime;
 use crate::atomic_file;
 use crate::config::SlaCfg;
 use crate::error::ProxyError;
+use crate::http::routing::Router;
+use crate::http::traffic::{Totals, Traffic};
 use crate::metrics::Metrics;
-use crate::routing::Router;
 use crate::slot::Slot;
-use crate::traffic::{Totals, Traffic};
 
 /// How often the traffic counters and the routing health are sampled.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(1);

@@ -45,7 +45,6 @@ pub enum EventKind {
     IncidentClose,
     PreventedIncident,
     NoticeFailed,
-    Started,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -82,12 +81,12 @@ impl Event {
         }
     }
 
-    pub fn from_slot(mut self, slot: Slot) -> Event {
+    pub fn slot_from(mut self, slot: Slot) -> Event {
         self.from = Some(slot);
         self
     }
 
-    pub fn to_slot(mut self, slot: Slot) -> Event {
+    pub fn slot_to(mut self, slot: Slot) -> Event {
         self.to = Some(slot);
         self
     }
@@ -160,6 +159,7 @@ impl EventLog {
     }
 
     /// A log that keeps events in memory only (tests of other parts).
+    #[cfg(test)]
     pub fn in_memory() -> EventLog {
         let (tx, _) = broadcast::channel(1024);
         EventLog {
@@ -171,10 +171,6 @@ impl EventLog {
             }),
             tx,
         }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Appends, flushes to the file, keeps it in memory and broadcasts it.
@@ -229,8 +225,8 @@ mod tests {
         let log = EventLog::open(&path).expect("open");
         log.record(
             Event::new(EventKind::Switch, "one")
-                .from_slot(Slot::Blue)
-                .to_slot(Slot::Green),
+                .slot_from(Slot::Blue)
+                .slot_to(Slot::Green),
         );
         log.record(Event::new(EventKind::Rollback, "two"));
         drop(log);

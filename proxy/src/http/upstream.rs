@@ -16,11 +16,12 @@ use http::{Method, Request, Response};
 use tokio::net::TcpStream;
 use tokio::task::AbortHandle;
 
-use crate::body::RequestBody;
 use crate::config::Timeouts;
 use crate::slot::Slot;
+use request_body::RequestBody;
 
 mod conn;
+pub mod request_body;
 mod response;
 
 pub use conn::{Conn, ExchangeError, ResponseBody, ResponseBodyError};
@@ -229,8 +230,8 @@ mod tests {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     use tokio::net::TcpListener;
 
+    use super::request_body::{BodyLimits, Resend};
     use super::*;
-    use crate::body::{BodyLimits, Resend};
 
     const ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
 

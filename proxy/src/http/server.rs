@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::config::Limits;
-use crate::forward::Forwarder;
+use crate::http::forward::Forwarder;
 
 mod idle;
 

@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use crate::config::{Config, ConfigError};
-use crate::control::Controller;
-use crate::events::{Event, EventKind};
+use crate::control::controller::Controller;
+use crate::ops::events::{Event, EventKind};
 
 pub fn reload(controller: &Controller, path: &Path) -> Result<(), ConfigError> {
     let config = match Config::load(path) {

@@ -22,8 +22,8 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncReadExt as _, AsyncWrite};
 use tokio::net::TcpStream;
 
+use super::request_body::{RequestBody, RequestBodyError};
 use super::response::{Decoded, Framing, ResponseError, parse_head};
-use crate::body::{RequestBody, RequestBodyError};
 
 /// Bytes asked of the socket per read once the buffer runs low.
 const READ_SIZE: usize = 8 * 1024;

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::config::{Gate, Scenario};
-use crate::probe::{ProbeFailure, Prober, Targets};
+use crate::control::probe::{ProbeFailure, Prober, Targets};
 
 /// Runs the gate. `Ok` means the candidate may take traffic.
 pub async fn run(

@@ -80,14 +80,6 @@ impl WindowStats {
             self.failures() as f64 / self.count as f64
         }
     }
-
-    pub fn mean_latency_ms(&self) -> f64 {
-        if self.count == 0 {
-            0.0
-        } else {
-            self.latency_us as f64 / self.count as f64 / 1000.0
-        }
-    }
 }
 
 /// Cumulative counts since start, for samplers that diff them.

@@ -12,7 +12,7 @@ use bytes::{Buf as _, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 
-use crate::headers::{HOP_CONNECTION, HOP_TRANSFER_ENCODING, fixed_hop_by_hop, list_items};
+use crate::http::headers::{HOP_CONNECTION, HOP_TRANSFER_ENCODING, fixed_hop_by_hop, list_items};
 
 /// The largest response head taken (nginx's default is 4 or 8 KiB); a
 /// larger one is a bad gateway, not a buffer that grows without bound.

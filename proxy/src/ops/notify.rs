@@ -21,8 +21,8 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{NotifyCfg, Webhook};
-use crate::events::{Event, EventKind, EventLog};
-use crate::incidents::Incident;
+use crate::ops::events::{Event, EventKind, EventLog};
+use crate::ops::incidents::Incident;
 
 /// Notices waiting for delivery; past this, new ones are dropped (and logged
 /// as failed) rather than ever blocking the detector.
@@ -264,7 +264,7 @@ mod tests {
     use axum::routing::post;
 
     use super::*;
-    use crate::incidents::IncidentKind;
+    use crate::ops::incidents::IncidentKind;
 
     /// A loopback receiver that answers the statuses given, then 200.
     #[derive(Clone, Default)]

@@ -1,0 +1,399 @@
+//! The admin API on its own listener: status, switch, rollback, slot
+//! addresses, events. JSON in, JSON out; every request needs the bearer token;
+//! errors are `{"error": "..."}` with a 4xx.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Path, RawQuery, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::admin::auth::AdminToken;
+use crate::control::controller::{ControlError, Controller, GuardView, Override, ProbeReport};
+use crate::control::reload;
+use crate::http::routing::Snapshot;
+use crate::ops::budget::{Budget, BudgetView};
+use crate::ops::events::Event;
+use crate::slot::Slot;
+
+#[derive(Clone)]
+pub struct AdminState {
+    pub controller: Arc<Controller>,
+    pub token: Arc<AdminToken>,
+    /// The file `POST /reload` reads.
+    pub config_path: Arc<std::path::PathBuf>,
+    /// The SLA's error budget, shown in the status.
+    pub budget: Arc<Budget>,
+}
+
+pub fn app(state: AdminState) -> Router {
+    Router::new()
+        .route("/status", get(status))
+        .route("/switch", post(switch))
+        .route("/rollback", post(rollback))
+        .route("/slots/{slot}", put(put_slot))
+        .route("/canary", post(canary))
+        .route("/promote", post(promote))
+        .route("/abort", post(abort))
+        .route("/reload", post(reload))
+        .route("/metrics", get(metrics))
+        .route("/events", get(events))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such admin endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this endpoint",
+            )
+        })
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .with_state(state)
+}
+
+async fn require_token(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+    match presented {
+        Some(token) if state.token.matches(token) => next.run(request).await,
+        _ => {
+            let mut response =
+                ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token")
+                    .into_response();
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            response
+        }
+    }
+}
+
+/// A JSON error answer.
+pub struct ApiError {
+    status: StatusCode,
+    body: serde_json::Value,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            body: json!({ "error": message.into() }),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> ApiError {
+        match e {
+            ControlError::Refused(failure) => ApiError {
+                status: StatusCode::CONFLICT,
+                body: json!({ "error": format!("probe failed: {failure}"), "failure": failure }),
+            },
+            ControlError::Conflict(why) => ApiError::new(StatusCode::CONFLICT, why),
+            ControlError::Persist(e) => {
+                tracing::error!(error = %e, "could not persist the routing state; nothing changed");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "could not persist the routing state; nothing changed",
+                )
+            }
+        }
+    }
+}
+
+/// An optional JSON body: empty means `T::default()`.
+pub struct OptionalJson<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Default> FromRequest<S> for OptionalJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJson(T::default()));
+        }
+        serde_json::from_slice(&bytes)
+            .map(OptionalJson)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")))
+    }
+}
+
+/// `Json` whose rejections answer 400 with our error shape instead of
+/// axum's plain-text 415/422.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(JsonBody(value)),
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "expected a JSON body with content-type: application/json",
+            )),
+            Err(e) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("malformed JSON: {}", e.body_text()),
+            )),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct StatusView {
+    pub active: Slot,
+    /// Where user requests go now: differs from `active` while it is down.
+    pub serving: Slot,
+    pub previous: Option<Slot>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_switch: Option<time::OffsetDateTime>,
+    pub canary: Option<CanaryView>,
+    pub guard: GuardView,
+    pub slots: SlotsView,
+    pub error_budget: BudgetView,
+}
+
+#[derive(Serialize)]
+pub struct CanaryView {
+    pub slot: Slot,
+    pub percent: u8,
+}
+
+#[derive(Serialize)]
+pub struct SlotsView {
+    pub blue: SlotView,
+    pub green: SlotView,
+}
+
+#[derive(Serialize)]
+pub struct SlotView {
+    pub addr: SocketAddr,
+    pub release: Option<String>,
+    pub healthy: bool,
+    pub in_flight: usize,
+    pub last_probe: Option<ProbeReport>,
+    pub last_error: Option<String>,
+}
+
+pub fn status_view(state: &AdminState, snap: &Snapshot) -> StatusView {
+    let controller = &state.controller;
+    let slot = |s: Slot| {
+        let health = controller.health().get(s);
+        SlotView {
+            addr: snap.upstream(s).addr,
+            release: health.release,
+            healthy: snap.is_healthy(s),
+            in_flight: snap.upstream(s).in_flight(),
+            last_probe: controller.last_probe(s),
+            last_error: health.last_error,
+        }
+    };
+    StatusView {
+        active: snap.active,
+        serving: snap.serving(),
+        previous: snap.previous,
+        last_switch: snap.last_switch,
+        canary: snap.canary.map(|c| CanaryView {
+            slot: c.slot,
+            percent: c.percent,
+        }),
+        guard: controller.guard_view(),
+        slots: SlotsView {
+            blue: slot(Slot::Blue),
+            green: slot(Slot::Green),
+        },
+        error_budget: state.budget.view(),
+    }
+}
+
+async fn status(State(state): State<AdminState>) -> Json<StatusView> {
+    let snap = state.controller.router().load_full();
+    Json(status_view(&state, &snap))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SwitchRequest {
+    to: Slot,
+    #[serde(default)]
+    override_guard: bool,
+}
+
+async fn switch(
+    State(state): State<AdminState>,
+    JsonBody(req): JsonBody<SwitchRequest>,
+) -> Result<Json<StatusView>, ApiError> {
+    let over = Override {
+        guard: req.override_guard,
+    };
+    let snap = state.controller.switch_to(req.to, over).await?;
+    Ok(Json(status_view(&state, &snap)))
+}
+
+async fn rollback(State(state): State<AdminState>) -> Result<Json<StatusView>, ApiError> {
+    let snap = state.controller.rollback().await?;
+    Ok(Json(status_view(&state, &snap)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SlotRequest {
+    addr: String,
+}
+
+async fn put_slot(
+    State(state): State<AdminState>,
+    Path(slot): Path<String>,
+    JsonBody(req): JsonBody<SlotRequest>,
+) -> Result<Json<StatusView>, ApiError> {
+    let slot: Slot = slot
+        .parse()
+        .map_err(|e: String| ApiError::new(StatusCode::NOT_FOUND, e))?;
+    let addr: SocketAddr = req.addr.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("addr {:?} is not an IP address with a port", req.addr),
+        )
+    })?;
+    let snap = state.controller.set_addr(slot, addr).await?;
+    Ok(Json(status_view(&state, &snap)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CanaryRequest {
+    slot: Slot,
+    percent: u8,
+    #[serde(default)]
+    override_guard: bool,
+}
+
+async fn canary(
+    State(state): State<AdminState>,
+    JsonBody(req): JsonBody<CanaryRequest>,
+) -> Result<Json<StatusView>, ApiError> {
+    if req.percent > 100 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "percent is 0 to 100",
+        ));
+    }
+    let over = Override {
+        guard: req.override_guard,
+    };
+    let snap = state.controller.canary(req.slot, req.percent, over).await?;
+    Ok(Json(status_view(&state, &snap)))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PromoteRequest {
+    #[serde(default)]
+    override_guard: bool,
+}
+
+async fn promote(
+    State(state): State<AdminState>,
+    OptionalJson(req): OptionalJson<PromoteRequest>,
+) -> Result<Json<StatusView>, ApiError> {
+    let snap = state
+        .controller
+        .promote(Override {
+            guard: req.override_guard,
+        })
+        .await?;
+    Ok(Json(status_view(&state, &snap)))
+}
+
+async fn abort(State(state): State<AdminState>) -> Result<Json<StatusView>, ApiError> {
+    let snap = state.controller.abort().await?;
+    Ok(Json(status_view(&state, &snap)))
+}
+
+async fn reload(State(state): State<AdminState>) -> Result<Json<StatusView>, ApiError> {
+    reload::reload(&state.controller, &state.config_path).map_err(|e| ApiError {
+        status: StatusCode::BAD_REQUEST,
+        body: json!({
+            "error": e.to_string(),
+            "problems": e.problems.iter().map(|p| json!({ "key": p.key, "line": p.line, "message": p.message })).collect::<Vec<_>>(),
+        }),
+    })?;
+    let snap = state.controller.router().load_full();
+    Ok(Json(status_view(&state, &snap)))
+}
+
+async fn metrics(State(state): State<AdminState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.controller.metrics().encode(),
+    )
+        .into_response()
+}
+
+/// `GET /events` answers at most this many events by default ...
+const EVENTS_LIMIT: usize = 100;
+/// ... and never more than this.
+const EVENTS_MAX: usize = 1000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    since: Option<String>,
+    limit: Option<String>,
+}
+
+#[derive(Serialize)]
+struct EventsView {
+    events: Vec<Event>,
+}
+
+/// `GET /events?since=<seq>&limit=<n>`: the events after `since`, oldest first.
+async fn events(
+    State(state): State<AdminState>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<EventsView>, ApiError> {
+    let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, message);
+    let query: EventsQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
+        .map_err(|e| bad(format!("bad query: {e}; expected since=<seq>&limit=<n>")))?;
+    let since = match query.since.as_deref() {
+        None | Some("") => 0,
+        Some(text) => text
+            .parse::<u64>()
+            .map_err(|_| bad(format!("since={text:?} is not an event sequence number")))?,
+    };
+    let limit = match query.limit.as_deref() {
+        None | Some("") => EVENTS_LIMIT,
+        Some(text) => match text.parse::<usize>() {
+            Ok(n) if (1..=EVENTS_MAX).contains(&n) => n,
+            _ => {
+                return Err(bad(format!(
+                    "limit={text:?} is not a number from 1 to {EVENTS_MAX}"
+                )));
+            }
+        },
+    };
+    Ok(Json(EventsView {
+        events: state.controller.events().since(since, limit),
+    }))
+}

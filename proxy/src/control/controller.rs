@@ -1,0 +1,794 @@
+//! The changes to routing: the operator's (switch, rollback, slot address,
+//! canary, promote, abort) and the guard's (abort a canary, roll back a
+//! bad release). Each is validated (the gate, the slot rules) before it is
+//! applied; a refused change touches neither the live snapshot nor the
+//! state file. Changes are serialized, the state file is written before the
+//! new snapshot is stored, and every change is an event.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::config::{Config, GuardCfg, Scenario, Step, StepBody, StepTarget};
+use crate::control::gate;
+use crate::control::guard;
+use crate::control::health::{self, HealthTable};
+use crate::control::probe::{ProbeFailure, Prober, Targets};
+use crate::control::state::{self, PersistedState};
+use crate::error::ProxyError;
+use crate::http::routing::{Canary, Policy, Router, Snapshot};
+use crate::http::traffic::Traffic;
+use crate::http::upstream::Upstream;
+use crate::metrics::Metrics;
+use crate::ops::events::{Event, EventKind, EventLog};
+use crate::slot::Slot;
+
+/// The last gate run against a slot, for the status.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeReport {
+    pub ok: bool,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<ProbeFailure>,
+}
+
+/// Why a change was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("probe failed: {0}")]
+    Refused(ProbeFailure),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Persist(ProxyError),
+}
+
+/// A release the guard pulled back: refused until an operator overrides.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Blocked {
+    pub slot: Slot,
+    pub addr: SocketAddr,
+    pub release: Option<String>,
+}
+
+/// What the guard watches and what it last did, for the status.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GuardView {
+    /// The guard pulled a release back, and no operator change has happened since.
+    pub aborted: bool,
+    pub reason: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub at: Option<OffsetDateTime>,
+    pub slot: Option<Slot>,
+    /// "canary", "bake" or null.
+    pub watching: Option<&'static str>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub bake_until: Option<OffsetDateTime>,
+    pub blocked: Option<Blocked>,
+}
+
+/// The guard's working state. A std mutex: a few field writes, never held
+/// across an `.await`.
+#[derive(Default)]
+struct GuardState {
+    view: GuardView,
+    /// When the current canary started taking traffic.
+    canary_since: Option<Instant>,
+    /// The slot being baked, and when the bake started and ends.
+    bake: Option<Bake>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bake {
+    slot: Slot,
+    started: Instant,
+    until: Instant,
+    /// `until` on the wall clock, for the status.
+    until_utc: OffsetDateTime,
+}
+
+/// Options an operator can give with a change.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Override {
+    /// Try a release again that the guard pulled back.
+    pub guard: bool,
+}
+
+pub struct Controller {
+    router: Arc<Router>,
+    health: Arc<HealthTable>,
+    prober: Prober,
+    /// Replaced whole by a reload.
+    config: ArcSwap<Config>,
+    events: Arc<EventLog>,
+    metrics: Arc<Metrics>,
+    traffic: Arc<Traffic>,
+    /// Serializes changes: a gate runs for seconds, and two switches must
+    /// not interleave. A Tokio mutex because it is held across the gate's
+    /// probes; the request path never takes it.
+    ops: tokio::sync::Mutex<()>,
+    /// Written by each gate run; read by the status.
+    last_probe: [Mutex<Option<ProbeReport>>; 2],
+    guard: Mutex<GuardState>,
+}
+
+/// The parts the controller works with.
+pub struct Parts {
+    pub router: Arc<Router>,
+    pub health: Arc<HealthTable>,
+    pub prober: Prober,
+    pub config: Arc<Config>,
+    pub events: Arc<EventLog>,
+    pub metrics: Arc<Metrics>,
+    pub traffic: Arc<Traffic>,
+}
+
+impl Controller {
+    pub fn new(parts: Parts) -> Controller {
+        if parts.config.scenarios.is_empty() {
+            tracing::warn!(
+                "no probe scenarios configured: the gate only checks {}",
+                parts.config.health.path
+            );
+        }
+        let snap = parts.router.load();
+        parts
+            .metrics
+            .set_routing(snap.active, snap.canary.map_or(0, |c| c.percent));
+        drop(snap);
+        Controller {
+            router: parts.router,
+            health: parts.health,
+            prober: parts.prober,
+            config: ArcSwap::new(parts.config),
+            events: parts.events,
+            metrics: parts.metrics,
+            traffic: parts.traffic,
+            ops: tokio::sync::Mutex::new(()),
+            last_probe: Default::default(),
+            guard: Mutex::new(GuardState::default()),
+        }
+    }
+
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
+    }
+
+    pub fn health(&self) -> &HealthTable {
+        &self.health
+    }
+
+    pub fn events(&self) -> &Arc<EventLog> {
+        &self.events
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    pub fn guard_config(&self) -> GuardCfg {
+        self.config.load().guard
+    }
+
+    pub fn last_probe(&self, slot: Slot) -> Option<ProbeReport> {
+        self.last_probe[slot.index()]
+            .lock()
+            .expect("probe report lock is never poisoned")
+            .clone()
+    }
+
+    pub fn guard_view(&self) -> GuardView {
+        let g = self.guard.lock().expect("guard lock is never poisoned");
+        let mut view = g.view.clone();
+        view.watching = if self.router.load().canary.is_some() {
+            Some("canary")
+        } else if g.bake.is_some_and(|b| Instant::now() < b.until) {
+            Some("bake")
+        } else {
+            None
+        };
+        view.bake_until = None;
+        if view.watching == Some("bake") {
+            view.bake_until = g.bake.map(|b| b.until_utc);
+        }
+        view
+    }
+
+    fn release(&self, slot: Slot) -> Option<String> {
+        self.health.get(slot).release
+    }
+
+    /// Moves all user traffic to `to` after it passes the gate.
+    pub async fn switch_to(&self, to: Slot, over: Override) -> Result<Arc<Snapshot>, ControlError> {
+        let _op = self.ops.lock().await;
+        let current = self.router.load_full();
+        if current.active == to && current.canary.is_none() {
+            return Ok(current);
+        }
+        self.check_blocked(to, &current, over)?;
+        self.gate(to, &current, false, EventKind::SwitchRefused)
+            .await?;
+        let builds_on = current.canary.filter(|c| c.slot == to && !over.guard);
+        self.commit_switch(
+            to,
+            EventKind::Switch,
+            "an operator switched".into(),
+            serde_json::Value::Null,
+            true,
+            builds_on,
+        )
+        .await
+    }
+
+    /// Moves traffic back to the previous slot, but only if it passes the
+    /// gate now: a rollback never goes to a release that is failing.
+    pub async fn rollback(&self) -> Result<Arc<Snapshot>, ControlError> {
+        let _op = self.ops.lock().await;
+        let current = self.router.load_full();
+        let Some(to) = current.previous.filter(|p| *p != current.active) else {
+            return Err(ControlError::Conflict(
+                "there is no previous slot to roll back to".into(),
+            ));
+        };
+        self.gate(to, &current, true, EventKind::RollbackRefused)
+            .await?;
+        self.commit_switch(
+            to,
+            EventKind::Rollback,
+            "an operator rolled back".into(),
+            serde_json::Value::Null,
+            false,
+            None,
+        )
+        .await
+    }
+
+    /// Points the idle slot at another upstream address.
+    pub async fn set_addr(
+        &self,
+        slot: Slot,
+        addr: SocketAddr,
+    ) -> Result<Arc<Snapshot>, ControlError> {
+        let _op = self.ops.lock().await;
+        let current = self.router.load_full();
+        if current.active == slot {
+            return Err(ControlError::Conflict(format!(
+                "{slot} is the active slot; switch away from it first"
+            )));
+        }
+        if current.canary.is_some_and(|c| c.slot == slot) {
+            return Err(ControlError::Conflict(format!(
+                "{slot} has a canary share; abort it first"
+            )));
+        }
+        if current.upstream(slot).addr == addr {
+            return Ok(current);
+        }
+        let mut addrs = [
+            current.upstream(Slot::Blue).addr,
+            current.upstream(Slot::Green).addr,
+        ];
+        addrs[slot.index()] = addr;
+        let mut vetted = current.vetted;
+        vetted[slot.index()] = false;
+        self.persist(
+            &PersistedState::new(current.active, current.previous, addrs, current.last_switch)
+                .with_vetted(self.vetted_releases(vetted)),
+        )?;
+        let upstream = Upstream::new(slot, addr, &self.config.load().timeouts);
+        self.health.reset(slot, addr);
+        let next = self.router.update(|snap| {
+            let mut next = snap.to_builder();
+            next.upstreams[slot.index()] = Arc::clone(&upstream);
+            // Unknown until checked: never routed to before it is.
+            next.healthy[slot.index()] = false;
+            next.vetted[slot.index()] = false;
+            next
+        });
+        *self.last_probe[slot.index()]
+            .lock()
+            .expect("probe report lock is never poisoned") = None;
+        self.events.record(
+            Event::new(
+                EventKind::SlotChanged,
+                format!("{slot} now points at {addr}"),
+            )
+            .slot_to(slot)
+            .detail(serde_json::json!({ "addr": addr })),
+        );
+        Ok(next)
+    }
+
+    /// Gives `slot` a share of user traffic. The first share a slot gets
+    /// needs the gate, like a switch.
+    pub async fn canary(
+        &self,
+        slot: Slot,
+        percent: u8,
+        over: Override,
+    ) -> Result<Arc<Snapshot>, ControlError> {
+        if percent > 100 {
+            return Err(ControlError::Conflict("percent is 0 to 100".into()));
+        }
+        let _op = self.ops.lock().await;
+        let current = self.router.load_full();
+        if current.active == slot {
+            return Err(ControlError::Conflict(format!(
+                "{slot} is the active slot; a canary goes to the other one"
+            )));
+        }
+        let starting = current.canary.is_none_or(|c| c.slot != slot);
+        if starting {
+            self.check_blocked(slot, &current, over)?;
+            self.gate(slot, &current, false, EventKind::CanaryRefused)
+                .await?;
+        }
+        let before = current.canary.map_or(0, |c| c.percent);
+        let next = self.router.update(|snap| {
+            let mut next = snap.to_builder();
+            next.canary = Some(Canary { slot, percent });
+            if starting {
+                // It just passed the gate.
+                next.healthy[slot.index()] = true;
+                next.vetted[slot.index()] = true;
+            }
+            next
+        });
+        {
+            let mut g = self.guard.lock().expect("guard lock is never poisoned");
+            if starting {
+                g.canary_since = Some(Instant::now());
+                g.view.aborted = false;
+                g.view.reason = None;
+            }
+            if over.guard {
+                g.view.blocked = None;
+            }
+        }
+        self.metrics.set_routing(next.active, percent);
+        let (kind, reason) = if starting {
+            (
+                EventKind::CanaryStart,
+                format!("{slot} takes {percent}% of user traffic"),
+            )
+        } else {
+            (
+                EventKind::CanaryChange,
+                format!("{slot}: {before}% -> {percent}% of user traffic"),
+            )
+        };
+        self.events.record(
+            Event::new(kind, reason)
+                .slot_from(next.active)
+                .slot_to(slot)
+                .releases([self.release(next.active), self.release(slot)])
+                .detail(serde_json::json!({ "percent": percent, "previous_percent": before })),
+        );
+        Ok(next)
+    }
+
+    /// Makes the canary slot the active slot for all traffic, after a final
+    /// probe.
+    pub async fn promote(&self, over: Override) -> Result<Arc<Snapshot>, ControlError> {
+        let _op = self.ops.lock().await;
+        let current = self.router.load_full();
+        let Some(canary) = current.canary else {
+            return Err(ControlError::Conflict(
+                "there is no canary to promote".into(),
+            ));
+        };
+        self.check_blocked(canary.slot, &current, over)?;
+        self.gate(canary.slot, &current, false, EventKind::SwitchRefused)
+            .await?;
+        let why = format!("the canary at {}% was promoted", canary.percent);
+        self.commit_switch(
+            canary.slot,
+            EventKind::Promote,
+            why,
+            serde_json::Value::Null,
+            true,
+            (!over.guard).then_some(canary),
+        )
+        .await
+    }
+
+    /// Sends all traffic back to the active slot.
+    pub async fn abort(&self) -> Result<Arc<Snapshot>, ControlError> {
+        let _op = self.ops.lock().await;
+        let current = self.router.load_full();
+        let Some(canary) = current.canary else {
+            return Err(ControlError::Conflict("there is no canary to abort".into()));
+        };
+        let next = self.clear_canary(canary);
+        self.metrics.aborts.inc();
+        self.events.record(
+            Event::new(EventKind::CanaryAbort, "an operator aborted the canary")
+                .slot_from(canary.slot)
+                .slot_to(next.active)
+                .releases([self.release(canary.slot)])
+                .detail(serde_json::json!({ "percent": canary.percent })),
+        );
+        Ok(next)
+    }
+
+    /// Replaces the configuration: the request-path policy with a new
+    /// snapshot (atomically), the gate's scenarios and limits for the next
+    /// change. Listeners and slot addresses stay: those need a restart or
+    /// `PUT /slots`.
+    pub fn reload(&self, config: Config) {
+        let policy = Arc::new(Policy::from_config(&config));
+        self.router.update(|snap| {
+            let mut next = snap.to_builder();
+            next.policy = Arc::clone(&policy);
+            next
+        });
+        self.config.store(Arc::new(config));
+    }
+
+    /// One evaluation of the guard.
+    pub async fn guard_tick(&self) {
+        let cfg = self.guard_config();
+        let snap = self.router.load_full();
+        let (canary_since, bake) = {
+            let g = self.guard.lock().expect("guard lock is never poisoned");
+            (g.canary_since, g.bake)
+        };
+        if let Some(canary) = snap.canary {
+            let since = canary_since.map_or(cfg.window, |t| t.elapsed() + Duration::from_secs(1));
+            let canary_stats = self.traffic.window(canary.slot, cfg.window.min(since));
+            let stable_stats = self.traffic.window(snap.serving(), cfg.window);
+            if let Some(reason) = guard::judge(canary_stats, Some(stable_stats), &cfg) {
+                self.guard_abort(canary, reason, canary_stats.failures());
+            }
+            return;
+        }
+        let Some(Bake {
+            slot,
+            started,
+            until,
+            ..
+        }) = bake
+        else {
+            return;
+        };
+        if Instant::now() >= until || snap.active != slot {
+            return;
+        }
+        let stats = self.traffic.window(
+            slot,
+            cfg.window.min(started.elapsed() + Duration::from_secs(1)),
+        );
+        if let Some(reason) = guard::judge(stats, None, &cfg) {
+            self.guard_rollback(slot, reason, stats.failures()).await;
+        }
+    }
+
+    fn guard_abort(&self, canary: Canary, reason: String, failed: u64) {
+        let next = self.clear_canary(canary);
+        let blocked = Blocked {
+            slot: canary.slot,
+            addr: next.upstream(canary.slot).addr,
+            release: self.release(canary.slot),
+        };
+        {
+            let mut g = self.guard.lock().expect("guard lock is never poisoned");
+            g.view = GuardView {
+                aborted: true,
+                reason: Some(reason.clone()),
+                at: Some(OffsetDateTime::now_utc()),
+                slot: Some(canary.slot),
+                watching: None,
+                bake_until: None,
+                blocked: Some(blocked),
+            };
+        }
+        self.metrics.aborts.inc();
+        tracing::warn!(slot = %canary.slot, %reason, "the guard aborted the canary");
+        self.events.record(
+            Event::new(
+                EventKind::GuardAbort,
+                format!("the guard aborted the canary: {reason}"),
+            )
+            .slot_from(canary.slot)
+            .slot_to(next.active)
+            .releases([self.release(canary.slot), self.release(next.active)])
+            .detail(serde_json::json!({ "percent": canary.percent, "failed_requests": failed })),
+        );
+    }
+
+    async fn guard_rollback(&self, bad: Slot, reason: String, failed: u64) {
+        let _op = self.ops.lock().await;
+        let current = self.router.load_full();
+        if current.active != bad {
+            return;
+        }
+        let blocked = Blocked {
+            slot: bad,
+            addr: current.upstream(bad).addr,
+            release: self.release(bad),
+        };
+        {
+            let mut g = self.guard.lock().expect("guard lock is never poisoned");
+            g.bake = None;
+            g.view = GuardView {
+                aborted: true,
+                reason: Some(reason.clone()),
+                at: Some(OffsetDateTime::now_utc()),
+                slot: Some(bad),
+                watching: None,
+                bake_until: None,
+                blocked: Some(blocked),
+            };
+        }
+        let Some(to) = current.previous.filter(|p| *p != bad) else {
+            tracing::error!(%reason, "the guard found a breach but there is no previous slot to go back to");
+            return;
+        };
+        if self
+            .gate(to, &current, true, EventKind::RollbackRefused)
+            .await
+            .is_err()
+        {
+            tracing::error!(%to, "the guard found a breach but the previous slot fails its probes: staying");
+            return;
+        }
+        let why = format!("the guard rolled back: {reason}");
+        let detail = serde_json::json!({ "failed_requests": failed });
+        if let Ok(next) = self
+            .commit_switch(to, EventKind::GuardRollback, why, detail, false, None)
+            .await
+        {
+            tracing::warn!(from = %bad, to = %next.active, %reason, "the guard rolled back");
+        }
+    }
+
+    fn clear_canary(&self, canary: Canary) -> Arc<Snapshot> {
+        let next = self.router.update(|snap| {
+            let mut next = snap.to_builder();
+            if snap.canary.is_some_and(|c| c.slot == canary.slot) {
+                next.canary = None;
+            }
+            next
+        });
+        self.guard
+            .lock()
+            .expect("guard lock is never poisoned")
+            .canary_since = None;
+        self.metrics.set_routing(next.active, 0);
+        next
+    }
+
+    fn check_blocked(
+        &self,
+        slot: Slot,
+        current: &Snapshot,
+        over: Override,
+    ) -> Result<(), ControlError> {
+        let g = self.guard.lock().expect("guard lock is never poisoned");
+        let Some(blocked) = &g.view.blocked else {
+            return Ok(());
+        };
+        let same = blocked.slot == slot
+            && blocked.addr == current.upstream(slot).addr
+            && blocked.release == self.release(slot);
+        if same && !over.guard {
+            return Err(ControlError::Conflict(format!(
+                "release {} on {slot} was pulled back by the guard ({}); to try it again, send \"override_guard\": true",
+                blocked.release.as_deref().unwrap_or("(unknown)"),
+                g.view.reason.as_deref().unwrap_or("a breach")
+            )));
+        }
+        Ok(())
+    }
+
+    /// Runs the gate against `candidate`; a rollback does not ask the
+    /// release it leaves to read the candidate's writes (it may be the one
+    /// failing).
+    async fn gate(
+        &self,
+        candidate: Slot,
+        current: &Snapshot,
+        rollback: bool,
+        refused: EventKind,
+    ) -> Result<(), ControlError> {
+        let config = self.config.load_full();
+        let scenarios = if config.scenarios.is_empty() {
+            vec![health_scenario(&config.health.path)]
+        } else {
+            config.scenarios.clone()
+        };
+        let active = current.active;
+        let targets = Targets {
+            candidate: current.upstream(candidate).addr,
+            active: (!rollback && current.is_healthy(active))
+                .then(|| current.upstream(active).addr),
+        };
+        let result = gate::run(&self.prober, &scenarios, &config.gate, targets).await;
+        let report = ProbeReport {
+            ok: result.is_ok(),
+            at: OffsetDateTime::now_utc(),
+            failure: result.as_ref().err().cloned(),
+        };
+        *self.last_probe[candidate.index()]
+            .lock()
+            .expect("probe report lock is never poisoned") = Some(report);
+        // The gate runs the scenarios in order and stops at the first failure:
+        // those before it passed, it failed, those after it never ran. A gate
+        // out of time names no scenario, so none has a result to count.
+        let ran = match &result {
+            Ok(()) => scenarios.len(),
+            Err(failure) => scenarios
+                .iter()
+                .position(|s| s.name == failure.scenario)
+                .map_or(0, |at| at + 1),
+        };
+        for (at, scenario) in scenarios.iter().enumerate().take(ran) {
+            let failed = result.is_err() && at + 1 == ran;
+            self.metrics.probe_result(&scenario.name, !failed);
+        }
+        match result {
+            Ok(()) => Ok(()),
+            Err(failure) => {
+                self.metrics.refused_switches.inc();
+                self.events.record(
+                    Event::new(refused, format!("{candidate} refused: {failure}"))
+                        .slot_from(active)
+                        .slot_to(candidate)
+                        .releases([self.release(active), self.release(candidate)])
+                        .detail(
+                            serde_json::to_value(&failure).expect("a probe failure serializes"),
+                        ),
+                );
+                Err(ControlError::Refused(failure))
+            }
+        }
+    }
+
+    /// Moves all traffic to `to`. `builds_on` is the canary an operator's
+    /// change promotes: the guard does not wait for `ops` (users must not wait
+    /// for a gate to be protected), so it may have pulled that canary back
+    /// while the gate ran, and then its decision stands.
+    async fn commit_switch(
+        &self,
+        to: Slot,
+        kind: EventKind,
+        reason: String,
+        detail: serde_json::Value,
+        bake: bool,
+        builds_on: Option<Canary>,
+    ) -> Result<Arc<Snapshot>, ControlError> {
+        let current = self.router.load_full();
+        let from = current.active;
+        let now = OffsetDateTime::now_utc();
+        let addrs = [
+            current.upstream(Slot::Blue).addr,
+            current.upstream(Slot::Green).addr,
+        ];
+        self.refresh_release(to, addrs[to.index()]).await;
+        if let Some(canary) = builds_on
+            && self.router.load().canary != Some(canary)
+        {
+            let g = self.guard.lock().expect("guard lock is never poisoned");
+            return Err(ControlError::Conflict(format!(
+                "the guard pulled the canary on {} back while it was probed ({}); nothing changed; to try it again, send \"override_guard\": true",
+                canary.slot,
+                g.view.reason.as_deref().unwrap_or("a breach")
+            )));
+        }
+        let mut vetted = current.vetted;
+        vetted[to.index()] = true;
+        self.persist(
+            &PersistedState::new(to, Some(from), addrs, Some(now))
+                .with_vetted(self.vetted_releases(vetted)),
+        )?;
+        let config = self.config.load_full();
+        let next = self.router.update(|snap| {
+            let mut next = snap.to_builder();
+            next.active = to;
+            next.previous = Some(from);
+            next.healthy[to.index()] = true;
+            next.vetted[to.index()] = true;
+            next.last_switch = Some(now);
+            next.canary = None;
+            next
+        });
+        {
+            let mut g = self.guard.lock().expect("guard lock is never poisoned");
+            g.canary_since = None;
+            let bake_for = config.guard.bake;
+            g.bake = (bake && !bake_for.is_zero()).then(|| Bake {
+                slot: to,
+                started: Instant::now(),
+                until: Instant::now() + bake_for,
+                until_utc: now + bake_for,
+            });
+            if kind != EventKind::GuardRollback {
+                g.view.aborted = false;
+            }
+            // A switch or promotion reaches a blocked release only past
+            // `check_blocked`, that is with `override_guard`: the operator
+            // has lifted the block, as a canary start with it does.
+            if matches!(kind, EventKind::Switch | EventKind::Promote)
+                && g.view.blocked.as_ref().is_some_and(|b| b.slot == to)
+            {
+                g.view.blocked = None;
+            }
+        }
+        match kind {
+            EventKind::Rollback | EventKind::GuardRollback => self.metrics.rollbacks.inc(),
+            _ => self.metrics.switches.inc(),
+        };
+        self.metrics.set_routing(to, 0);
+        tracing::info!(%from, %to, "traffic moved: {reason}");
+        self.events.record(
+            Event::new(kind, reason)
+                .slot_from(from)
+                .slot_to(to)
+                .releases([self.release(from), self.release(to)])
+                .detail(detail),
+        );
+        Ok(next)
+    }
+
+    /// The gate just exercised the slot: its release label is worth
+    /// refreshing before it is named in events and the status.
+    async fn refresh_release(&self, slot: Slot, addr: SocketAddr) {
+        let cfg = self.config.load().health.clone();
+        if let Ok(release) = health::check(&self.prober, addr, &cfg).await {
+            self.health.set_release(slot, release);
+        }
+    }
+
+    /// The release labels of the vetted slots, for the state file.
+    fn vetted_releases(&self, vetted: [bool; 2]) -> [Option<String>; 2] {
+        Slot::ALL.map(|slot| vetted[slot.index()].then(|| self.release(slot)).flatten())
+    }
+
+    fn persist(&self, state: &PersistedState) -> Result<(), ControlError> {
+        state::save(&self.config.load().state_file(), state).map_err(ControlError::Persist)
+    }
+}
+
+/// The gate's fallback when no scenario is configured.
+/// Evaluates every interval until `shutdown` changes.
+pub async fn run_guard(
+    controller: Arc<Controller>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(controller.guard_config().interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        controller.guard_tick().await;
+    }
+}
+
+fn health_scenario(path: &str) -> Scenario {
+    Scenario {
+        name: "health".into(),
+        steps: vec![Step {
+            name: "health".into(),
+            target: StepTarget::Candidate,
+            method: http::Method::GET,
+            path: path.into(),
+            headers: Vec::new(),
+            body: StepBody::None,
+            expect_status: http::StatusCode::OK,
+            expect_headers: Vec::new(),
+            expect_body: None,
+            captures: Vec::new(),
+        }],
+    }
+}
