@@ -1,6 +1,7 @@
 //! The proxy's configuration: a pure parse of TOML text into raw structs,
-//! `validate()` that reports every problem with its key and line, then the
-//! typed `Config` the rest of the proxy uses. File I/O is only in `load`.
+//! `validate()` (one validator per section) that reports every problem with
+//! its key and line, then the typed `Config` the rest of the proxy uses.
+//! File I/O is only in `load`.
 
 mod locate;
 mod raw;
@@ -22,6 +23,7 @@ pub mod defaults {
     pub const ADMIN: &str = "127.0.0.1:8099";
     pub const BLUE: &str = "127.0.0.1:8081";
     pub const GREEN: &str = "127.0.0.1:8082";
+    pub const ACTIVE: &str = "blue";
     pub const CONNECT_MS: u64 = 1_000;
     pub const RESPONSE_HEADER_MS: u64 = 30_000;
     pub const UPSTREAM_IDLE_MS: u64 = 90_000;
@@ -43,6 +45,8 @@ pub mod defaults {
     pub const STATUS: &str = "127.0.0.1:8098";
     pub const PASSIVE_FALL: u32 = 2;
     pub const TRUSTED_HOPS: &[&str] = &["127.0.0.1", "::1"];
+    pub const RETRY: bool = true;
+    pub const RETRY_WRITES: bool = false;
     pub const CANARY_COOKIE: &str = "bg_bucket";
     pub const PREVIEW_HEADER: &str = "x-bluegreen-preview";
     pub const PREVIEW_COOKIE: &str = "bg_preview";
