@@ -1,7 +1,9 @@
 //! The proxy's configuration: a pure parse of TOML text into raw structs,
-//! `validate()` that reports every problem with its key and line, then the
-//! typed `Config` the rest of the proxy uses. File I/O is only in `load`.
+//! `validate()` (one validator per section) that reports every problem with
+//! its key and line, then the typed `Config` the rest of the proxy uses, and
+//! how a reload applies each of its keys. File I/O is only in `load`.
 
+mod apply;
 mod locate;
 mod raw;
 
@@ -13,6 +15,7 @@ use http::{HeaderName, Method, StatusCode};
 
 use crate::slot::Slot;
 
+pub(crate) use apply::{Apply, Change, Reconciled};
 pub use raw::RawConfig;
 
 /// Defaults, in one place so the reference config and the code cannot drift.
@@ -22,6 +25,7 @@ pub mod defaults {
     pub const ADMIN: &str = "127.0.0.1:8099";
     pub const BLUE: &str = "127.0.0.1:8081";
     pub const GREEN: &str = "127.0.0.1:8082";
+    pub const ACTIVE: &str = "blue";
     pub const CONNECT_MS: u64 = 1_000;
     pub const RESPONSE_HEADER_MS: u64 = 30_000;
     pub const UPSTREAM_IDLE_MS: u64 = 90_000;
@@ -43,6 +47,8 @@ pub mod defaults {
     pub const STATUS: &str = "127.0.0.1:8098";
     pub const PASSIVE_FALL: u32 = 2;
     pub const TRUSTED_HOPS: &[&str] = &["127.0.0.1", "::1"];
+    pub const RETRY: bool = true;
+    pub const RETRY_WRITES: bool = false;
     pub const CANARY_COOKIE: &str = "bg_bucket";
     pub const PREVIEW_HEADER: &str = "x-bluegreen-preview";
     pub const PREVIEW_COOKIE: &str = "bg_preview";
@@ -87,7 +93,7 @@ pub struct Config {
     pub scenarios: Vec<Scenario>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Timeouts {
     pub connect: Duration,
     pub response_header: Duration,
@@ -95,7 +101,7 @@ pub struct Timeouts {
     pub shutdown_grace: Duration,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Gate {
     pub passes: u32,
     pub deadline: Duration,
@@ -118,7 +124,7 @@ pub struct Health {
 }
 
 /// How user requests are passed on.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Forwarding {
     /// Peers whose `X-Forwarded-For` is kept and appended to; any other
     /// client's claim is replaced by its own address.
@@ -131,7 +137,7 @@ pub struct Forwarding {
 }
 
 /// The canary split's cookies and the private preview.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CanaryCfg {
     pub cookie: String,
     pub preview_header: HeaderName,
@@ -142,7 +148,7 @@ pub struct CanaryCfg {
 
 /// The live guard: when a release's user traffic breaches these, it is
 /// pulled back.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GuardCfg {
     pub window: Duration,
     pub interval: Duration,
@@ -186,7 +192,7 @@ pub struct Webhook {
 }
 
 /// Limits on what a client may send to the public listener.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limits {
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
@@ -197,7 +203,7 @@ pub struct Limits {
 }
 
 /// A probe scenario: steps that do what users do, run in order.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Scenario {
     pub name: String,
     pub steps: Vec<Step>,
@@ -213,7 +219,7 @@ pub enum StepTarget {
     Active,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum StepBody {
     None,
     /// Sent as `application/x-www-form-urlencoded`; values may hold placeholders.
@@ -222,7 +228,7 @@ pub enum StepBody {
     Json(serde_json::Value),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Step {
     pub name: String,
     pub target: StepTarget,
@@ -237,7 +243,7 @@ pub struct Step {
 }
 
 /// Where a probe step takes a value for the steps that follow.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Capture {
     /// A JSON pointer (RFC 6901) into the response body.
     JsonPointer(String),

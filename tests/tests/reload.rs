@@ -381,4 +381,17 @@ async fn a_reload_names_the_settings_that_wait_for_a_restart() {
             && reason.contains("health."),
         "the reload did not say what waits for a restart: {reason:?}"
     );
+    let changes = body["changes"].as_array().cloned().unwrap_or_default();
+    for (key, apply) in [
+        ("limits.max_connections", "restart"),
+        ("limits.body_timeout_ms", "live"),
+        ("health.fall", "restart"),
+    ] {
+        assert!(
+            changes
+                .iter()
+                .any(|c| c["key"] == key && c["apply"] == apply),
+            "the answer does not say that {key} went {apply}: {body}"
+        );
+    }
 }

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::admin::auth::AdminToken;
+use crate::config::Change;
 use crate::control::controller::{ControlError, Controller, GuardView, Override, ProbeReport};
 use crate::control::reload;
 use crate::http::routing::Snapshot;
@@ -328,8 +329,16 @@ async fn abort(State(state): State<AdminState>) -> Result<Json<StatusView>, ApiE
     Ok(Json(status_view(&state, &snap)))
 }
 
-async fn reload(State(state): State<AdminState>) -> Result<Json<StatusView>, ApiError> {
-    reload::reload(&state.controller, &state.config_path).map_err(|e| ApiError {
+/// `POST /reload`'s answer: the status, and how each changed key took effect.
+#[derive(Serialize)]
+struct ReloadView {
+    #[serde(flatten)]
+    status: StatusView,
+    changes: Vec<Change>,
+}
+
+async fn reload(State(state): State<AdminState>) -> Result<Json<ReloadView>, ApiError> {
+    let changes = reload::reload(&state.controller, &state.config_path).map_err(|e| ApiError {
         status: StatusCode::BAD_REQUEST,
         body: json!({
             "error": e.to_string(),
@@ -337,7 +346,10 @@ async fn reload(State(state): State<AdminState>) -> Result<Json<StatusView>, Api
         }),
     })?;
     let snap = state.controller.router().load_full();
-    Ok(Json(status_view(&state, &snap)))
+    Ok(Json(ReloadView {
+        status: status_view(&state, &snap),
+        changes,
+    }))
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {

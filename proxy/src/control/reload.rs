@@ -1,15 +1,18 @@
 //! Reloading the configuration without a restart (SIGHUP or `POST /reload`):
-//! all or nothing. A valid file takes effect for new requests; an invalid
-//! one is refused with every problem named, and nothing changes.
+//! all or nothing. A valid file's live keys take effect for new requests,
+//! and every other changed key is named with how it will take effect
+//! (`config::Apply`); an invalid file is refused with every problem named,
+//! and nothing changes.
 
 use std::path::Path;
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Apply, Change, Config, ConfigError, Reconciled};
 use crate::control::controller::Controller;
 use crate::ops::events::{Event, EventKind};
 
-pub fn reload(controller: &Controller, path: &Path) -> Result<(), ConfigError> {
-    let config = match Config::load(path) {
+/// Applies the file's live keys; answers every key that changed.
+pub fn reload(controller: &Controller, path: &Path) -> Result<Vec<Change>, ConfigError> {
+    let file = match Config::load(path) {
         Ok(config) => config,
         Err(e) => {
             tracing::warn!("reload refused: {e}");
@@ -20,76 +23,38 @@ pub fn reload(controller: &Controller, path: &Path) -> Result<(), ConfigError> {
             return Err(e);
         }
     };
-    let old = controller.config();
-    let mut restart_needed = Vec::new();
-    if old.public != config.public {
-        restart_needed.push("listen.public");
-    }
-    if old.admin != config.admin {
-        restart_needed.push("listen.admin");
-    }
-    if old.status != config.status {
-        restart_needed.push("listen.status");
-    }
-    if old.data_dir != config.data_dir {
-        restart_needed.push("data_dir");
-    }
-    // The incident detector, the budget and the notifier read these at start.
-    if old.incidents != config.incidents {
-        restart_needed.push("incidents.*");
-    }
-    if old.sla != config.sla {
-        restart_needed.push("sla.*");
-    }
-    if old.notify != config.notify {
-        restart_needed.push("notify.*");
-    }
-    // The listener, the health checker and the prober read these at start;
-    // the upstream pools when they are made (at start or PUT /slots).
-    let (was, now) = (&old.limits, &config.limits);
-    if (
-        was.header_read_timeout,
-        was.idle_timeout,
-        was.max_header_bytes,
-        was.max_connections,
-    ) != (
-        now.header_read_timeout,
-        now.idle_timeout,
-        now.max_header_bytes,
-        now.max_connections,
-    ) {
-        restart_needed.push("limits.* (all but max_body_bytes and body_timeout_ms)");
-    }
-    if old.health != config.health {
-        restart_needed.push("health.*");
-    }
-    let (was, now) = (&old.timeouts, &config.timeouts);
-    if (was.connect, was.upstream_idle, was.shutdown_grace)
-        != (now.connect, now.upstream_idle, now.shutdown_grace)
-    {
-        restart_needed.push("timeouts.* (all but response_header_ms)");
-    }
-    if old.gate.request_timeout != config.gate.request_timeout {
-        restart_needed.push("gate.request_timeout_ms");
-    }
-    if old.token_file != config.token_file {
-        restart_needed.push("admin.token_file");
-    }
-    if old.slot_addrs != config.slot_addrs {
-        restart_needed.push("slots.*.addr (use PUT /slots/{slot})");
-    }
+    let Reconciled { config, changes } = controller.config().reconcile(file);
     controller.reload(config);
-    let reason = if restart_needed.is_empty() {
-        format!("{} reloaded", path.display())
-    } else {
-        format!(
-            "{} reloaded; unchanged until a restart: {}",
-            path.display(),
-            restart_needed.join(", ")
-        )
-    };
-    controller
-        .events()
-        .record(Event::new(EventKind::ConfigReload, reason));
-    Ok(())
+    controller.events().record(
+        Event::new(EventKind::ConfigReload, summary(path, &changes))
+            .detail(serde_json::json!({ "changes": changes })),
+    );
+    Ok(changes)
+}
+
+/// "FILE reloaded", then the keys that wait, by what they wait for.
+fn summary(path: &Path, changes: &[Change]) -> String {
+    let mut restart = Vec::new();
+    let mut seeds = Vec::new();
+    for change in changes {
+        match change.apply {
+            Apply::Live => {}
+            Apply::Restart => restart.push(change.key.to_string()),
+            Apply::Seed { via } => seeds.push(format!("{} (use {via})", change.key)),
+        }
+    }
+    let mut out = format!("{} reloaded", path.display());
+    if !restart.is_empty() {
+        out.push_str(&format!(
+            "; unchanged until a restart: {}",
+            restart.join(", ")
+        ));
+    }
+    if !seeds.is_empty() {
+        out.push_str(&format!(
+            "; the routing state decides: {}",
+            seeds.join(", ")
+        ));
+    }
+    out
 }
