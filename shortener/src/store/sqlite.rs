@@ -1,4 +1,4 @@
-//! The SQLite store of links. Blue and green are separate processes on one database file, so
+//! The store on SQLite. Blue and green are separate processes on one database file, so
 //! everything here is built for two writers that never see each other:
 //!
 //! - WAL journal: readers never block the writer nor each other, and a commit by one process is
@@ -13,10 +13,12 @@
 //!
 //! The schema and its additive-only rule live in [`migrations`]; the thread that commits every
 //! write, several to a transaction under load, in [`writer`]; the thread that copies the WAL back
-//! into the database file, and when it does, in [`checkpoint`].
+//! into the database file, and when it does, in [`checkpoint`]; the scheduling policy of both
+//! threads in [`sched`].
 
 mod checkpoint;
 mod migrations;
+mod sched;
 mod writer;
 
 use std::path::Path;
@@ -27,41 +29,20 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 
 use rusqlite::{Connection, OptionalExtension, Row, ffi};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
+use super::{GENERATE_TRIES, LINK_COLUMNS, Link, is_replay_of, key_cutoff, now_rfc3339};
 use crate::code::Code;
 use crate::error::StoreError;
 use crate::long_url::LongUrl;
 use writer::Writer;
 
 /// How long a statement waits for the other process's write lock before failing.
-pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Reader connections per process; the machine this runs on has few cores.
 const READERS: usize = 2;
 
-/// Random codes tried before giving up on a generated code.
-const GENERATE_TRIES: u32 = 8;
-
-/// The columns of a [`Link`], in the order [`link_from_row`] reads them. Named, never `*`: a newer
-/// release may have added columns.
-const LINK_COLUMNS: &str = "code, url, created_at, clicks, release";
-
-/// A stored link.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Link {
-    /// A string, not a `Code`: rows are trusted, and a newer release may accept codes we don't.
-    pub code: String,
-    pub url: String,
-    /// RFC 3339, UTC, whole seconds.
-    pub created_at: String,
-    pub clicks: i64,
-    /// The release label of the instance that wrote the row.
-    pub release: String,
-}
-
-/// A handle on the database; cheap to clone, shared by all requests.
+/// A handle on the SQLite file; cheap to clone, shared by all requests.
 ///
 /// One writer connection, owned by the writer thread, and a few reader connections, each behind
 /// a std `Mutex` and used only from `spawn_blocking`: no SQLite call ever blocks the async
@@ -71,7 +52,7 @@ pub struct Link {
 /// because they are never held across an `.await`. Connections are opened once: opening costs a
 /// file open and several pragmas.
 #[derive(Clone)]
-pub struct Store {
+pub(super) struct SqliteStore {
     pool: Arc<Pool>,
 }
 
@@ -84,10 +65,10 @@ struct Pool {
     next_reader: AtomicUsize,
 }
 
-impl Store {
+impl SqliteStore {
     /// Opens (creating when missing) the database file and its folder, switches it to WAL and
-    /// applies the migrations. Blocking: call at startup.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
+    /// applies the migrations. Blocking: call off the runtime, at startup.
+    pub(super) fn open(path: &Path) -> Result<Self, StoreError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|source| StoreError::CreateDir {
                 path: parent.to_owned(),
@@ -108,12 +89,9 @@ impl Store {
         })
     }
 
-    /// Stores a link under `code`, or under a generated code when `None`.
-    /// With a write key, a create already stored under that key for the same
-    /// URL (and code, if one was asked for) answers the stored link instead
-    /// of storing a second one: the proxy may send one create to both slots
-    /// when the first died before answering.
-    pub async fn insert(
+    /// See [`super::Store::insert`]. Writes are serialized by the file's write lock, so a create
+    /// retried on the other process finds the first one's key once that one has committed.
+    pub(super) async fn insert(
         &self,
         code: Option<Code>,
         url: LongUrl,
@@ -130,8 +108,7 @@ impl Store {
                     .query_row([key], link_from_row)
                     .optional()?;
                 if let Some(link) = stored
-                    && link.url == url.as_str()
-                    && code.as_ref().is_none_or(|c| c.as_str() == link.code)
+                    && is_replay_of(&link, &url, code.as_ref())
                 {
                     return Ok(link);
                 }
@@ -159,7 +136,6 @@ impl Store {
                     "INSERT OR REPLACE INTO write_keys (key, code, created_at) VALUES (?1, ?2, ?3)",
                 )?
                 .execute((key, &code, &created_at))?;
-                // Retries come within seconds; a day of keys is plenty.
                 tx.prepare_cached("DELETE FROM write_keys WHERE created_at < ?1")?
                     .execute([key_cutoff()])?;
             }
@@ -174,8 +150,7 @@ impl Store {
         .await
     }
 
-    /// The link under `code`, if any.
-    pub async fn get(&self, code: Code) -> Result<Option<Link>, StoreError> {
+    pub(super) async fn get(&self, code: Code) -> Result<Option<Link>, StoreError> {
         self.read(move |conn| {
             let sql = format!("SELECT {LINK_COLUMNS} FROM links WHERE code = ?1");
             conn.prepare_cached(&sql)?
@@ -185,8 +160,7 @@ impl Store {
         .await
     }
 
-    /// Counts a click and answers the target of `code`, if any, in one statement.
-    pub async fn follow(&self, code: Code) -> Result<Option<String>, StoreError> {
+    pub(super) async fn follow(&self, code: Code) -> Result<Option<String>, StoreError> {
         self.write(move |tx| {
             let url = tx
                 .prepare_cached(
@@ -199,8 +173,7 @@ impl Store {
         .await
     }
 
-    /// Removes the link under `code`; `false` when there was none.
-    pub async fn delete(&self, code: Code) -> Result<bool, StoreError> {
+    pub(super) async fn delete(&self, code: Code) -> Result<bool, StoreError> {
         self.write(move |tx| {
             let removed = tx
                 .prepare_cached("DELETE FROM links WHERE code = ?1")?
@@ -210,8 +183,11 @@ impl Store {
         .await
     }
 
-    /// Up to `limit` links ordered by code, starting after the code `after`.
-    pub async fn list(&self, after: Option<Code>, limit: u32) -> Result<Vec<Link>, StoreError> {
+    pub(super) async fn list(
+        &self,
+        after: Option<Code>,
+        limit: u32,
+    ) -> Result<Vec<Link>, StoreError> {
         self.read(move |conn| {
             let sql = format!(
                 "SELECT {LINK_COLUMNS} FROM links WHERE ?1 IS NULL OR code > ?1 ORDER BY code LIMIT ?2"
@@ -224,8 +200,7 @@ impl Store {
         .await
     }
 
-    /// A trivial query on the links table: fails when the file or the table is unusable.
-    pub async fn ping(&self) -> Result<(), StoreError> {
+    pub(super) async fn ping(&self) -> Result<(), StoreError> {
         self.read(|conn| {
             conn.prepare_cached("SELECT 1 FROM links LIMIT 1")?
                 .exists([])
@@ -286,7 +261,7 @@ fn open_writer(path: &Path) -> Result<Connection, StoreError> {
     let deadline = Instant::now() + BUSY_TIMEOUT;
     loop {
         match prepare_writer(path) {
-            Err(e) if e.is_busy() && Instant::now() < deadline => {
+            Err(e) if e.is_transient() && Instant::now() < deadline => {
                 let pause = Duration::from_millis(rand::rng().random_range(5..=40));
                 tracing::debug!(error = %e, ?pause, "database held by the other process; retrying");
                 std::thread::sleep(pause);
@@ -343,25 +318,11 @@ fn link_from_row(row: &Row<'_>) -> rusqlite::Result<Link> {
     })
 }
 
-/// Write keys older than this are forgotten.
-fn key_cutoff() -> String {
-    (OffsetDateTime::now_utc() - time::Duration::days(1))
-        .replace_nanosecond(0)
-        .expect("0 is a valid nanosecond")
-        .format(&Rfc3339)
-        .expect("a UTC time a day ago formats")
-}
-
-fn now_rfc3339() -> String {
-    OffsetDateTime::now_utc()
-        .replace_nanosecond(0)
-        .expect("0 is a valid nanosecond")
-        .format(&Rfc3339)
-        .expect("the current UTC time has a four-digit year and no offset seconds")
-}
-
 #[cfg(test)]
 mod tests {
+    use time::OffsetDateTime;
+    use time::format_description::well_known::Rfc3339;
+
     use super::*;
     use crate::public_host::OwnHosts;
 
@@ -385,7 +346,7 @@ mod tests {
                 let (path, start) = (path.clone(), Arc::clone(&start));
                 std::thread::spawn(move || {
                     start.wait();
-                    Store::open(&path).map(drop)
+                    SqliteStore::open(&path).map(drop)
                 })
             })
             .collect();
@@ -397,7 +358,7 @@ mod tests {
     #[tokio::test]
     async fn a_link_round_trips_and_counts_clicks() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = Store::open(&dir.path().join("nested/links.db")).expect("open");
+        let store = SqliteStore::open(&dir.path().join("nested/links.db")).expect("open");
 
         let link = store
             .insert(
@@ -422,7 +383,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_click_of_concurrent_redirects_is_counted() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = Store::open(&dir.path().join("links.db")).expect("open");
+        let store = SqliteStore::open(&dir.path().join("links.db")).expect("open");
         for c in ["a", "b"] {
             store
                 .insert(
@@ -463,7 +424,7 @@ mod tests {
     #[tokio::test]
     async fn a_taken_code_is_refused_and_generated_codes_differ() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = Store::open(&dir.path().join("links.db")).expect("open");
+        let store = SqliteStore::open(&dir.path().join("links.db")).expect("open");
         store
             .insert(
                 Some(code("x")),
@@ -499,7 +460,7 @@ mod tests {
     async fn data_survives_reopening_and_migrations_run_once() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("links.db");
-        let store = Store::open(&path).expect("open");
+        let store = SqliteStore::open(&path).expect("open");
         store
             .insert(
                 Some(code("keep")),
@@ -511,7 +472,7 @@ mod tests {
             .expect("insert");
         drop(store);
 
-        let reopened = Store::open(&path).expect("reopen");
+        let reopened = SqliteStore::open(&path).expect("reopen");
         assert!(reopened.get(code("keep")).await.expect("get").is_some());
     }
 }
@@ -523,7 +484,7 @@ mod write_key_tests {
     #[tokio::test]
     async fn a_create_retried_with_its_key_is_stored_once() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(&dir.path().join("links.db")).expect("open");
+        let store = SqliteStore::open(&dir.path().join("links.db")).expect("open");
         let url = || {
             LongUrl::parse("https://example.com/a", &crate::public_host::OwnHosts::NONE)
                 .expect("url")

@@ -2,6 +2,7 @@
 //! (`support::spawn_app`) for most, the real binary (`support::Process`) for process-level ones.
 //! One test binary with a module per concern, so the suite links once.
 
+#[macro_use]
 mod support;
 
 mod faults;
