@@ -16,6 +16,7 @@ pub mod client;
 pub mod echo;
 pub mod harness;
 pub mod load;
+pub mod postgres;
 pub mod process;
 pub mod proxy;
 pub mod recorder;

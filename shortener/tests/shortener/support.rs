@@ -1,14 +1,17 @@
-//! The harness: the app in-process on 127.0.0.1:0, the real binary as a child process, and
-//! `eventually` for waiting on a condition instead of sleeping.
+//! The harness: a fresh database per test on either engine (`TestDb`), the app in-process on
+//! 127.0.0.1:0, the real binary as a child process, `eventually` for waiting on a condition
+//! instead of sleeping, and `on_each_engine!`, which runs a test once on SQLite and once on
+//! PostgreSQL (one server per test binary, `e2e::postgres`, a database per test).
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use e2e::postgres::{PgDatabase, PostgresServer};
 use reqwest::{Client, RequestBuilder, Response, StatusCode, redirect};
 use serde_json::{Value, json};
 use shortener::{AppState, Args};
@@ -20,6 +23,132 @@ use tokio::sync::oneshot;
 
 /// Bound on anything a test waits for: a request, a readiness line, an exit.
 pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Runs each named `async fn(Engine)` of the module as two tests, `NAME::sqlite` and
+/// `NAME::postgres`. A test function left out of the list is dead code, which the lints refuse.
+macro_rules! on_each_engine {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name($crate::support::Engine::Sqlite).await;
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                super::$name($crate::support::Engine::Postgres).await;
+            }
+        }
+    )+};
+}
+
+/// Which database a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+/// A fresh database of one test: a file in a temporary folder, or a database of its own on the
+/// shared PostgreSQL server. Cheap to clone; the folder lives as long as a clone does.
+#[derive(Debug, Clone)]
+pub struct TestDb {
+    place: Place,
+}
+
+#[derive(Debug, Clone)]
+enum Place {
+    Sqlite {
+        path: PathBuf,
+        _dir: Arc<TempDir>,
+    },
+    Postgres {
+        server: &'static PostgresServer,
+        db: PgDatabase,
+    },
+}
+
+impl TestDb {
+    pub async fn new(engine: Engine) -> Self {
+        let place = match engine {
+            Engine::Sqlite => {
+                let dir = tempfile::tempdir().expect("a temp dir");
+                // A folder that does not exist yet: the first process to open it creates it.
+                let path = dir.path().join("data").join("links.db");
+                Place::Sqlite {
+                    path,
+                    _dir: Arc::new(dir),
+                }
+            }
+            Engine::Postgres => {
+                let server = PostgresServer::shared().await;
+                let db = server.create_database().await;
+                Place::Postgres { server, db }
+            }
+        };
+        Self { place }
+    }
+
+    /// What `--db` and `SHORTENER_DB` take: the file's path or the database's URL.
+    pub fn arg(&self) -> String {
+        match &self.place {
+            Place::Sqlite { path, .. } => path.to_str().expect("a UTF-8 temp path").to_owned(),
+            Place::Postgres { db, .. } => db.url.clone(),
+        }
+    }
+
+    /// Runs `sql` on the database from outside the app, as another process would.
+    pub async fn execute(&self, sql: &str) {
+        match &self.place {
+            Place::Sqlite { path, .. } => {
+                let (path, sql) = (path.clone(), sql.to_owned());
+                tokio::task::spawn_blocking(move || {
+                    let conn = rusqlite::Connection::open(&path).expect("open the database");
+                    conn.busy_timeout(PATIENCE).expect("busy timeout");
+                    conn.execute_batch(&sql).expect("the statements run");
+                })
+                .await
+                .expect("the SQLite task");
+            }
+            Place::Postgres { server, db } => {
+                server.psql(&db.name, sql).await;
+            }
+        }
+    }
+
+    /// The schema version the migrations recorded; 0 before the first.
+    pub async fn schema_version(&self) -> i64 {
+        match &self.place {
+            Place::Sqlite { path, .. } => {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || {
+                    rusqlite::Connection::open(&path)
+                        .and_then(|c| c.query_row("PRAGMA user_version", [], |row| row.get(0)))
+                        .expect("the schema version")
+                })
+                .await
+                .expect("the SQLite task")
+            }
+            Place::Postgres { server, db } => server
+                .psql(
+                    &db.name,
+                    "SELECT coalesce(max(version), 0) FROM schema_version",
+                )
+                .await
+                .parse()
+                .expect("a version number"),
+        }
+    }
+
+    /// Records `version` as the schema's, as a newer release's migration would.
+    pub async fn set_schema_version(&self, version: i64) {
+        let sql = match &self.place {
+            Place::Sqlite { .. } => format!("PRAGMA user_version = {version}"),
+            Place::Postgres { .. } => format!("UPDATE schema_version SET version = {version}"),
+        };
+        self.execute(&sql).await;
+    }
+}
 
 /// A client that shows redirects instead of following them.
 pub fn client() -> Client {
@@ -118,11 +247,9 @@ pub async fn error_of(res: Response, status: StatusCode) -> String {
 /// The app running in this test's runtime, on its own port and (by default) its own database.
 pub struct TestApp {
     pub addr: SocketAddr,
-    pub db: PathBuf,
+    pub db: TestDb,
     client: Client,
     shutdown: Option<oneshot::Sender<()>>,
-    /// Keeps the temporary database folder alive while the app runs.
-    _dir: Option<TempDir>,
 }
 
 impl Target for TestApp {
@@ -142,26 +269,23 @@ impl Drop for TestApp {
     }
 }
 
-pub async fn spawn_app() -> TestApp {
-    spawn_app_with(&[]).await
+pub async fn spawn_app(engine: Engine) -> TestApp {
+    spawn_app_with(engine, &[]).await
 }
 
-/// An app on a fresh temporary database, with extra command-line flags.
-pub async fn spawn_app_with(flags: &[&str]) -> TestApp {
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let mut app = spawn_app_on(&dir.path().join("links.db"), flags).await;
-    app._dir = Some(dir);
-    app
+/// An app on a fresh database, with extra command-line flags.
+pub async fn spawn_app_with(engine: Engine, flags: &[&str]) -> TestApp {
+    spawn_app_on(&TestDb::new(engine).await, flags).await
 }
 
-/// An app on a given database file (several apps may share one), with extra flags.
-pub async fn spawn_app_on(db: &Path, flags: &[&str]) -> TestApp {
-    let db_arg = db.to_str().expect("a UTF-8 temp path");
-    let argv = ["shortener", "--listen", "127.0.0.1:0", "--db", db_arg]
+/// An app on a given database (several apps may share one), with extra flags.
+pub async fn spawn_app_on(db: &TestDb, flags: &[&str]) -> TestApp {
+    let db_arg = db.arg();
+    let argv = ["shortener", "--listen", "127.0.0.1:0", "--db", &db_arg]
         .into_iter()
         .chain(flags.iter().copied());
     let args = Args::try_parse_from(argv).expect("test flags parse");
-    let state = AppState::open(&args).expect("the store opens");
+    let state = AppState::open(&args).await.expect("the store opens");
     // Bound before `run`: connections queue in the backlog, so the app is ready on return.
     let listener = TcpListener::bind(args.listen).await.expect("bind port 0");
     let addr = listener.local_addr().expect("a bound address");
@@ -171,10 +295,9 @@ pub async fn spawn_app_on(db: &Path, flags: &[&str]) -> TestApp {
     }));
     TestApp {
         addr,
-        db: db.to_owned(),
+        db: db.clone(),
         client: client(),
         shutdown: Some(shutdown),
-        _dir: None,
     }
 }
 
@@ -201,9 +324,9 @@ impl Target for Process {
 
 impl Process {
     /// Starts the binary on `db` and a free port, with extra flags, and waits for readiness.
-    pub async fn start(db: &Path, flags: &[&str]) -> Self {
-        let db_arg = db.to_str().expect("a UTF-8 temp path");
-        let mut args = vec!["--listen", "127.0.0.1:0", "--db", db_arg];
+    pub async fn start(db: &TestDb, flags: &[&str]) -> Self {
+        let db_arg = db.arg();
+        let mut args = vec!["--listen", "127.0.0.1:0", "--db", &db_arg];
         args.extend_from_slice(flags);
         Self::spawn(&args, &[]).await
     }

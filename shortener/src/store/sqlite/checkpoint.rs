@@ -23,6 +23,8 @@ use std::sync::mpsc::{self, Receiver, SyncSender};
 use rusqlite::Connection;
 use rusqlite::hooks::Wal;
 
+use super::sched::let_requests_run_first;
+
 /// When checkpoints happen, in pages of the WAL.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct WalLimits {
@@ -77,7 +79,7 @@ impl Checkpoints {
             .name(THREAD_NAME.into())
             .spawn(move || {
                 // Its wakeups need not preempt the request threads either.
-                super::writer::let_requests_run_first();
+                let_requests_run_first();
                 serve(&checkpointer, &asked);
             })?;
         Ok(Self {
