@@ -233,13 +233,12 @@ impl Monitor {
         } else {
             EventKind::UpstreamDown
         };
-        let events = Arc::clone(&self.events);
-        let mut list = vec![
+        self.events.record(
             Event::new(kind, why)
                 .slot_to(slot)
                 .releases([release])
                 .detail(serde_json::json!({ "addr": addr })),
-        ];
+        );
         if serving_before != serving_after {
             let snap = self.router.load();
             let kind = if serving_after == snap.active {
@@ -247,7 +246,7 @@ impl Monitor {
             } else {
                 EventKind::Failover
             };
-            list.push(
+            self.events.record(
                 Event::new(
                     kind,
                     format!("users now go to {serving_after} (active: {})", snap.active),
@@ -256,11 +255,5 @@ impl Monitor {
                 .slot_to(serving_after),
             );
         }
-        // The log's file write must not stall a request or the checker.
-        tokio::task::spawn_blocking(move || {
-            for event in list {
-                events.record(event);
-            }
-        });
     }
 }

@@ -70,7 +70,7 @@ pub async fn run(
     if let Some(open) = detector.open_incident() {
         store.upsert(open.clone());
         if let Err(e) = store.save().await {
-            tracing::error!(path = %store.path.display(), error = %e, "could not save the incidents at shutdown");
+            tracing::error!(error = %e, "could not save the incidents at shutdown");
         }
     }
 }
@@ -104,7 +104,7 @@ async fn apply(change: Change, store: &IncidentStore, events: &EventLog, notifie
     // page, /status) finds its event in the log too.
     store.upsert(incident.clone());
     if let Err(e) = store.save().await {
-        tracing::error!(path = %store.path.display(), error = %e, "could not save the incidents");
+        tracing::error!(error = %e, "could not save the incidents");
     }
     notifier.send(Notice::new(announce, incident));
 }
