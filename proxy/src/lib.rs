@@ -18,10 +18,10 @@
 //! ```
 //!
 //! Shared leaves: `config` (raw -> validated -> typed), `error`, `slot`,
-//! `atomic_file` and `persist` (the files in `data_dir`), `metrics`. `run`
-//! wires the parts together; `main.rs` only parses arguments and binds. Everything but
-//! `run`, `Listeners`, the config and the admin token is private to the
-//! crate.
+//! `atomic_file` and `persist` (the files in `data_dir`), `ticker` (the
+//! background tasks' clock), `metrics`. `run` wires the parts together;
+//! `main.rs` only parses arguments and binds. Everything but `run`,
+//! `Listeners`, the config and the admin token is private to the crate.
 
 mod admin;
 mod atomic_file;
@@ -33,6 +33,7 @@ mod metrics;
 mod ops;
 mod persist;
 mod slot;
+mod ticker;
 
 pub use admin::auth::{AdminToken, TOKEN_ENV};
 pub use config::Config;

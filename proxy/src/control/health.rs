@@ -14,6 +14,7 @@ use crate::control::probe::Prober;
 use crate::http::routing::Router;
 use crate::ops::events::{Event, EventKind, EventLog};
 use crate::slot::Slot;
+use crate::ticker::Ticker;
 
 /// What the checker knows of one slot beyond the routing verdict.
 #[derive(Debug, Clone, Default)]
@@ -140,15 +141,10 @@ impl Monitor {
     pub async fn run(
         self: Arc<Self>,
         prober: Prober,
-        mut shutdown: tokio::sync::watch::Receiver<bool>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
-        let mut ticker = tokio::time::interval(self.cfg.interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                _ = shutdown.changed() => return,
-            }
+        let mut ticker = Ticker::new(self.cfg.interval, shutdown);
+        while ticker.tick().await {
             let addrs = {
                 let snap = self.router.load();
                 [

@@ -22,6 +22,7 @@ use crate::http::traffic::{Totals, Traffic};
 use crate::metrics::Metrics;
 use crate::persist;
 use crate::slot::Slot;
+use crate::ticker::Ticker;
 
 /// How often the traffic counters and the routing health are sampled.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(1);
@@ -407,16 +408,11 @@ pub async fn run(
     router: Arc<Router>,
     traffic: Arc<Traffic>,
     metrics: Arc<Metrics>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     budget.publish(&metrics);
-    let mut ticker = tokio::time::interval(SAMPLE_EVERY);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = shutdown.changed() => break,
-        }
+    let mut ticker = Ticker::new(SAMPLE_EVERY, shutdown);
+    while ticker.tick().await {
         let serving_healthy = {
             let snap = router.load();
             snap.is_healthy(snap.serving())
