@@ -19,9 +19,10 @@
 //!
 //! Shared leaves: `config` (raw -> validated -> typed), `error`, `slot`,
 //! `atomic_file` and `persist` (the files in `data_dir`), `ticker` (the
-//! background tasks' clock), `metrics`. `run` wires the parts together;
-//! `main.rs` only parses arguments and binds. Everything but `run`,
-//! `Listeners`, the config and the admin token is private to the crate.
+//! background tasks' clock), `secret`, `metrics`. `run` wires the parts
+//! together; `main.rs` only parses arguments and binds. Everything but
+//! `run`, `Listeners`, the config and the admin token is private to the
+//! crate.
 
 mod admin;
 mod atomic_file;
@@ -32,6 +33,7 @@ mod http;
 mod metrics;
 mod ops;
 mod persist;
+mod secret;
 mod slot;
 mod ticker;
 
