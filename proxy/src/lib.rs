@@ -18,9 +18,11 @@
 //! ```
 //!
 //! Shared leaves: `config` (raw -> validated -> typed), `error`, `slot`,
-//! `atomic_file`, `metrics`. `run` wires the parts together; `main.rs` only
-//! parses arguments and binds. Everything but `run`, `Listeners`, the config
-//! and the admin token is private to the crate.
+//! `atomic_file` and `persist` (the files in `data_dir`), `ticker` (the
+//! background tasks' clock), `secret`, `metrics`. `run` wires the parts
+//! together; `main.rs` only parses arguments and binds. Everything but
+//! `run`, `Listeners`, the config and the admin token is private to the
+//! crate.
 
 mod admin;
 mod atomic_file;
@@ -30,7 +32,10 @@ pub mod error;
 mod http;
 mod metrics;
 mod ops;
+mod persist;
+mod secret;
 mod slot;
+mod ticker;
 
 pub use admin::auth::{AdminToken, TOKEN_ENV};
 pub use config::Config;
@@ -78,19 +83,21 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ProxyError> {
     let config = Arc::new(config);
-    let events = Arc::new(EventLog::open(&config.data_dir.join("events.jsonl"))?);
+    let events = Arc::new(EventLog::open(&config.data_dir.join("events.jsonl")).await?);
     let prober = Prober::new(config.timeouts.connect, config.gate.request_timeout);
     let health = Arc::new(HealthTable::default());
     let router = Arc::new(restore(&config, &prober, &health).await?);
     let traffic = Arc::new(Traffic::new());
-    let budget = Arc::new(Budget::open(
-        &config.data_dir.join("budget.json"),
-        config.sla,
-        time::OffsetDateTime::now_utc(),
-    )?);
-    let incident_store = Arc::new(IncidentStore::open(
-        &config.data_dir.join("incidents.json"),
-    )?);
+    let budget = Arc::new(
+        Budget::open(
+            &config.data_dir.join("budget.json"),
+            config.sla,
+            time::OffsetDateTime::now_utc(),
+        )
+        .await?,
+    );
+    let incident_store =
+        Arc::new(IncidentStore::open(&config.data_dir.join("incidents.json")).await?);
     let metrics = Arc::new(Metrics::new());
     let monitor = Arc::new(Monitor {
         router: Arc::clone(&router),
@@ -209,6 +216,9 @@ pub async fn run(
         Err(_) => tracing::warn!("status listener did not stop in time"),
         _ => {}
     }
+    // The writer thread ends with the process: the last events (a notice
+    // that could not be sent at shutdown) must be in the file first.
+    events.flushed().await;
     Ok(())
 }
 
@@ -247,7 +257,9 @@ async fn restore(
     let state_path = config.state_file();
     let (active, previous, addrs, last_switch, vetted_releases) = match control::state::load(
         &state_path,
-    )? {
+    )
+    .await?
+    {
         Some(saved) => {
             tracing::info!(file = %state_path.display(), active = %saved.active, blue = %saved.blue, green = %saved.green, "restored routing state");
             (

@@ -54,7 +54,20 @@ pub fn app(state: AdminState) -> Router {
             )
         })
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            events_on_disk,
+        ))
         .with_state(state)
+}
+
+/// An admin answer waits until the events recorded before it are in the
+/// log file: a change it reports, or an event `GET /events` shows, survives
+/// a crash right after.
+async fn events_on_disk(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    state.controller.events().flushed().await;
+    response
 }
 
 async fn require_token(State(state): State<AdminState>, request: Request, next: Next) -> Response {

@@ -248,7 +248,8 @@ impl Controller {
         self.persist(
             &PersistedState::new(current.active, current.previous, addrs, current.last_switch)
                 .with_vetted(self.vetted_releases(vetted)),
-        )?;
+        )
+        .await?;
         let upstream = Upstream::new(slot, addr, &self.config.load().timeouts);
         self.health.reset(slot, addr);
         let next = self.router.update(|snap| {
@@ -625,7 +626,8 @@ impl Controller {
         self.persist(
             &PersistedState::new(to, Some(from), addrs, Some(now))
                 .with_vetted(self.vetted_releases(vetted)),
-        )?;
+        )
+        .await?;
         let config = self.config.load_full();
         let next = self.router.update(|snap| {
             let mut next = snap.to_builder();
@@ -675,8 +677,11 @@ impl Controller {
         Slot::ALL.map(|slot| vetted[slot.index()].then(|| self.release(slot)).flatten())
     }
 
-    fn persist(&self, state: &PersistedState) -> Result<(), ControlError> {
-        state::save(&self.config.load().state_file(), state).map_err(ControlError::Persist)
+    async fn persist(&self, state: &PersistedState) -> Result<(), ControlError> {
+        let path = self.config.load().state_file();
+        state::save(&path, state)
+            .await
+            .map_err(ControlError::Persist)
     }
 }
 
