@@ -27,6 +27,7 @@ use crate::http::upstream::Upstream;
 use crate::metrics::Metrics;
 use crate::ops::events::{Event, EventKind, EventLog};
 use crate::slot::Slot;
+use crate::ticker::Ticker;
 
 /// The last gate run against a slot, for the status.
 #[derive(Debug, Clone, Serialize)]
@@ -688,15 +689,10 @@ impl Controller {
 /// Evaluates the guard every interval until `shutdown` changes.
 pub async fn run_guard(
     controller: Arc<Controller>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut ticker = tokio::time::interval(controller.guard_config().interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = shutdown.changed() => return,
-        }
+    let mut ticker = Ticker::new(controller.guard_config().interval, shutdown);
+    while ticker.tick().await {
         controller.guard_tick().await;
     }
 }

@@ -97,10 +97,10 @@ impl Snapshot {
         if let Some(secret) = &policy.canary.preview_secret {
             let by_header = headers
                 .get(&policy.canary.preview_header)
-                .is_some_and(|v| constant_time_eq(v.as_bytes(), secret.as_bytes()));
+                .is_some_and(|v| crate::secret::matches(secret.as_bytes(), v.as_bytes()));
             let by_cookie = || {
                 cookie(headers, &policy.canary.preview_cookie)
-                    .is_some_and(|v| constant_time_eq(v.as_bytes(), secret.as_bytes()))
+                    .is_some_and(|v| crate::secret::matches(secret.as_bytes(), v.as_bytes()))
             };
             if (by_header || by_cookie()) && self.is_healthy(candidate) {
                 return Route {
@@ -218,11 +218,6 @@ fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(k, _)| *k == name)
         .map(|(_, v)| v.trim())
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    use subtle::ConstantTimeEq;
-    a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
 #[cfg(test)]
