@@ -687,10 +687,7 @@ impl Controller {
 }
 
 /// Evaluates the guard every interval until `shutdown` changes.
-pub async fn run_guard(
-    controller: Arc<Controller>,
-    shutdown: tokio::sync::watch::Receiver<bool>,
-) {
+pub async fn run_guard(controller: Arc<Controller>, shutdown: tokio::sync::watch::Receiver<bool>) {
     let mut ticker = Ticker::new(controller.guard_config().interval, shutdown);
     while ticker.tick().await {
         controller.guard_tick().await;
