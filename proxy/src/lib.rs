@@ -18,7 +18,8 @@
 //! ```
 //!
 //! Shared leaves: `config` (raw -> validated -> typed), `error`, `slot`,
-//! `atomic_file`, `metrics`. `run` wires the parts together; `main.rs` only
+//! `atomic_file`, `metrics`, `tls` (certificates, server and client
+//! configurations). `run` wires the parts together; `main.rs` only
 //! parses arguments and binds. Everything but `run`, `Listeners`, the config
 //! and the admin token is private to the crate.
 
@@ -31,6 +32,7 @@ mod http;
 mod metrics;
 mod ops;
 mod slot;
+mod tls;
 
 pub use admin::auth::{AdminToken, TOKEN_ENV};
 pub use config::Config;
@@ -49,7 +51,7 @@ use crate::control::health::Monitor;
 use crate::control::probe::Prober;
 use crate::http::forward::Forwarder;
 use crate::http::routing::{Policy, Router, Snapshot};
-use crate::http::server::Drain;
+use crate::http::server::{Drain, Handshake, TlsListener};
 use crate::http::traffic::Traffic;
 use crate::http::upstream::Upstream;
 use crate::metrics::Metrics;
@@ -63,6 +65,8 @@ use crate::slot::Slot;
 /// The bound listeners, so callers (and tests) can bind port 0 first.
 pub struct Listeners {
     pub public: TcpListener,
+    /// The TLS listener, when `listen.public_tls` is set.
+    pub public_tls: Option<TcpListener>,
     pub admin: TcpListener,
     /// The public status page: no token, no secrets.
     pub status: TcpListener,
@@ -133,6 +137,11 @@ pub async fn run(
         },
         stop_rx.clone(),
     ));
+    let expiry = tokio::spawn(ops::cert_expiry::run(
+        Arc::clone(&router),
+        Arc::clone(&events),
+        stop_rx.clone(),
+    ));
     let accountant = tokio::spawn(ops::budget::run(
         Arc::clone(&budget),
         Arc::clone(&router),
@@ -172,6 +181,14 @@ pub async fn run(
             .await
     });
 
+    let tls = listeners.public_tls.map(|listener| TlsListener {
+        listener,
+        handshake: Handshake {
+            router: Arc::clone(&router),
+            metrics: Arc::clone(&metrics),
+            timeout: config.limits.tls_handshake_timeout,
+        },
+    });
     let forwarder = Arc::new(Forwarder::new(
         Arc::clone(&router),
         traffic,
@@ -180,6 +197,7 @@ pub async fn run(
     ));
     let drain = http::server::serve(
         listeners.public,
+        tls,
         forwarder,
         config.limits,
         config.timeouts.shutdown_grace,
@@ -198,7 +216,9 @@ pub async fn run(
             "grace period over: answered 504 to the requests still waiting and closed the connections still open"
         ),
     }
-    let _ = tokio::join!(checker, guard, reloader, detector, accountant, notices);
+    let _ = tokio::join!(
+        checker, guard, reloader, detector, accountant, notices, expiry
+    );
     match tokio::time::timeout(config.timeouts.shutdown_grace, admin).await {
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "admin listener failed"),
         Err(_) => tracing::warn!("admin listener did not stop in time"),

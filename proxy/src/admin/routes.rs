@@ -22,6 +22,7 @@ use crate::http::routing::Snapshot;
 use crate::ops::budget::{Budget, BudgetView};
 use crate::ops::events::Event;
 use crate::slot::Slot;
+use crate::tls::certs::TlsView;
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -169,6 +170,8 @@ pub struct StatusView {
     pub guard: GuardView,
     pub slots: SlotsView,
     pub error_budget: BudgetView,
+    /// The TLS listener's certificates; null without one.
+    pub tls: Option<TlsView>,
 }
 
 #[derive(Serialize)]
@@ -221,6 +224,11 @@ pub fn status_view(state: &AdminState, snap: &Snapshot) -> StatusView {
             green: slot(Slot::Green),
         },
         error_budget: state.budget.view(),
+        tls: snap
+            .policy
+            .https
+            .as_ref()
+            .map(|h| h.certificates.view(time::OffsetDateTime::now_utc())),
     }
 }
 

@@ -49,6 +49,8 @@ pub struct RawConfig {
     notify: RawNotify,
     #[serde(default)]
     scenario: Vec<RawScenario>,
+    #[serde(default)]
+    tls: super::tls::RawTls,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -101,11 +103,13 @@ struct RawNotify {
 struct RawWebhook {
     url: Option<String>,
     secret: Option<String>,
+    ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 struct RawListen {
     public: Option<String>,
+    public_tls: Option<String>,
     admin: Option<String>,
     status: Option<String>,
 }
@@ -162,6 +166,7 @@ struct RawLimits {
     max_header_bytes: Option<usize>,
     max_body_bytes: Option<u64>,
     max_connections: Option<usize>,
+    tls_handshake_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -257,6 +262,9 @@ impl RawConfig {
         if public == admin && public.port() != 0 {
             p.push("listen.admin", "must differ from listen.public");
         }
+        let (public_tls, tls) =
+            self.tls
+                .validate(self.listen.public_tls.as_deref(), public, &mut p.0);
 
         let initial_active = match self
             .slots
@@ -464,16 +472,23 @@ impl RawConfig {
         for (i, w) in self.notify.webhook.iter().enumerate() {
             let key = format!("notify.webhook[{i}].url");
             match w.url.as_deref().map(|u| u.parse::<http::Uri>()) {
-                Some(Ok(uri)) if uri.scheme_str() == Some("http") && uri.authority().is_some() => {
+                Some(Ok(uri))
+                    if matches!(uri.scheme_str(), Some("http" | "https"))
+                        && uri.authority().is_some() =>
+                {
+                    if w.ca.is_some() && uri.scheme_str() != Some("https") {
+                        p.push(
+                            format!("notify.webhook[{i}].ca"),
+                            "only for an https:// URL",
+                        );
+                    }
                     webhooks.push(Webhook {
                         url: uri,
                         secret: w.secret.clone(),
+                        ca: w.ca.clone(),
                     })
                 }
-                Some(Ok(_)) => p.push(
-                    key,
-                    "an http:// URL with a host (TLS is not built in: use a local relay for https)",
-                ),
+                Some(Ok(_)) => p.push(key, "an http:// or https:// URL with a host"),
                 Some(Err(_)) => p.push(key, "not a URL"),
                 None => p.push(key, "required"),
             }
@@ -521,6 +536,11 @@ impl RawConfig {
                 l.max_connections,
                 d::MAX_CONNECTIONS,
             ),
+            tls_handshake_timeout: p.millis(
+                "limits.tls_handshake_timeout_ms",
+                l.tls_handshake_timeout_ms,
+                d::TLS_HANDSHAKE_TIMEOUT_MS,
+            ),
         };
         if limits.max_header_bytes < 1024 {
             p.push("limits.max_header_bytes", "must be at least 1024");
@@ -555,6 +575,7 @@ impl RawConfig {
         Ok(Config {
             data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from(d::DATA_DIR)),
             public,
+            public_tls,
             admin,
             status,
             forwarding,
@@ -571,6 +592,7 @@ impl RawConfig {
             health,
             limits,
             scenarios,
+            tls,
         })
     }
 }

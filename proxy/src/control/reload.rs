@@ -25,6 +25,9 @@ pub fn reload(controller: &Controller, path: &Path) -> Result<(), ConfigError> {
     if old.public != config.public {
         restart_needed.push("listen.public");
     }
+    if old.public_tls != config.public_tls {
+        restart_needed.push("listen.public_tls");
+    }
     if old.admin != config.admin {
         restart_needed.push("listen.admin");
     }
@@ -52,11 +55,13 @@ pub fn reload(controller: &Controller, path: &Path) -> Result<(), ConfigError> {
         was.idle_timeout,
         was.max_header_bytes,
         was.max_connections,
+        was.tls_handshake_timeout,
     ) != (
         now.header_read_timeout,
         now.idle_timeout,
         now.max_header_bytes,
         now.max_connections,
+        now.tls_handshake_timeout,
     ) {
         restart_needed.push("limits.* (all but max_body_bytes and body_timeout_ms)");
     }
