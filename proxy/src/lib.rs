@@ -249,7 +249,9 @@ async fn reload_on_sighup(
         tokio::select! {
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading {}", path.display());
-                let _ = control::reload::reload(&controller, &path);
+                // It reads files (the config and its certificates): off the runtime's threads.
+                let (controller, path) = (Arc::clone(&controller), path.clone());
+                let _ = tokio::task::spawn_blocking(move || control::reload::reload(&controller, &path)).await;
             }
             _ = shutdown.changed() => return,
         }

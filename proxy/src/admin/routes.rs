@@ -337,7 +337,18 @@ async fn abort(State(state): State<AdminState>) -> Result<Json<StatusView>, ApiE
 }
 
 async fn reload(State(state): State<AdminState>) -> Result<Json<StatusView>, ApiError> {
-    reload::reload(&state.controller, &state.config_path).map_err(|e| ApiError {
+    // It reads files (the config and the certificates it names): off the runtime's threads.
+    let (controller, path) = (
+        Arc::clone(&state.controller),
+        Arc::clone(&state.config_path),
+    );
+    let reloaded = tokio::task::spawn_blocking(move || reload::reload(&controller, &path))
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "the reload task failed");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the reload task failed")
+        })?;
+    reloaded.map_err(|e| ApiError {
         status: StatusCode::BAD_REQUEST,
         body: json!({
             "error": e.to_string(),

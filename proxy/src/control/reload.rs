@@ -1,6 +1,8 @@
 //! Reloading the configuration without a restart (SIGHUP or `POST /reload`):
-//! all or nothing. A valid file takes effect for new requests; an invalid
-//! one is refused with every problem named, and nothing changes.
+//! all or nothing. A valid file takes effect for new requests (and its TLS
+//! certificates, read again with it, for new handshakes); an invalid one, or
+//! one naming a broken certificate, is refused with every problem named, and
+//! nothing changes.
 
 use std::path::Path;
 
