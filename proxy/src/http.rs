@@ -4,12 +4,14 @@
 //! `headers`, waits within `deadline`, and sends it through the slot's pool
 //! (`upstream`: our HTTP/1.1 client, its request body and response parser);
 //! `body` streams the answer back and `traffic` records what happened, which
-//! the control plane and operations read.
+//! the control plane and operations read. `https` holds what TLS changes on
+//! the way (the scheme, the redirect, HSTS).
 
 pub mod body;
 pub mod deadline;
 pub mod forward;
 pub mod headers;
+pub mod https;
 pub mod routing;
 pub mod server;
 pub mod traffic;

@@ -19,10 +19,10 @@
 //!
 //! Shared leaves: `config` (raw -> validated -> typed), `error`, `slot`,
 //! `atomic_file` and `persist` (the files in `data_dir`), `ticker` (the
-//! background tasks' clock), `secret`, `metrics`. `run` wires the parts
-//! together; `main.rs` only parses arguments and binds. Everything but
-//! `run`, `Listeners`, the config and the admin token is private to the
-//! crate.
+//! background tasks' clock), `secret`, `metrics`, `tls` (certificates, server
+//! and client configurations). `run` wires the parts together; `main.rs`
+//! only parses arguments and binds. Everything but `run`, `Listeners`, the
+//! config and the admin token is private to the crate.
 
 mod admin;
 mod atomic_file;
@@ -36,6 +36,7 @@ mod persist;
 mod secret;
 mod slot;
 mod ticker;
+mod tls;
 
 pub use admin::auth::{AdminToken, TOKEN_ENV};
 pub use config::Config;
@@ -54,7 +55,7 @@ use crate::control::health::Monitor;
 use crate::control::probe::Prober;
 use crate::http::forward::Forwarder;
 use crate::http::routing::{Policy, Router, Snapshot};
-use crate::http::server::Drain;
+use crate::http::server::{Drain, Handshake, TlsListener};
 use crate::http::traffic::Traffic;
 use crate::http::upstream::Upstream;
 use crate::metrics::Metrics;
@@ -68,6 +69,8 @@ use crate::slot::Slot;
 /// The bound listeners, so callers (and tests) can bind port 0 first.
 pub struct Listeners {
     pub public: TcpListener,
+    /// The TLS listener, when `listen.public_tls` is set.
+    pub public_tls: Option<TcpListener>,
     pub admin: TcpListener,
     /// The public status page: no token, no secrets.
     pub status: TcpListener,
@@ -140,6 +143,11 @@ pub async fn run(
         },
         stop_rx.clone(),
     ));
+    let expiry = tokio::spawn(ops::cert_expiry::run(
+        Arc::clone(&router),
+        Arc::clone(&events),
+        stop_rx.clone(),
+    ));
     let accountant = tokio::spawn(ops::budget::run(
         Arc::clone(&budget),
         Arc::clone(&router),
@@ -179,6 +187,14 @@ pub async fn run(
             .await
     });
 
+    let tls = listeners.public_tls.map(|listener| TlsListener {
+        listener,
+        handshake: Handshake {
+            router: Arc::clone(&router),
+            metrics: Arc::clone(&metrics),
+            timeout: config.limits.tls_handshake_timeout,
+        },
+    });
     let forwarder = Arc::new(Forwarder::new(
         Arc::clone(&router),
         traffic,
@@ -187,6 +203,7 @@ pub async fn run(
     ));
     let drain = http::server::serve(
         listeners.public,
+        tls,
         forwarder,
         config.limits,
         config.timeouts.shutdown_grace,
@@ -205,7 +222,9 @@ pub async fn run(
             "grace period over: answered 504 to the requests still waiting and closed the connections still open"
         ),
     }
-    let _ = tokio::join!(checker, guard, reloader, detector, accountant, notices);
+    let _ = tokio::join!(
+        checker, guard, reloader, detector, accountant, notices, expiry
+    );
     match tokio::time::timeout(config.timeouts.shutdown_grace, admin).await {
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "admin listener failed"),
         Err(_) => tracing::warn!("admin listener did not stop in time"),
@@ -239,7 +258,9 @@ async fn reload_on_sighup(
         tokio::select! {
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading {}", path.display());
-                let _ = control::reload::reload(&controller, &path);
+                // It reads files (the config and its certificates): off the runtime's threads.
+                let (controller, path) = (Arc::clone(&controller), path.clone());
+                let _ = tokio::task::spawn_blocking(move || control::reload::reload(&controller, &path)).await;
             }
             _ = shutdown.changed() => return,
         }

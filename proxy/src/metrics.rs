@@ -11,6 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::http::server::tls::HandshakeFailure;
 use crate::http::traffic::{FailureKind, Outcome};
 use crate::slot::Slot;
 
@@ -40,6 +41,8 @@ pub struct Metrics {
     probe_results: Family<Labels, Counter>,
     pub budget_used_minutes: Gauge<f64, AtomicU64>,
     pub budget_left_minutes: Gauge<f64, AtomicU64>,
+    /// Indexed by `HandshakeFailure as usize`.
+    tls_handshake_failures: [Counter; HandshakeFailure::ALL.len()],
 }
 
 impl Default for Metrics {
@@ -152,6 +155,16 @@ impl Metrics {
             budget_left_minutes.clone(),
         );
 
+        let handshake_family = Family::<Labels, Counter>::default();
+        registry.register(
+            "tls_handshake_failures",
+            "TLS connections closed before their handshake completed, by reason",
+            handshake_family.clone(),
+        );
+        let tls_handshake_failures = HandshakeFailure::ALL.map(|reason| {
+            handshake_family.get_or_create_owned(&vec![("reason", reason.as_str().to_string())])
+        });
+
         Metrics {
             registry,
             requests,
@@ -167,6 +180,7 @@ impl Metrics {
             probe_results,
             budget_used_minutes,
             budget_left_minutes,
+            tls_handshake_failures,
         }
     }
 
@@ -192,6 +206,10 @@ impl Metrics {
             .position(|x| *x == kind)
             .expect("every kind is listed");
         self.upstream_failures[slot.index()][k].inc();
+    }
+
+    pub fn tls_handshake_failed(&self, reason: HandshakeFailure) {
+        self.tls_handshake_failures[reason as usize].inc();
     }
 
     pub fn retried(&self) {

@@ -22,6 +22,7 @@ pub mod proxy;
 pub mod recorder;
 pub mod script_run;
 pub mod shortener;
+pub mod tls;
 pub mod traffic;
 
 pub use client::{Created, RawResponse, http_client, unique};

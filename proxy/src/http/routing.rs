@@ -12,6 +12,7 @@ use http::header::COOKIE;
 use time::OffsetDateTime;
 
 use crate::config::{CanaryCfg, Config};
+use crate::http::https::Https;
 use crate::http::upstream::Upstream;
 use crate::slot::Slot;
 
@@ -36,6 +37,8 @@ pub struct Policy {
     pub response_timeout: Duration,
     pub max_body_bytes: u64,
     pub body_timeout: Duration,
+    /// The TLS listener's certificates, the redirect and HSTS; none without TLS.
+    pub https: Option<Arc<Https>>,
 }
 
 impl Policy {
@@ -48,6 +51,7 @@ impl Policy {
             response_timeout: config.timeouts.response_header,
             max_body_bytes: config.limits.max_body_bytes,
             body_timeout: config.limits.body_timeout,
+            https: Https::from_config(config),
         }
     }
 }

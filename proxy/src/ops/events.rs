@@ -46,6 +46,8 @@ pub enum EventKind {
     IncidentClose,
     PreventedIncident,
     NoticeFailed,
+    /// A TLS certificate expires within 14 days (or has expired).
+    CertificateExpiring,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

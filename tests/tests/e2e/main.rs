@@ -9,6 +9,9 @@
 //! - `hostile_host`: a bad `Host` refused, forwarding claims trusted only from configured
 //!   hops, `Connection` unable to strip what the proxy sets, the admin API out of reach.
 //! - `smuggling`: ambiguous or malformed framing refused or passed on with one clean framing.
+//! - `tls`: HTTPS end to end: HTTP/1.1 and HTTP/2 over TLS, SNI, certificates swapped and
+//!   refused by reload and check-config, the http-to-https redirect, handshake timeouts, https
+//!   webhooks.
 //! - `large_body`: 32 MB bodies intact both ways, with a length, chunked, and over HTTP/2.
 //! - `half_close`: a client that half-closes after its request still gets its answer.
 //! - `limits`: the listener's limits (slow or large heads and bodies, idle connections, the
@@ -61,6 +64,7 @@ mod large_body;
 mod limits;
 mod shutdown;
 mod smuggling;
+mod tls;
 
 // Control plane.
 mod admin;
