@@ -24,6 +24,7 @@
 
 mod admin;
 mod atomic_file;
+mod background;
 pub mod config;
 mod control;
 pub mod error;
@@ -31,30 +32,36 @@ mod http;
 mod metrics;
 mod ops;
 mod slot;
+mod sockets;
+mod takeover;
 
 pub use admin::auth::{AdminToken, TOKEN_ENV};
 pub use config::Config;
 pub use error::ProxyError;
 
 use std::future::Future;
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
 use crate::admin::routes::AdminState;
+use crate::background::Plane;
 use crate::control::controller::Controller;
+use crate::control::guard::GuardRecord;
 use crate::control::health::HealthTable;
 use crate::control::health::Monitor;
 use crate::control::probe::Prober;
 use crate::http::forward::Forwarder;
-use crate::http::routing::{Policy, Router, Snapshot};
+use crate::http::routing::{Canary, Policy, Router, Snapshot};
 use crate::http::server::Drain;
 use crate::http::traffic::Traffic;
 use crate::http::upstream::Upstream;
 use crate::metrics::Metrics;
-use crate::ops::budget::Budget;
-use crate::ops::events::EventLog;
+use crate::ops::budget::{Budget, Downtime};
+use crate::ops::events::{Event, EventKind, EventLog};
 use crate::ops::incidents::IncidentStore;
 use crate::ops::notify::Notifier;
 use crate::ops::status_page::StatusPage;
@@ -68,25 +75,45 @@ pub struct Listeners {
     pub status: TcpListener,
 }
 
-/// Runs the proxy until `shutdown` resolves, then drains and returns.
-/// `config_path` is what a reload (SIGHUP, `POST /reload`) reads again.
+impl Listeners {
+    /// Copies of the sockets, by name, for a takeover to hand over.
+    fn handover_copies(&self) -> std::io::Result<Vec<(&'static str, OwnedFd)>> {
+        Ok(vec![
+            ("public", self.public.as_fd().try_clone_to_owned()?),
+            ("admin", self.admin.as_fd().try_clone_to_owned()?),
+            ("status", self.status.as_fd().try_clone_to_owned()?),
+        ])
+    }
+}
+
+/// Runs the proxy until `shutdown` resolves or a new process took over,
+/// then drains and returns. `config_path` is what a reload (SIGHUP,
+/// `POST /reload`) reads again; `systemd` are the sockets systemd passed
+/// (`LISTEN_FDS`), claimed by address.
+///
+/// When a proxy already serves the same data directory, this is a
+/// takeover (`takeover`): that one freezes, this one restores and probes,
+/// then receives its listening sockets and serves, and that one drains.
 pub async fn run(
     config: Config,
     config_path: PathBuf,
-    listeners: Listeners,
     token: AdminToken,
+    systemd: Vec<std::net::TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ProxyError> {
     let config = Arc::new(config);
+    let mut predecessor = takeover::Predecessor::find(&config.data_dir).await?;
     let events = Arc::new(EventLog::open(&config.data_dir.join("events.jsonl"))?);
     let prober = Prober::new(config.timeouts.connect, config.gate.request_timeout);
     let health = Arc::new(HealthTable::default());
-    let router = Arc::new(restore(&config, &prober, &health).await?);
+    let (router, guard_record) = restore(&config, &prober, &health).await?;
+    let router = Arc::new(router);
     let traffic = Arc::new(Traffic::new());
+    let now = time::OffsetDateTime::now_utc();
     let budget = Arc::new(Budget::open(
         &config.data_dir.join("budget.json"),
         config.sla,
-        time::OffsetDateTime::now_utc(),
+        now,
     )?);
     let incident_store = Arc::new(IncidentStore::open(
         &config.data_dir.join("incidents.json"),
@@ -106,38 +133,56 @@ pub async fn run(
         events: Arc::clone(&events),
         metrics: Arc::clone(&metrics),
         traffic: Arc::clone(&traffic),
+        guard: guard_record,
     }));
 
-    // One shutdown path: every background task watches this.
+    // Stops what outlives the drain (the reloader, the notifier).
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let checker = tokio::spawn(Arc::clone(&monitor).run(prober, stop_rx.clone()));
-    let guard = tokio::spawn(control::controller::run_guard(
-        Arc::clone(&controller),
-        stop_rx.clone(),
-    ));
-    let reloader = tokio::spawn(reload_on_sighup(
-        Arc::clone(&controller),
-        config_path.clone(),
-        stop_rx.clone(),
-    ));
+    // Stops the admin and status listeners as soon as the public one stops
+    // accepting: after a takeover, the new process answers them.
+    let (listeners_stop_tx, listeners_stop_rx) = tokio::sync::watch::channel(false);
     let (notifier, notices) =
         Notifier::start(config.notify.clone(), Arc::clone(&events), stop_rx.clone());
-    let detector = tokio::spawn(ops::incidents::watcher::run(
-        Arc::clone(&incident_store),
-        config.incidents,
-        ops::incidents::watcher::Sources {
-            traffic: Arc::clone(&traffic),
-            health: Arc::clone(&health),
-            events: Arc::clone(&events),
-            notifier,
-        },
-        stop_rx.clone(),
-    ));
-    let accountant = tokio::spawn(ops::budget::run(
-        Arc::clone(&budget),
-        Arc::clone(&router),
-        Arc::clone(&traffic),
-        Arc::clone(&metrics),
+    // After a takeover there is no gap: the old process served until a
+    // moment ago, and serves until this one does.
+    if predecessor.is_none()
+        && let Some(gap) = budget.count_downtime(now)
+    {
+        record_downtime(&config, &events, &incident_store, &notifier, gap).await;
+    }
+    // A crash from now on is a gap from now on.
+    budget.beat(now);
+    budget.save().await?;
+
+    let inherited = sockets::Inherited::from_systemd(systemd);
+    let inherited = match &mut predecessor {
+        Some(old) => inherited.with_named(old.sockets().await?),
+        None => inherited,
+    };
+    let listeners = inherited.listeners(&config).await?;
+    let copies = listeners.handover_copies()?;
+    announce(&listeners, &token)?;
+
+    let plane = Plane::start(background::Parts {
+        monitor: Arc::clone(&monitor),
+        prober,
+        controller: Arc::clone(&controller),
+        incidents: Arc::clone(&incident_store),
+        incidents_cfg: config.incidents,
+        traffic: Arc::clone(&traffic),
+        health: Arc::clone(&health),
+        events: Arc::clone(&events),
+        notifier,
+        budget: Arc::clone(&budget),
+        router: Arc::clone(&router),
+        metrics: Arc::clone(&metrics),
+    });
+    let (handed_over_tx, handed_over) = tokio::sync::watch::channel(None::<u32>);
+    let succession = Arc::new(takeover::Succession::new(handed_over.clone()));
+    let reloader = tokio::spawn(reload_on_sighup(
+        Arc::clone(&controller),
+        Arc::clone(&succession),
+        config_path.clone(),
         stop_rx.clone(),
     ));
     let status_app = ops::status_page::app(StatusPage {
@@ -146,7 +191,7 @@ pub async fn run(
         budget: Arc::clone(&budget),
         incidents: incident_store,
     });
-    let mut status_stop = stop_rx.clone();
+    let mut status_stop = listeners_stop_rx.clone();
     let status_listener = tokio::spawn(async move {
         let stopped = async move {
             let _ = status_stop.changed().await;
@@ -161,8 +206,9 @@ pub async fn run(
         token: Arc::new(token),
         config_path: Arc::new(config_path),
         budget,
+        succession,
     });
-    let mut admin_stop = stop_rx.clone();
+    let mut admin_stop = listeners_stop_rx;
     let admin = tokio::spawn(async move {
         let stopped = async move {
             let _ = admin_stop.changed().await;
@@ -178,15 +224,71 @@ pub async fn run(
         metrics,
         monitor,
     ));
+    // The listeners are ours now; the accept loop below starts at once.
+    if let Some(old) = predecessor {
+        let pid = old.pid();
+        old.serving().await?;
+        tracing::info!(pid, "took over: the old process drains");
+        events.record(Event::new(
+            EventKind::Takeover,
+            format!(
+                "a new proxy process (pid {}) took over from pid {pid}",
+                std::process::id()
+            ),
+        ));
+    }
+    let answering = match takeover::bind(&config.data_dir) {
+        Ok(listener) => Some(tokio::spawn(takeover::answer(
+            listener,
+            takeover::Handover {
+                sockets: copies,
+                plane: Arc::clone(&plane),
+            },
+            stop_rx.clone(),
+        ))),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for takeovers: a new process will not find this one");
+            None
+        }
+    };
+    write_pid(&config.data_dir).await;
+    let mut watch_handover = handed_over.clone();
+    let answered = async move {
+        match answering {
+            Some(task) => {
+                if let Ok(Some(pid)) = task.await {
+                    let _ = handed_over_tx.send(Some(pid));
+                }
+            }
+            None => std::future::pending().await,
+        }
+    };
+    let answered = tokio::spawn(answered);
+    let stop_accepting = async move {
+        tokio::select! {
+            () = shutdown => {}
+            _ = watch_handover.wait_for(Option::is_some) => {}
+        }
+        let _ = listeners_stop_tx.send(true);
+    };
     let drain = http::server::serve(
         listeners.public,
         forwarder,
         config.limits,
         config.timeouts.shutdown_grace,
-        shutdown,
+        stop_accepting,
     )
     .await;
+    let took_over = *handed_over.borrow();
+    if took_over.is_some() {
+        // The new process owns the data directory: nothing here writes it again.
+        controller.retire();
+    } else {
+        remove_takeover_socket(&config.data_dir);
+    }
+    plane.stop().await;
     let _ = stop_tx.send(true);
+    answered.abort();
     match drain {
         Drain::Graceful => tracing::info!("drained gracefully"),
         Drain::Forced {
@@ -198,7 +300,7 @@ pub async fn run(
             "grace period over: answered 504 to the requests still waiting and closed the connections still open"
         ),
     }
-    let _ = tokio::join!(checker, guard, reloader, detector, accountant, notices);
+    let _ = tokio::join!(reloader, notices);
     match tokio::time::timeout(config.timeouts.shutdown_grace, admin).await {
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "admin listener failed"),
         Err(_) => tracing::warn!("admin listener did not stop in time"),
@@ -212,8 +314,76 @@ pub async fn run(
     Ok(())
 }
 
+/// The readiness lines: harnesses and scripts read them to learn the ports.
+fn announce(listeners: &Listeners, token: &AdminToken) -> Result<(), ProxyError> {
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "public listening on {}",
+        listeners.public.local_addr()?
+    )?;
+    writeln!(out, "admin listening on {}", listeners.admin.local_addr()?)?;
+    writeln!(
+        out,
+        "status listening on {}",
+        listeners.status.local_addr()?
+    )?;
+    writeln!(out, "admin token {}", token.describe())?;
+    out.flush()?;
+    Ok(())
+}
+
+/// The gap since the last heartbeat: an event, and an incident opened and
+/// closed for it (announced like any other outage).
+async fn record_downtime(
+    config: &Config,
+    events: &EventLog,
+    incidents: &IncidentStore,
+    notifier: &Notifier,
+    gap: Downtime,
+) {
+    let secs = (gap.to - gap.from).whole_seconds().max(0);
+    let event = events.record(
+        Event::new(
+            EventKind::ProxyDown,
+            format!("the proxy was not serving for {secs} s (a crash or a stop, not a takeover)"),
+        )
+        .detail(serde_json::json!({
+            "from": gap.from.format(&time::format_description::well_known::Rfc3339).ok(),
+            "down_secs": secs,
+            "bad_minutes": gap.bad_minutes,
+        })),
+    );
+    ops::incidents::watcher::downtime(
+        incidents,
+        config.incidents,
+        &event,
+        gap.from,
+        events,
+        notifier,
+    )
+    .await;
+}
+
+/// `<data_dir>/proxy.pid`: the process serving now, for supervisors that
+/// follow a takeover (`scripts/up.sh`).
+async fn write_pid(data_dir: &std::path::Path) {
+    let path = data_dir.join("proxy.pid");
+    let pid = format!("{}\n", std::process::id());
+    let written =
+        tokio::task::spawn_blocking(move || atomic_file::write(&path, pid.as_bytes())).await;
+    if !matches!(written, Ok(Ok(()))) {
+        tracing::warn!("cannot write proxy.pid in the data directory");
+    }
+}
+
+fn remove_takeover_socket(data_dir: &std::path::Path) {
+    let _ = std::fs::remove_file(takeover::socket_path(data_dir));
+}
+
 async fn reload_on_sighup(
     controller: Arc<Controller>,
+    succession: Arc<takeover::Succession>,
     path: PathBuf,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -229,7 +399,7 @@ async fn reload_on_sighup(
         tokio::select! {
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading {}", path.display());
-                let _ = control::reload::reload(&controller, &path);
+                let _ = control::reload::reload(&controller, &succession, &path).await;
             }
             _ = shutdown.changed() => return,
         }
@@ -243,11 +413,23 @@ async fn restore(
     config: &Config,
     prober: &Prober,
     health: &HealthTable,
-) -> Result<Router, ProxyError> {
+) -> Result<(Router, GuardRecord), ProxyError> {
     let state_path = config.state_file();
-    let (active, previous, addrs, last_switch, vetted_releases) = match control::state::load(
-        &state_path,
-    )? {
+    let saved = control::state::load(&state_path)?;
+    let (canary, guard) = match &saved {
+        Some(saved) => (
+            saved
+                .canary
+                .filter(|c| c.slot != saved.active)
+                .map(|c| Canary {
+                    slot: c.slot,
+                    percent: c.percent,
+                }),
+            saved.guard.clone(),
+        ),
+        None => (None, GuardRecord::default()),
+    };
+    let (active, previous, addrs, last_switch, vetted_releases) = match saved {
         Some(saved) => {
             tracing::info!(file = %state_path.display(), active = %saved.active, blue = %saved.blue, green = %saved.green, "restored routing state");
             (
@@ -293,14 +475,20 @@ async fn restore(
             Err(e) => tracing::warn!(%slot, %addr, error = %e, "upstream does not answer yet"),
         }
     }
-    Ok(Router::new(Snapshot {
+    if let Some(canary) = canary {
+        tracing::info!(slot = %canary.slot, percent = canary.percent, "restored the canary");
+        // It passed the gate when it started.
+        vetted[canary.slot.index()] = true;
+    }
+    let router = Router::new(Snapshot {
         active,
         previous,
         upstreams: Slot::ALL.map(|slot| Upstream::new(slot, addrs[slot.index()], &config.timeouts)),
         healthy,
         vetted,
         last_switch,
-        canary: None,
+        canary,
         policy: Arc::new(Policy::from_config(config)),
-    }))
+    });
+    Ok((router, guard))
 }

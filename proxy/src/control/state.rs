@@ -1,5 +1,5 @@
-//! The persisted routing state: which slot is active, the previous one, and
-//! the slot addresses. Written on every change atomically (temp file, fsync,
+//! The persisted routing state: which slot is active, the previous one, the
+//! slot addresses, the canary and the guard's record (bake, blocks). Written on every change atomically (temp file, fsync,
 //! rename, fsync of the directory) so a crash leaves the old or the new file,
 //! never a torn one.
 
@@ -11,6 +11,7 @@ use crate::atomic_file;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::control::guard::GuardRecord;
 use crate::error::ProxyError;
 use crate::slot::Slot;
 
@@ -31,6 +32,20 @@ pub struct PersistedState {
     /// in a failover without being gated again.
     #[serde(default)]
     pub vetted: [Option<String>; 2],
+    /// The canary's share, so that a restart or a takeover never ends a
+    /// canary by accident.
+    #[serde(default)]
+    pub canary: Option<PersistedCanary>,
+    /// The bake window and the guard's blocks and last pull.
+    #[serde(default)]
+    pub guard: GuardRecord,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PersistedCanary {
+    pub slot: Slot,
+    pub percent: u8,
 }
 
 impl PersistedState {
@@ -48,7 +63,19 @@ impl PersistedState {
             green: addrs[Slot::Green.index()],
             last_switch,
             vetted: [None, None],
+            canary: None,
+            guard: GuardRecord::default(),
         }
+    }
+
+    pub fn with_canary(mut self, canary: Option<PersistedCanary>) -> Self {
+        self.canary = canary;
+        self
+    }
+
+    pub fn with_guard(mut self, guard: GuardRecord) -> Self {
+        self.guard = guard;
+        self
     }
 
     pub fn with_vetted(mut self, vetted: [Option<String>; 2]) -> Self {

@@ -27,6 +27,9 @@ use crate::slot::Slot;
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// Hourly aggregates older than this are dropped.
 pub const HISTORY_DAYS: i64 = 30;
+/// How often the heartbeat (the last time the proxy served) is saved
+/// between minutes: a crash loses at most this much of it.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
 /// Years of bad-minute counts kept (the current one and a few before it).
 const YEARS_KEPT: usize = 5;
 const VERSION: u32 = 1;
@@ -178,6 +181,19 @@ pub struct Ledger {
     /// The last minute folded in, so that the rest of a minute split by a
     /// restart merges into it instead of counting twice.
     pub last_minute: Option<(i64, MinuteCounts)>,
+    /// The last time (unix seconds) a proxy was serving: written with every
+    /// save, so the next start knows how long nothing served.
+    #[serde(default)]
+    pub heartbeat: Option<i64>,
+}
+
+/// A gap in which no proxy served, found at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Downtime {
+    pub from: OffsetDateTime,
+    pub to: OffsetDateTime,
+    /// Minutes of the gap that newly count against the budget.
+    pub bad_minutes: u64,
 }
 
 impl Default for Ledger {
@@ -187,6 +203,7 @@ impl Default for Ledger {
             used_by_year: BTreeMap::new(),
             hours: BTreeMap::new(),
             last_minute: None,
+            heartbeat: None,
         }
     }
 }
@@ -220,6 +237,38 @@ impl Ledger {
             self.last_minute = Some((minute.start, merged));
         }
         newly_bad
+    }
+
+    /// Counts the gap since the last heartbeat as bad: every minute it
+    /// touches, the one the proxy stopped in and the one it starts in too.
+    /// `None` without a heartbeat (a first start) or without a gap.
+    pub fn count_downtime(&mut self, now: OffsetDateTime) -> Option<Downtime> {
+        let from = self.heartbeat.filter(|h| *h < now.unix_timestamp())?;
+        let down = MinuteCounts {
+            no_healthy_upstream: true,
+            ..MinuteCounts::default()
+        };
+        let mut bad_minutes = 0;
+        let mut minute = from - from.rem_euclid(MINUTE);
+        while minute <= minute_start(now) {
+            // The ratio does not matter: a minute with no healthy upstream is bad.
+            if self.fold(
+                ClosedMinute {
+                    start: minute,
+                    counts: down,
+                },
+                1.0,
+            ) {
+                bad_minutes += 1;
+            }
+            minute += MINUTE;
+        }
+        self.heartbeat = Some(now.unix_timestamp());
+        Some(Downtime {
+            from: OffsetDateTime::from_unix_timestamp(from).ok()?,
+            to: now,
+            bad_minutes,
+        })
     }
 
     /// Drops what is older than the history and the years kept.
@@ -393,6 +442,24 @@ impl Budget {
         inner.ledger.fold(partial, self.cfg.bad_minute_ratio);
     }
 
+    /// The proxy serves at `now`; the next save writes it.
+    pub fn beat(&self, now: OffsetDateTime) {
+        self.lock().ledger.heartbeat = Some(now.unix_timestamp());
+    }
+
+    /// At start after a crash or a stop (not after a takeover): the gap
+    /// since the last heartbeat counts against the budget.
+    pub fn count_downtime(&self, now: OffsetDateTime) -> Option<Downtime> {
+        let downtime = self.lock().ledger.count_downtime(now)?;
+        tracing::warn!(
+            from = %downtime.from,
+            secs = (downtime.to - downtime.from).whole_seconds(),
+            bad_minutes = downtime.bad_minutes,
+            "nothing served since the last heartbeat: the gap counts against the error budget"
+        );
+        Some(downtime)
+    }
+
     pub fn view_at(&self, now: OffsetDateTime) -> BudgetView {
         self.lock().ledger.view(now, &self.cfg)
     }
@@ -433,6 +500,7 @@ pub async fn run(
     budget.publish(&metrics);
     let mut ticker = tokio::time::interval(SAMPLE_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_save = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -443,12 +511,15 @@ pub async fn run(
             snap.is_healthy(snap.serving())
         };
         let totals = sum_totals(&traffic);
-        if budget
-            .sample(OffsetDateTime::now_utc(), totals, serving_healthy)
-            .is_some()
-        {
+        let now = OffsetDateTime::now_utc();
+        budget.beat(now);
+        let closed = budget.sample(now, totals, serving_healthy).is_some();
+        if closed {
             // The gauges first: they must never lag the status behind a slow disk.
             budget.publish(&metrics);
+        }
+        if closed || last_save.elapsed() >= HEARTBEAT_EVERY {
+            last_save = tokio::time::Instant::now();
             if let Err(e) = budget.save().await {
                 tracing::error!(path = %budget.path.display(), error = %e, "could not save the error budget");
             }
@@ -459,11 +530,9 @@ pub async fn run(
         let snap = router.load();
         snap.is_healthy(snap.serving())
     };
-    budget.sample(
-        OffsetDateTime::now_utc(),
-        sum_totals(&traffic),
-        serving_healthy,
-    );
+    let now = OffsetDateTime::now_utc();
+    budget.beat(now);
+    budget.sample(now, sum_totals(&traffic), serving_healthy);
     budget.flush();
     if let Err(e) = budget.save().await {
         tracing::error!(path = %budget.path.display(), error = %e, "could not save the error budget at shutdown");

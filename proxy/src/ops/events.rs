@@ -41,6 +41,11 @@ pub enum EventKind {
     Failback,
     ConfigReload,
     ConfigReloadRefused,
+    /// A new proxy process took the listeners over from the running one.
+    Takeover,
+    /// The proxy was not serving: it crashed or was stopped, and started
+    /// again (a takeover is no gap). Detail: the gap and its bad minutes.
+    ProxyDown,
     IncidentOpen,
     IncidentClose,
     PreventedIncident,
@@ -104,6 +109,9 @@ impl Event {
 
 struct Inner {
     file: Option<File>,
+    /// A takeover is under way: the new process owns the file, so events
+    /// stay in memory and the log only.
+    sealed: bool,
     next_seq: u64,
     recent: VecDeque<Event>,
 }
@@ -151,6 +159,7 @@ impl EventLog {
             path: path.to_path_buf(),
             inner: Mutex::new(Inner {
                 file: Some(file),
+                sealed: false,
                 next_seq,
                 recent,
             }),
@@ -166,6 +175,7 @@ impl EventLog {
             path: PathBuf::new(),
             inner: Mutex::new(Inner {
                 file: None,
+                sealed: false,
                 next_seq: 1,
                 recent: VecDeque::new(),
             }),
@@ -180,7 +190,9 @@ impl EventLog {
             let mut inner = self.inner.lock().expect("event log lock is never poisoned");
             event.seq = inner.next_seq;
             inner.next_seq += 1;
-            if let Some(file) = inner.file.as_mut() {
+            if inner.sealed {
+                tracing::warn!(kind = ?event.kind, "the event log is handed over: this event is not in the file");
+            } else if let Some(file) = inner.file.as_mut() {
                 let mut line = serde_json::to_vec(&event).expect("events serialize");
                 line.push(b'\n');
                 if let Err(e) = file.write_all(&line).and_then(|()| file.sync_data()) {
@@ -195,6 +207,31 @@ impl EventLog {
         tracing::info!(kind = ?event.kind, from = ?event.from, to = ?event.to, reason = %event.reason, "event");
         let _ = self.tx.send(event.clone());
         event
+    }
+
+    /// Stops appending to the file: a new process takes it over.
+    pub fn seal(&self) {
+        self.inner
+            .lock()
+            .expect("event log lock is never poisoned")
+            .sealed = true;
+    }
+
+    /// Appends to the file again after a takeover was called off, numbering
+    /// on from what is in it (the other process may have appended).
+    pub fn unseal(&self) -> std::io::Result<()> {
+        let mut last = 0;
+        if let Ok(file) = File::open(&self.path) {
+            for line in BufReader::new(file).lines() {
+                if let Ok(event) = serde_json::from_str::<Event>(&line?) {
+                    last = last.max(event.seq);
+                }
+            }
+        }
+        let mut inner = self.inner.lock().expect("event log lock is never poisoned");
+        inner.next_seq = inner.next_seq.max(last + 1);
+        inner.sealed = false;
+        Ok(())
     }
 
     /// Events with `seq > since`, oldest first, at most `limit`.
