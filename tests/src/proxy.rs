@@ -343,6 +343,64 @@ impl Proxy {
         self.status = address_in(&lines[2]);
     }
 
+    /// Starts a second proxy on the same config and data dir, which takes over from this one:
+    /// waits until it is ready and this one has exited; returns this one's exit status. The
+    /// listeners are the very same sockets, so the addresses stay.
+    ///
+    /// # Panics
+    /// When the new one is not ready in time or the old one does not exit within the grace
+    /// period and more.
+    pub async fn take_over(&mut self) -> ExitStatus {
+        let launch = self.process.launch().clone();
+        let (process, lines) = Process::spawn(launch).await;
+        let mut old = std::mem::replace(&mut self.process, process);
+        assert_eq!(
+            (
+                address_in(&lines[0]),
+                address_in(&lines[1]),
+                address_in(&lines[2])
+            ),
+            (self.public, self.admin, self.status),
+            "the new process serves on the very sockets of the old one"
+        );
+        old.wait_exit(Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|| {
+                panic!(
+                    "the old proxy did not exit after the takeover:\n{}",
+                    old.log_tail()
+                )
+            })
+    }
+
+    /// Starts another proxy with `config` on this one's data dir, without waiting for it.
+    pub fn spawn_successor(&self, config: &Path) -> Process {
+        let mut launch = self.process.launch().clone();
+        launch.name = "proxy (successor)".into();
+        launch.args = vec!["--config".into(), config.into()];
+        Process::spawn_unready(launch)
+    }
+
+    /// SIGKILL, and waits for the exit.
+    pub async fn sigkill(&mut self) -> ExitStatus {
+        self.process.sigkill().await
+    }
+
+    /// Starts it again after it stopped: same config, data dir and token; new ports.
+    pub async fn start_again(&mut self) {
+        let launch = self.process.launch().clone();
+        let (process, lines) = Process::spawn(launch).await;
+        self.process = process;
+        self.public = address_in(&lines[0]);
+        self.admin = address_in(&lines[1]);
+        self.status = address_in(&lines[2]);
+    }
+
+    /// Whether its process has exited.
+    pub fn has_exited(&mut self) -> bool {
+        self.process.has_exited()
+    }
+
     /// The last lines of its stderr.
     pub fn log_tail(&self) -> String {
         self.process.log_tail()
