@@ -95,36 +95,54 @@ async fn twenty_takeovers_under_load_fail_no_request_and_lose_no_link() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_successor_with_an_invalid_config_exits_non_zero_and_the_old_one_serves_on() {
-    // Arrange
+async fn a_successor_that_is_invalid_or_fails_to_start_exits_non_zero_and_the_old_one_serves_on() {
+    // Arrange: one successor's config is invalid; the other's is valid, but its admin
+    // listener moves to a port that is taken, so it fails after the old one froze for it.
     let mut stack = TestStack::start().await;
     let traffic = Traffic::start(&stack.base(), 2);
     assert!(traffic.wait_for_more(10, TRAFFIC_TIMEOUT).await);
-    let broken = stack.dir.path().join("broken.toml");
     let text = std::fs::read_to_string(stack.proxy.config_path()).expect("the config");
-    std::fs::write(&broken, format!("no_such_key = 1\n{text}")).expect("write");
-
-    // Act
-    let mut successor = stack.proxy.spawn_successor(&broken);
-    let exit = successor.wait_exit(TIMEOUT).await;
-
-    // Assert
-    assert!(
-        exit.is_some_and(|status| !status.success()),
-        "the successor with an invalid config exited with {exit:?}"
+    let invalid = stack.dir.path().join("invalid.toml");
+    std::fs::write(&invalid, format!("no_such_key = 1\n{text}")).expect("write");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken_addr = taken.local_addr().expect("addr");
+    let failing = stack.dir.path().join("failing.toml");
+    let moved = text.replace(
+        "admin = \"127.0.0.1:0\"",
+        &format!("admin = \"{taken_addr}\""),
     );
-    assert!(traffic.wait_for_more(10, TRAFFIC_TIMEOUT).await);
-    assert!(!stack.proxy.has_exited(), "the old proxy stopped");
-    // Not frozen: a routing change goes through, and a valid takeover still works.
-    let (code, body) = stack.proxy.switch("green").await;
-    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_ne!(moved, text, "the generated config sets the admin listener");
+    std::fs::write(&failing, moved).expect("write");
+
+    for config in [&invalid, &failing] {
+        // Act
+        let mut successor = stack.proxy.spawn_successor(config);
+        let exit = successor.wait_exit(TIMEOUT).await;
+
+        // Assert
+        assert!(
+            exit.is_some_and(|status| !status.success()),
+            "the successor with {} exited with {exit:?}",
+            config.display()
+        );
+        assert!(traffic.wait_for_more(10, TRAFFIC_TIMEOUT).await);
+        assert!(!stack.proxy.has_exited(), "the old proxy stopped");
+        // Not frozen: a routing change (it waits for a freeze) goes through.
+        let to = if stack.proxy.active().await == "blue" {
+            "green"
+        } else {
+            "blue"
+        };
+        let (code, body) = stack.proxy.switch(to).await;
+        assert_eq!(code, StatusCode::OK, "{body}");
+    }
     let old = stack.proxy.take_over().await;
-    assert!(old.success(), "{old}");
+    assert!(old.success(), "a valid takeover still works: {old}");
     assert!(traffic.wait_for_more(10, TRAFFIC_TIMEOUT).await);
     traffic
         .stop()
         .await
-        .assert_no_failure("while an invalid successor started");
+        .assert_no_failure("while successors failed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
