@@ -407,6 +407,50 @@ impl Proxy {
     }
 }
 
+/// A proxy the harness did not start: the process that took over through a reload, a child
+/// of the proxy it replaced. Dropping it kills it.
+#[derive(Debug)]
+pub struct Adopted {
+    pid: u32,
+}
+
+impl Adopted {
+    pub fn new(pid: u32) -> Adopted {
+        Adopted { pid }
+    }
+
+    /// Stops it with SIGTERM and waits until it is gone; `false` if it outlived the wait.
+    pub async fn stop(self) -> bool {
+        let pid = self.pid.to_string();
+        let _ = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await;
+        crate::harness::eventually(
+            || async {
+                // `kill -0` fails once the process is gone.
+                !tokio::process::Command::new("kill")
+                    .args(["-0", &pid])
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .await
+                    .is_ok_and(|s| s.success())
+            },
+            crate::process::STOP_TIMEOUT,
+        )
+        .await
+    }
+}
+
+impl Drop for Adopted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &self.pid.to_string()])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
 /// A token nobody can guess across test runs; std only, no `rand` needed.
 fn fresh_token() -> String {
     let nanos = SystemTime::now()
