@@ -33,6 +33,7 @@ mod metrics;
 mod ops;
 mod slot;
 mod sockets;
+mod systemd;
 mod takeover;
 
 pub use admin::auth::{AdminToken, TOKEN_ENV};
@@ -252,6 +253,7 @@ pub async fn run(
         }
     };
     write_pid(&config.data_dir).await;
+    systemd::notify_serving();
     let mut watch_handover = handed_over.clone();
     let answered = async move {
         match answering {
@@ -270,6 +272,9 @@ pub async fn run(
             _ = watch_handover.wait_for(Option::is_some) => {}
         }
         let _ = listeners_stop_tx.send(true);
+        if watch_handover.borrow().is_none() {
+            systemd::notify_stopping();
+        }
     };
     let drain = http::server::serve(
         listeners.public,
