@@ -18,8 +18,11 @@
 //! ```
 //!
 //! Shared leaves: `config` (raw -> validated -> typed), `error`, `slot`,
-//! `atomic_file`, `metrics`. `run` wires the parts together; `main.rs` only
-//! parses arguments and binds. Everything but `run`, `Listeners`, the config
+//! `atomic_file`, `metrics`. The process: `takeover` (a new process takes
+//! the listening sockets over from the running one), `sockets` (inherited,
+//! systemd's, or bound), `background` (the tasks a takeover freezes),
+//! `systemd` (sd_notify). `run` wires the parts together; `main.rs` only
+//! parses arguments. Everything but `run`, `Listeners`, the config
 //! and the admin token is private to the crate.
 
 mod admin;
