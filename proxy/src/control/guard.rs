@@ -472,6 +472,42 @@ mod tests {
     }
 
     #[test]
+    fn a_restored_guard_keeps_the_bake_s_end_and_the_block_and_judges_from_now() {
+        // Arrange: baking green for 60 s from t0, and green v2 blocked.
+        let (mut guard, t0) = baking_green();
+        guard.canary_pulled(
+            green_v2(),
+            "3 of 20 failed".into(),
+            OffsetDateTime::UNIX_EPOCH,
+        );
+        let record = guard.record(t0 + secs(10));
+
+        // Act: a new process 10 s later on the wall clock.
+        let later = Instant::now();
+        let restored = Guard::restore(
+            record.clone(),
+            false,
+            later,
+            OffsetDateTime::UNIX_EPOCH + secs(10),
+        );
+
+        // Assert
+        assert_eq!(restored.record(later), record);
+        let bake = restored.bake.expect("still baking");
+        assert_eq!((bake.slot, bake.started), (Slot::Green, later));
+        assert_eq!(bake.until, later + secs(50), "what was left of it");
+        assert!(restored.blocked.is_some() && restored.canary_since.is_none());
+        // A bake that ended while nothing ran is not restored.
+        let ended = Guard::restore(record, true, later, OffsetDateTime::UNIX_EPOCH + secs(61));
+        assert!(ended.bake.is_none());
+        assert_eq!(
+            ended.canary_since,
+            Some(later),
+            "a restored canary is judged from now"
+        );
+    }
+
+    #[test]
     fn a_canary_over_the_failure_ratio_is_aborted() {
         // Arrange: the stable release fails 5%, so the margin cannot trip:
         // only the ratio rule can.

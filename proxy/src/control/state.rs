@@ -128,6 +128,40 @@ fn state_error(path: &Path, reason: String) -> ProxyError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control::guard::BakeRecord;
+
+    #[test]
+    fn the_canary_and_the_guard_round_trip_and_an_older_file_loads_without_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.json");
+        let addrs = [
+            "127.0.0.1:1".parse().expect("addr"),
+            "127.0.0.1:2".parse().expect("addr"),
+        ];
+        let state = PersistedState::new(Slot::Blue, None, addrs, None)
+            .with_canary(Some(PersistedCanary {
+                slot: Slot::Green,
+                percent: 25,
+            }))
+            .with_guard(GuardRecord {
+                bake: Some(BakeRecord {
+                    slot: Slot::Blue,
+                    until: OffsetDateTime::UNIX_EPOCH,
+                }),
+                reason: Some("3 of 20 failed".into()),
+                ..GuardRecord::default()
+            });
+        save(&path, &state).expect("save");
+        assert_eq!(load(&path).expect("load"), Some(state));
+
+        std::fs::write(
+            &path,
+            r#"{"version":1,"active":"green","previous":null,"blue":"127.0.0.1:1","green":"127.0.0.1:2","last_switch":null}"#,
+        )
+        .expect("write");
+        let older = load(&path).expect("an older file loads").expect("a state");
+        assert_eq!((older.canary, older.guard), (None, GuardRecord::default()));
+    }
 
     #[test]
     fn round_trips_and_reports_corruption_by_file() {

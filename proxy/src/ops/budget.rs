@@ -574,6 +574,63 @@ mod tests {
     const T0: i64 = 1_717_200_000;
 
     #[test]
+    fn a_gap_since_the_heartbeat_counts_every_minute_it_touches_once() {
+        // Arrange: the last process served T0+30 s, folded its part of that
+        // minute (a good one), and left the heartbeat.
+        let mut ledger = Ledger::default();
+        let served = ClosedMinute {
+            start: T0,
+            counts: MinuteCounts {
+                requests: 100,
+                failures: 0,
+                no_healthy_upstream: false,
+            },
+        };
+        ledger.fold(served, RATIO);
+        ledger.heartbeat = Some(T0 + 30);
+
+        // Act: the next start, at T0+200 s.
+        let gap = ledger.count_downtime(at(T0 + 200));
+
+        // Assert: T0, T0+60, T0+120 and the minute it starts in, T0+180.
+        assert_eq!(
+            gap,
+            Some(Downtime {
+                from: at(T0 + 30),
+                to: at(T0 + 200),
+                bad_minutes: 4,
+            })
+        );
+        assert_eq!(ledger.used_by_year.get(&2024), Some(&4));
+        assert_eq!(ledger.hours[&T0].observed, 4, "the split minute once");
+        assert_eq!(ledger.heartbeat, Some(T0 + 200));
+        assert_eq!(
+            ledger.count_downtime(at(T0 + 200)),
+            None,
+            "no gap since the heartbeat"
+        );
+        // The rest of the minute it starts in merges, without counting again.
+        assert!(!ledger.fold(
+            ClosedMinute {
+                start: T0 + 180,
+                counts: MinuteCounts::default(),
+            },
+            RATIO
+        ));
+        assert_eq!(ledger.used_by_year.get(&2024), Some(&4));
+    }
+
+    #[test]
+    fn a_first_start_has_no_gap_and_an_older_file_loads_without_a_heartbeat() {
+        let mut ledger: Ledger = serde_json::from_str(
+            r#"{"version":1,"used_by_year":{},"hours":{},"last_minute":null}"#,
+        )
+        .expect("a file from before the heartbeat");
+        assert_eq!(ledger.count_downtime(at(T0)), None);
+        assert!(ledger.used_by_year.is_empty());
+    }
+
+    #[test]
     fn a_minute_is_bad_at_the_ratio_or_without_a_healthy_upstream() {
         let counts = |requests, failures, down| MinuteCounts {
             requests,
