@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Measures our proxy side by side with nginx and HAProxy on this machine:
-# throughput and latency, memory with many idle keep-alive clients, and what
-# clients see while the admin API switches slots under load. Markdown on stdout,
+# throughput and latency, memory with many idle keep-alive clients, what
+# clients see while the admin API switches slots under load, and while each
+# proxy is upgraded the way its documentation recommends. Markdown on stdout,
 # progress on stderr.
 set -euo pipefail
 
@@ -24,7 +25,9 @@ BUILD=1
 KEEP=0
 HOLD=1000
 SWITCH_SECONDS=10
-SECTIONS=nginx,shortener,memory,switch,tls
+UPGRADES=10
+UPGRADE_SECONDS=20
+SECTIONS=nginx,shortener,memory,switch,tls,upgrade
 BIN_DIR=$ROOT/target/release
 BASELINE_HEADERS=same
 # Extra builds of our proxy measured beside it, "name=/path/to/proxy" each.
@@ -71,6 +74,14 @@ Sections (--sections, default $SECTIONS):
              rounds and ratios as above. wrk speaks TLS 1.2 and resumes its
              sessions, so these handshakes are mostly abbreviated ones.
              --compare builds are not measured here.
+  upgrade    wrk through each proxy (in front of the nginx upstream) while it
+             is upgraded --upgrades times, as its documentation recommends:
+             ours by a takeover (a second proxy on the same data directory
+             takes the listening sockets over; the old one drains and exits),
+             nginx by its binary upgrade (USR2 to the master, then QUIT to the
+             old master), HAProxy by a master-worker reload (USR2) whose new
+             worker takes the listeners over from the old one (expose-fd
+             listeners); tallies every error kind and status.
 
 Pinning: wrk (and the connection holder) on CPU 0; the proxy under test and
 its upstream on CPU 1. Every proxy runs one worker thread: nginx
@@ -93,6 +104,8 @@ Options:
   --sections LIST     which sections, comma-separated (default $SECTIONS)
   --hold N            client connections held for the memory section (default $HOLD)
   --switch-seconds S  length of the switch-under-load run (default $SWITCH_SECONDS)
+  --upgrades N        upgrades of each proxy in the upgrade run (default $UPGRADES)
+  --upgrade-seconds S length of each proxy's upgrade run (default $UPGRADE_SECONDS)
   --no-pin            do not pin anything to a CPU
   --no-build          use target/release as it is (default: cargo build --release first)
   --bin-dir DIR       take proxy and shortener from DIR, not target/release (implies --no-build)
@@ -114,7 +127,7 @@ while (($#)); do
     usage
     exit 0
     ;;
-  --rounds | --duration | --connections | --warmup | --paths | --sections | --hold | --switch-seconds | --bin-dir | --baseline-headers | --compare)
+  --rounds | --duration | --connections | --warmup | --paths | --sections | --hold | --switch-seconds | --upgrades | --upgrade-seconds | --bin-dir | --baseline-headers | --compare)
     take_value "$@"
     case $1 in
     --rounds) ROUNDS=$VALUE ;;
@@ -125,6 +138,8 @@ while (($#)); do
     --sections) SECTIONS=$VALUE ;;
     --hold) HOLD=$VALUE ;;
     --switch-seconds) SWITCH_SECONDS=$VALUE ;;
+    --upgrades) UPGRADES=$VALUE ;;
+    --upgrade-seconds) UPGRADE_SECONDS=$VALUE ;;
     --bin-dir)
       BIN_DIR=$(abs_path "$VALUE")
       BUILD=0
@@ -150,14 +165,14 @@ while (($#)); do
   esac
 done
 
-for n in ROUNDS DURATION CONNECTIONS HOLD SWITCH_SECONDS; do
+for n in ROUNDS DURATION CONNECTIONS HOLD SWITCH_SECONDS UPGRADES UPGRADE_SECONDS; do
   [[ ${!n} =~ ^[1-9][0-9]*$ ]] || die "--$(tr 'A-Z_' 'a-z-' <<<"$n") must be a positive whole number"
 done
 [[ $WARMUP =~ ^[0-9]+$ ]] || die "--warmup must be a whole number of seconds"
 for section in ${SECTIONS//,/ }; do
   case $section in
-  nginx | shortener | memory | switch | tls) ;;
-  *) die "unknown section '$section' (nginx, shortener, memory, switch, tls)" ;;
+  nginx | shortener | memory | switch | tls | upgrade) ;;
+  *) die "unknown section '$section' (nginx, shortener, memory, switch, tls, upgrade)" ;;
   esac
 done
 want() { [[ ,$SECTIONS, == *,$1,* ]]; }
@@ -260,7 +275,7 @@ forget_pid() {
   PIDS=("${PIDS[@]}")
 }
 
-mapfile -t PORTS < <(free_ports $((12 + 3 * ${#COMPARE[@]})))
+mapfile -t PORTS < <(free_ports $((12 + 3 * ${#COMPARE[@]} + 5)))
 UPSTREAM_PORT=${PORTS[0]}
 OURS_PORT=${PORTS[1]}
 OURS_ADMIN_PORT=${PORTS[2]}
@@ -280,6 +295,8 @@ WRK_EXTRA=()
 OURS_LISTEN_EXTRA=''
 OURS_TABLES_EXTRA=''
 TLS_DIR=$WORK/tls
+# The upgrade section's, after those of the --compare builds.
+UPGRADE_PORTS=("${PORTS[@]: -5}")
 
 # wait_port ADDR PID WHAT: wait (bounded) until ADDR accepts connections.
 wait_port() {
@@ -801,6 +818,201 @@ key = \"$TLS_DIR/key.pem\"
   done
 fi
 
+# --- Section: upgrades under load -------------------------------------------
+# wait_gone PID WHAT: true once PID has exited (bounded).
+wait_gone() {
+  local deadline=$((SECONDS + 30))
+  while ! pid_gone "$1" && ((SECONDS < deadline)); do sleep 0.05; done
+  pid_gone "$1" || {
+    log "$2 (pid $1) did not exit"
+    return 1
+  }
+}
+
+# upgrade_ours N: a takeover, a second proxy on the same config and data
+# directory; UP_PID is the serving process, before and after.
+upgrade_ours() {
+  local old=$UP_PID dir=$WORK/ours-upgrade
+  PROXY_ADMIN_TOKEN=$TOKEN TOKIO_WORKER_THREADS=1 RUST_LOG=${BENCH_RUST_LOG:-warn} \
+    start_server "$dir/proxy-$1.log" "$PROXY_BIN" --config "$dir/proxy.toml"
+  local new=$BG_PID
+  wait_gone "$old" "our old proxy" || return 1
+  pid_gone "$new" && return 1
+  forget_pid "$old"
+  UP_PID=$new
+}
+
+# upgrade_nginx N: nginx's binary upgrade (its documentation, "Upgrading
+# Executable on the Fly"): USR2 makes the master start a new master of the
+# binary, which renames the pid file nginx.pid.oldbin and writes its own;
+# QUIT then stops the old master gracefully. UP_PID is the master.
+upgrade_nginx() {
+  local old=$UP_PID dir=$WORK/nginx-upgrade new='' deadline
+  kill -USR2 "$old" 2>/dev/null || return 1
+  deadline=$((SECONDS + 15))
+  while ((SECONDS < deadline)); do
+    if [[ -s $dir/nginx.pid.oldbin && -s $dir/nginx.pid ]]; then
+      new=$(<"$dir/nginx.pid")
+      [[ $new != "$old" ]] && break
+    fi
+    sleep 0.05
+  done
+  [[ -n $new && $new != "$old" ]] || return 1
+  PIDS+=("$new")
+  kill -QUIT "$old" 2>/dev/null || return 1
+  wait_gone "$old" "the old nginx master" || return 1
+  forget_pid "$old"
+  UP_PID=$new
+}
+
+# upgrade_haproxy N: a master-worker reload (USR2 to the master): the new
+# worker takes the listening sockets over from the old one (expose-fd
+# listeners), which finishes its connections and exits. UP_PID is the master.
+upgrade_haproxy() {
+  local master=$UP_PID before after deadline
+  before=$(pgrep -P "$master" | tr '\n' ' ')
+  kill -USR2 "$master" 2>/dev/null || return 1
+  deadline=$((SECONDS + 30))
+  while ((SECONDS < deadline)); do
+    after=$(pgrep -P "$master" | tr -d '\n')
+    # One worker left, and not one from before.
+    if [[ $after =~ ^[0-9]+$ && " $before " != *" $after "* ]]; then
+      return 0
+    fi
+    sleep 0.05
+  done
+  return 1
+}
+
+UPGRADE_ROWS=()
+# upgrade_run NAME PORT HOW: wrk through 127.0.0.1:PORT for UPGRADE_SECONDS
+# while upgrade_NAME runs UPGRADES times, spread over the run; a table row.
+upgrade_run() {
+  local name=$1 port=$2 how=$3
+  local out=$WORK/upgrade-$name.txt
+  timeout $((UPGRADE_SECONDS + 30)) "${PIN_LOAD[@]}" wrk -t1 -c "$CONNECTIONS" \
+    -d "${UPGRADE_SECONDS}s" -s "$BENCH_DIR/tally.lua" "http://127.0.0.1:$port/" >"$out" 2>&1 &
+  local wrk_pid=$! completed=0 i gap
+  PIDS+=("$wrk_pid")
+  # None in the run's first or last second.
+  gap=$(awk -v s="$UPGRADE_SECONDS" -v n="$UPGRADES" 'BEGIN { printf "%.2f", (s - 2) / (n + 1) }')
+  sleep 1
+  for ((i = 1; i <= UPGRADES; i++)); do
+    sleep "$gap"
+    if "upgrade_$name" "$i"; then
+      completed=$((completed + 1))
+    else
+      log "$name: upgrade $i did not complete"
+    fi
+  done
+  wait "$wrk_pid" || die "wrk failed in the upgrade run of $name: $(cat "$out")"
+  forget_pid "$wrk_pid"
+  local row
+  row=$(
+    python3 - "$out" "$name" "$how" "$completed" "$UPGRADES" <<'PY'
+import sys
+out, name, how, done, wanted = sys.argv[1:6]
+st, err = {}, {}
+for line in open(out):
+    kind, *kvs = line.split() or [""]
+    f = dict(kv.split("=", 1) for kv in kvs if "=" in kv)
+    if kind == "STATUS":
+        st[f["code"]] = int(f["count"])
+    elif kind == "ERRORS":
+        err = {k: int(v) for k, v in f.items()}
+if not err:
+    sys.exit(f"no ERRORS line in {out}")
+bad = sum(n for c, n in st.items() if c.isdigit() and int(c) >= 400)
+kinds = ["connect", "read", "write", "timeout"]
+failed = sum(err.get(k, 0) for k in kinds) + bad
+cells = [name, how, f"{done}/{wanted}", f"{err.get('requests', 0):,}"]
+cells += [f"{err.get(k, 0):,}" for k in kinds] + [f"{bad:,}", f"{failed:,}"]
+print("| " + " | ".join(cells) + " |")
+PY
+  ) || die "cannot read the upgrade run of $name: $(cat "$out")"
+  UPGRADE_ROWS+=("$row")
+  log "  $row"
+}
+
+if want upgrade; then
+  log "upgrades under load: each proxy upgraded $UPGRADES times in ${UPGRADE_SECONDS}s of wrk"
+  start_upstream_nginx "${UPGRADE_PORTS[0]}"
+  UPGRADE_UPSTREAM_PID=$BG_PID
+  UP=127.0.0.1:${UPGRADE_PORTS[0]}
+
+  start_ours ours-upgrade "${UPGRADE_PORTS[1]}" "${UPGRADE_PORTS[2]}" "${UPGRADE_PORTS[3]}" \
+    "$UP" "$UP" "$HEALTH_SCENARIO"
+  UP_PID=$BG_PID
+  upgrade_run ours "${UPGRADE_PORTS[1]}" "takeover (a second proxy on its data directory)"
+  forget_pid "$UP_PID"
+
+  # nginx upgrades its binary only as a daemon: a master in the foreground
+  # ignores USR2 while its parent (this script) runs.
+  dir=$WORK/nginx-upgrade
+  mkdir -p "$dir"
+  {
+    nginx_common "$dir" | sed 's/^daemon off;/daemon on;/'
+    cat <<EOF
+http {
+$(nginx_temp_paths "$dir")
+  upstream backend {
+    server $UP;
+    keepalive $((CONNECTIONS > 64 ? CONNECTIONS : 64));
+    keepalive_requests 1000000;
+  }
+  server {
+    listen 127.0.0.1:${UPGRADE_PORTS[4]} backlog=4096;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+EOF
+  } >"$dir/nginx.conf"
+  # By its absolute path: the binary upgrade executes argv[0] again.
+  "${PIN_SERVER[@]}" "$(command -v nginx)" -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf" \
+    </dev/null >"$dir/stderr.log" 2>&1 ||
+    die "nginx did not start: $(cat "$dir/stderr.log" "$dir/error.log" 2>/dev/null)"
+  UP_PID=$(<"$dir/nginx.pid")
+  PIDS+=("$UP_PID")
+  wait_port "127.0.0.1:${UPGRADE_PORTS[4]}" "$UP_PID" "nginx (upgrade)"
+  upgrade_run nginx "${UPGRADE_PORTS[4]}" "binary upgrade (USR2, then QUIT to the old master)"
+  forget_pid "$UP_PID"
+
+  dir=$WORK/haproxy-upgrade
+  mkdir -p "$dir"
+  cat >"$dir/haproxy.cfg" <<EOF
+global
+  nbthread 1
+  maxconn 5000
+  # A reload's new worker takes the listeners over through this socket.
+  stats socket $dir/stats.sock mode 600 level admin expose-fd listeners
+
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 60s
+  timeout server 60s
+  option http-keep-alive
+  http-reuse always
+
+frontend public
+  bind 127.0.0.1:${UPGRADE_PORTS[4]}
+  default_backend upstream
+
+backend upstream
+  server upstream $UP
+EOF
+  start_server "$dir/haproxy.log" haproxy -W -db -f "$dir/haproxy.cfg"
+  UP_PID=$BG_PID
+  wait_port "127.0.0.1:${UPGRADE_PORTS[4]}" "$UP_PID" "HAProxy (upgrade)"
+  upgrade_run haproxy "${UPGRADE_PORTS[4]}" "master-worker reload (USR2), listeners handed over"
+  forget_pid "$UP_PID"
+  forget_pid "$UPGRADE_UPSTREAM_PID"
+fi
+
 # --- Report -------------------------------------------------------------------
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -846,4 +1058,19 @@ while POST /switch alternates every 0.5 s.
 
 $SWITCH_REPORT
 EOF
+fi
+if ((${#UPGRADE_ROWS[@]})); then
+  cat <<EOF
+## Upgrades under load
+
+wrk ($CONNECTIONS keep-alive connections) through each proxy to GET / of the
+nginx upstream for ${UPGRADE_SECONDS} s, while the proxy is upgraded $UPGRADES
+times as its documentation recommends. A failed request is a wrk error of any
+kind or a status of 400 and above.
+
+| proxy | upgrade | done | requests | connect | read | write | timeout | status >= 400 | failed |
+|---|---|---:|---:|---:|---:|---:|---:|---:|---:|
+EOF
+  printf '%s\n' "${UPGRADE_ROWS[@]}"
+  echo
 fi

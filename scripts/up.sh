@@ -27,7 +27,10 @@ shortener (release v1, database data/links.db) on the config's active slot
 (blue: 127.0.0.1:8081 in config/proxy.toml), then the proxy with
 config/proxy.toml, and prints the public URL, the admin URL and where the
 admin token is. Runs until Ctrl-C (or SIGTERM), then stops the proxy and every
-shortener it or scripts/deploy.sh started (data/run/<slot>.pid).
+shortener it or scripts/deploy.sh started (data/run/<slot>.pid). When another
+proxy takes over (a second "proxy --config FILE" on the same data directory,
+or a reload that changed what only a start reads), it follows the new process
+(DATA_DIR/proxy.pid) and still stops it on Ctrl-C.
 
 With --postgres the database is PostgreSQL instead: a server of Debian's
 postgresql package (apt-get install -y postgresql), its cluster in
@@ -419,9 +422,63 @@ $HTTPS_LINE  admin URL:   http://$ADMIN_ADDR/   (GET /status, POST /switch, POST
 
 EOF
 
-# Runs until a signal (the traps above) or the proxy exits on its own.
-rc=0
-wait "$PROXY_PID" || rc=$?
+# is_proxy PID: true when PID is a live proxy process (a pid file can outlive
+# its process and the pid be reused).
+is_proxy() {
+  local pid=$1
+  [[ $pid =~ ^[1-9][0-9]*$ && -r /proc/$pid/cmdline ]] || return 1
+  pid_gone "$pid" && return 1
+  local -a argv=()
+  mapfile -d '' -t argv <"/proc/$pid/cmdline" 2>/dev/null || return 1
+  [[ ${#argv[@]} -gt 0 && $(basename -- "${argv[0]}") == proxy ]]
+}
+
+# successor OLD_PID: the pid of the proxy that took over from OLD_PID, from
+# the pid file the serving proxy writes in its data directory; empty if none.
+successor() {
+  local old=$1 pid=''
+  [[ -f $PROXY_PID_FILE ]] || return 0
+  IFS= read -r pid <"$PROXY_PID_FILE" || true
+  if [[ $pid != "$old" ]] && is_proxy "$pid"; then
+    printf '%s' "$pid"
+  fi
+}
+
+# Runs until a signal (the traps above) or the proxy exits on its own. A
+# takeover (a second proxy on the data directory, or a reload that changed
+# what only a start reads) replaces the process: the old one exits 0 once the
+# new one serves, and supervision follows the new one.
+[[ $DATA_DIR == /* ]] || DATA_DIR=$ROOT/$DATA_DIR
+PROXY_PID_FILE=$DATA_DIR/proxy.pid
+FOLLOWED=''
+while :; do
+  rc=0
+  if [[ -z $FOLLOWED ]]; then
+    wait "$PROXY_PID" || rc=$?
+  else
+    # Not a child of this shell: `wait` cannot reap it, but it returns at
+    # once on a signal, so Ctrl-C still stops everything.
+    tail --pid="$PROXY_PID" -f /dev/null &
+    wait $! || true
+    pid_gone "$PROXY_PID" || continue
+  fi
+  # The new process writes its pid file as it starts serving, which can be
+  # a moment after the old one exited: a clean exit waits for it a little.
+  next=$(successor "$PROXY_PID")
+  deadline=$((SECONDS + 5))
+  while [[ -z $next && $rc == 0 ]] && ((SECONDS < deadline)); do
+    sleep 0.1
+    next=$(successor "$PROXY_PID")
+  done
+  if [[ -n $next ]]; then
+    log "the proxy (pid $PROXY_PID) handed over to pid $next: following it"
+    PROXY_PID=$next
+    FOLLOWED=1
+    printf '%s\n' "$PROXY_PID" >"$RUN_DIR/proxy.pid"
+    continue
+  fi
+  break
+done
 PROXY_PID=''
 printf '%s: --- last lines of %s ---\n' "$PROG" "$PROXY_LOG" >&2
 tail -n 20 -- "$PROXY_LOG" >&2 || true

@@ -118,6 +118,41 @@ impl Process {
         Ok((Process { launch, child }, ready))
     }
 
+    /// Starts the program without waiting for it to be ready (its stdout is drained): for
+    /// tests that act while it starts.
+    ///
+    /// # Panics
+    /// When the program cannot start.
+    pub fn spawn_unready(launch: Launch) -> Process {
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&launch.log)
+            .unwrap_or_else(|e| panic!("cannot open log {}: {e}", launch.log.display()));
+        let _ = writeln!(log, "----- harness: starting {} -----", launch.name);
+        let mut child = Command::new(&launch.program)
+            .args(&launch.args)
+            .envs(launch.envs.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", launch.program.display()));
+        let stdout = child.stdout.take().expect("stdout was configured as piped");
+        let mut lines = BufReader::new(stdout).lines();
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Process { launch, child }
+    }
+
+    /// Waits up to `within` for the process to exit by itself; `None` if it still runs.
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        match timeout(within, self.child.wait()).await {
+            Ok(Ok(status)) => Some(status),
+            _ => None,
+        }
+    }
+
     /// The launch this process was started from, for restarts.
     pub fn launch(&self) -> &Launch {
         &self.launch

@@ -6,6 +6,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -482,6 +483,34 @@ impl TlsProxy {
         body.as_str()
             .map(str::to_owned)
             .unwrap_or_else(|| body.to_string())
+    }
+
+    /// Starts a second proxy on the same config and data dir, which takes over from this one
+    /// (the very sockets, the TLS listener too): waits until it is ready and this one has
+    /// exited; returns this one's exit status.
+    ///
+    /// # Panics
+    /// When the new one is not ready in time, listens anywhere else, or the old one does not
+    /// exit within the grace period and more.
+    pub async fn take_over(&mut self) -> ExitStatus {
+        let launch = self.process.launch().clone();
+        let (process, lines) = Process::spawn(launch).await;
+        let mut old = std::mem::replace(&mut self.process, process);
+        assert_eq!(
+            (
+                address_in(&lines[0]),
+                address_in(&lines[1]),
+                address_in(&lines[2])
+            ),
+            (self.public, self.public_tls, self.admin),
+            "the new process serves on the very sockets of the old one"
+        );
+        old.wait_exit(TLS_TIMEOUT).await.unwrap_or_else(|| {
+            panic!(
+                "the old proxy did not exit after the takeover:\n{}",
+                old.log_tail()
+            )
+        })
     }
 
     pub fn log_tail(&self) -> String {

@@ -33,6 +33,8 @@ pub struct AdminState {
     pub config_path: Arc<std::path::PathBuf>,
     /// The SLA's error budget, shown in the status.
     pub budget: Arc<Budget>,
+    /// Starts the takeover of a reload that changed what only a start reads.
+    pub succession: Arc<crate::takeover::Succession>,
 }
 
 pub fn app(state: AdminState) -> Router {
@@ -120,6 +122,9 @@ impl From<ControlError> for ApiError {
                 body: json!({ "error": format!("probe failed: {failure}"), "failure": failure }),
             },
             ControlError::Conflict(why) => ApiError::new(StatusCode::CONFLICT, why),
+            e @ ControlError::HandedOver => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
             ControlError::Persist(e) => {
                 tracing::error!(error = %e, "could not persist the routing state; nothing changed");
                 ApiError::new(
@@ -356,31 +361,40 @@ struct ReloadView {
     #[serde(flatten)]
     status: StatusView,
     changes: Vec<Change>,
+    /// The pid of the process that took over, when one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    took_over: Option<u32>,
 }
 
 async fn reload(State(state): State<AdminState>) -> Result<Json<ReloadView>, ApiError> {
-    // It reads files (the config and the certificates it names): off the runtime's threads.
-    let (controller, path) = (
-        Arc::clone(&state.controller),
-        Arc::clone(&state.config_path),
-    );
-    let reloaded = tokio::task::spawn_blocking(move || reload::reload(&controller, &path))
+    // The file and its certificates are read off the runtime's threads (`reload::reload`).
+    let reloaded = reload::reload(&state.controller, &state.succession, &state.config_path)
         .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "the reload task failed");
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the reload task failed")
-        })?;
-    let changes = reloaded.map_err(|e| ApiError {
+        .map_err(|e| ApiError {
         status: StatusCode::BAD_REQUEST,
         body: json!({
             "error": e.to_string(),
             "problems": e.problems.iter().map(|p| json!({ "key": p.key, "line": p.line, "message": p.message })).collect::<Vec<_>>(),
         }),
     })?;
+    let took_over = match reloaded.takeover {
+        reload::Takeover::NotNeeded => None,
+        reload::Takeover::HandedOver(pid) => Some(pid),
+        reload::Takeover::Failed(why) => {
+            return Err(ApiError {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                body: json!({
+                    "error": format!("the live keys were applied, but the new process for the others did not take over: {why}"),
+                    "changes": reloaded.changes,
+                }),
+            });
+        }
+    };
     let snap = state.controller.router().load_full();
     Ok(Json(ReloadView {
         status: status_view(&state, &snap),
-        changes,
+        changes: reloaded.changes,
+        took_over,
     }))
 }
 

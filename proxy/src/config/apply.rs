@@ -20,9 +20,12 @@ pub(crate) enum Apply {
     /// guard tick.
     Live,
     /// Read once when the proxy starts (a listener, a background task, the
-    /// upstream pools, the data directory): the running value stays until a
-    /// restart.
-    Restart,
+    /// upstream pools, the data directory): a reload applies it by a
+    /// takeover (`via`), a fresh process taking the listeners over.
+    Restart {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        via: Option<&'static str>,
+    },
     /// Seeds the routing state on a start without a state file only; from
     /// then on the state file decides, and `via` changes it.
     Seed { via: &'static str },
@@ -48,7 +51,7 @@ pub(crate) struct Reconciled {
 }
 
 const LIVE: Apply = Apply::Live;
-const RESTART: Apply = Apply::Restart;
+const RESTART: Apply = Apply::Restart { via: None };
 const SWITCH: Apply = Apply::Seed {
     via: "POST /switch",
 };
@@ -439,7 +442,7 @@ impl Diff {
         self.changes.push(Change { key, apply });
         match apply {
             Apply::Live => file,
-            Apply::Restart | Apply::Seed { .. } => running.clone(),
+            Apply::Restart { .. } | Apply::Seed { .. } => running.clone(),
         }
     }
 }

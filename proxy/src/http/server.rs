@@ -8,8 +8,10 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use http::header::{CONNECTION, HeaderValue};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
@@ -29,6 +31,13 @@ pub use tls::{Handshake, TlsListener};
 
 /// How long the 504s of a forced drain get to reach their clients.
 const CUT_WRITE_TIME: Duration = Duration::from_secs(1);
+/// At most how long a drain lets HTTP/1 keep-alive connections end by
+/// themselves (their next answer carries `Connection: close`) before it
+/// closes the idle ones and sends HTTP/2 clients GOAWAY: closing an idle
+/// keep-alive connection races the request its client may be sending.
+const LINGER: Duration = Duration::from_secs(1);
+/// How often the linger looks whether every connection has ended.
+const LINGER_POLL: Duration = Duration::from_millis(10);
 
 /// How the drain ended, for the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +93,10 @@ pub async fn serve(
         .as_ref()
         .and_then(|t| t.listener.local_addr().ok())
         .map(|addr| addr.port());
+    // Set when the drain starts: every HTTP/1 answer from then on closes its
+    // connection, so its client opens the next one where the listener is
+    // accepted (after a takeover, in the new process).
+    let draining = Arc::new(AtomicBool::new(false));
     tokio::pin!(shutdown);
 
     loop {
@@ -114,6 +127,7 @@ pub async fn serve(
             limits,
             watcher: graceful.watcher(),
             peer,
+            draining: Arc::clone(&draining),
         };
         match (transport, &tls) {
             (Transport::Tls, Some(tls)) => {
@@ -136,15 +150,24 @@ pub async fn serve(
 
     drop(tls);
     drop(listener);
+    draining.store(true, Ordering::Relaxed);
     let open = graceful.count();
     tracing::info!(
         connections = open,
         grace_ms = grace.as_millis() as u64,
         "stopped accepting; draining"
     );
+    let started = tokio::time::Instant::now();
+    let linger_until = started + LINGER.min(grace);
+    while graceful.count() > 0 && tokio::time::Instant::now() < linger_until {
+        tokio::time::sleep(LINGER_POLL).await;
+    }
     let drained = graceful.shutdown();
     tokio::pin!(drained);
-    if tokio::time::timeout(grace, &mut drained).await.is_ok() {
+    if tokio::time::timeout_at(started + grace, &mut drained)
+        .await
+        .is_ok()
+    {
         return Drain::Graceful;
     }
     let connections = permits_in_use(&permits, limits.max_connections);
@@ -176,6 +199,8 @@ struct Conn {
     /// Counts the connection in the drain from its accept.
     watcher: Watcher,
     peer: SocketAddr,
+    /// The server's drain flag (see `serve`).
+    draining: Arc<AtomicBool>,
 }
 
 impl Conn {
@@ -192,11 +217,19 @@ impl Conn {
             self.limits.header_read_timeout,
         );
         let client = Arc::new(self.client);
+        let draining = self.draining;
         let service = service_fn(move |req| {
             let client = Arc::clone(&client);
             let busy = activity.start();
+            let http1 = req.version() < http::Version::HTTP_2;
+            let draining = Arc::clone(&draining);
             async move {
-                let response = client.handle(req).await;
+                let mut response = client.handle(req).await;
+                if http1 && draining.load(Ordering::Relaxed) {
+                    response
+                        .headers_mut()
+                        .insert(CONNECTION, HeaderValue::from_static("close"));
+                }
                 Ok::<_, Infallible>(response.map(|body| idle::Tracked::new(body, busy)))
             }
         });

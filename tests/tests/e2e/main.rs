@@ -30,6 +30,9 @@
 //! - `rollback`: a rollback returns to the slot that served before the last switch.
 //! - `restart`: the persisted state, not the config, decides the slot after a restart.
 //! - `switch_under_load`: fifty switches under concurrent users lose no request.
+//! - `takeover`: a second proxy takes the listeners over: twenty in a row under load lose no
+//!   request; an invalid or killed successor leaves the old one serving; the canary survives
+//!   a takeover and a restart; a crash's downtime counts in the budget, a takeover's not.
 //! - `canary_split`: the sticky bucket split, the preview secret, canaries that are refused.
 //! - `bake`: a switched release that fails during the bake is rolled back by the guard.
 //! - `admin`: the admin API's refusals (token, active slot, bad input, unknown routes) and
@@ -77,6 +80,7 @@ mod restart;
 mod rollback;
 mod story;
 mod switch_under_load;
+mod takeover;
 
 // Operations.
 mod check_config;

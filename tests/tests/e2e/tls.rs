@@ -1,11 +1,13 @@
 //! HTTPS: the proxy terminates TLS (HTTP/1.1 and HTTP/2 to the shortener, short links in
 //! https), chooses the certificate by SNI, swaps it on reload without touching open
 //! connections, refuses a broken one (reload and check-config), redirects plain requests,
-//! cuts off handshakes that do not finish, and sends webhooks over https. Certificates are
-//! made at test time by a test CA.
+//! cuts off handshakes that do not finish, sends webhooks over https, and hands the TLS
+//! listener to the process that takes over. Certificates are made at test time by a test CA.
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use e2e::binary::binary;
@@ -20,6 +22,7 @@ use sha2::Sha256;
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
 
 /// How long a test waits for a notice, an event or a closed connection.
 const WAIT: Duration = Duration::from_secs(15);
@@ -577,4 +580,110 @@ async fn an_https_webhook_gets_signed_notices_and_an_untrusted_one_gets_none() {
     );
     let body: Value = serde_json::from_slice(&notice.body).expect("a JSON notice");
     assert_eq!(body["event"], "prevented_incident", "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_takeover_hands_the_tls_listener_over_and_https_users_see_no_error() {
+    // Arrange: users each opening a new HTTPS connection per request, HTTP/1.1 and HTTP/2,
+    // so every takeover meets handshakes in flight and connections in the accept queue.
+    const TAKEOVERS: usize = 3;
+    let dir = temp_dir();
+    let pki = Pki::new(dir.path());
+    let cert = pki.issue("shop", &["shop.test"]);
+    let (mut proxy, _echo) = echo_proxy(dir.path(), &[&cert], "").await;
+    let trust = Trust::Ca(pki.ca_der());
+    let users = HttpsUsers::start(proxy.public_tls, &trust);
+    assert!(
+        users.wait_for_more(10).await,
+        "no HTTPS request got through: {}",
+        proxy.log_tail()
+    );
+
+    // Act
+    for n in 0..TAKEOVERS {
+        let old = proxy.take_over().await;
+        assert!(
+            old.success(),
+            "takeover #{n}: the old proxy exited with {old}"
+        );
+        assert!(
+            users.wait_for_more(10).await,
+            "the HTTPS users stalled after takeover #{n}: {}",
+            proxy.log_tail()
+        );
+    }
+    let seen = users.stop().await;
+
+    // Assert
+    assert!(
+        seen.errors.is_empty(),
+        "{} of {} HTTPS requests failed across the takeovers: {:#?}",
+        seen.errors.len(),
+        seen.requests,
+        &seen.errors[..seen.errors.len().min(20)]
+    );
+    let mut conn = HttpsConn::open(proxy.public_tls, "shop.test", &trust, true)
+        .await
+        .expect("the new process answers over TLS");
+    let answer = conn
+        .send(Method::GET, "/after", None)
+        .await
+        .expect("an answer");
+    assert_eq!(answer.status, 200);
+    assert_eq!(conn.served, cert.der, "the same certificate");
+}
+
+/// HTTPS requests, each on a connection of its own (HTTP/1.1 and HTTP/2 in turn), sent one
+/// after the other until stopped.
+struct HttpsUsers {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    task: JoinHandle<HttpsSeen>,
+}
+
+#[derive(Debug, Default)]
+struct HttpsSeen {
+    requests: u64,
+    errors: Vec<String>,
+}
+
+impl HttpsUsers {
+    fn start(addr: SocketAddr, trust: &Trust) -> HttpsUsers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let (trust, flag, count) = (trust.clone(), Arc::clone(&stop), Arc::clone(&sent));
+        let task = tokio::spawn(async move {
+            let mut seen = HttpsSeen::default();
+            while !flag.load(Ordering::Relaxed) {
+                let h2 = seen.requests % 2 == 1;
+                let outcome = match HttpsConn::open(addr, "shop.test", &trust, h2).await {
+                    Ok(mut conn) => conn.send(Method::GET, "/", None).await,
+                    Err(e) => Err(e),
+                };
+                match outcome {
+                    Ok(answer) if answer.status == 200 => {}
+                    Ok(answer) => seen.errors.push(format!("h2={h2}: {}", answer.status)),
+                    Err(e) => seen.errors.push(format!("h2={h2}: {e}")),
+                }
+                seen.requests += 1;
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+            seen
+        });
+        HttpsUsers { stop, sent, task }
+    }
+
+    async fn wait_for_more(&self, more: u64) -> bool {
+        let target = self.sent.load(Ordering::Relaxed) + more;
+        eventually(
+            || async { self.sent.load(Ordering::Relaxed) >= target },
+            WAIT,
+        )
+        .await
+    }
+
+    async fn stop(self) -> HttpsSeen {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.expect("the HTTPS users panicked")
+    }
 }
