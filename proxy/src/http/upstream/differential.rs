@@ -26,12 +26,17 @@ use super::Conn;
 use super::request_body::{BodyLimits, RequestBody, Resend};
 use crate::http::deadline::Progress;
 
-/// How long the server holds the connection open after its bytes, waiting
-/// for the client to finish; then it closes, which ends a body read to the
-/// close (and any other still waiting, short).
-const HOLD: Duration = Duration::from_millis(60);
+/// A body read that waits this long after its head has all there is: the
+/// server's bytes went out in one write. The server is then asked to close,
+/// which ends a body read to the close (and cuts any other short).
+const STALL: Duration = Duration::from_millis(60);
+/// The server closes after this long whatever happens (a head that never
+/// ends).
+const HOLD: Duration = Duration::from_secs(2);
 /// No verdict takes longer: anything slower is a hang, a failure.
 const LIMIT: Duration = Duration::from_secs(5);
+
+type Close = Option<tokio::sync::oneshot::Sender<()>>;
 
 /// What a client made of a response.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -234,8 +239,8 @@ async fn expected(message: &Message) -> Verdict {
 }
 
 /// Serves `bytes` on `socket` after reading the request head, then holds the
-/// connection until `done` or `HOLD`.
-async fn serve<S>(mut socket: S, bytes: Vec<u8>, done: tokio::sync::oneshot::Receiver<()>)
+/// connection until asked to close (or `HOLD`).
+async fn serve<S>(mut socket: S, bytes: Vec<u8>, close: tokio::sync::oneshot::Receiver<()>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -250,7 +255,37 @@ where
     if socket.write_all(&bytes).await.is_err() {
         return;
     }
-    let _ = tokio::time::timeout(HOLD, done).await;
+    let _ = tokio::time::timeout(HOLD, close).await;
+}
+
+/// Reads `body` to its end; when a read waits `STALL`, asks the server to
+/// close. `None` for an error.
+async fn read_to_end<B>(body: &mut B, close: &mut Close) -> Option<Vec<u8>>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    let mut data = Vec::new();
+    loop {
+        tokio::select! {
+            // The body first: after a pause of the whole machine both are
+            // ready, and the bytes that are there must win.
+            biased;
+            frame = body.frame() => match frame {
+                None => return Some(data),
+                Some(Ok(frame)) => {
+                    if let Ok(bytes) = frame.into_data() {
+                        data.extend_from_slice(&bytes);
+                    }
+                }
+                Some(Err(_)) => return None,
+            },
+            () = tokio::time::sleep(STALL), if close.is_some() => {
+                if let Some(close) = close.take() {
+                    let _ = close.send(());
+                }
+            }
+        }
+    }
 }
 
 /// Our client's verdict, over a loopback socket.
@@ -262,24 +297,28 @@ async fn ours(message: &Message) -> Verdict {
 async fn ours_bytes(bytes: Vec<u8>, method: Method) -> Verdict {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local addr");
-    let (done, held) = tokio::sync::oneshot::channel();
+    let (close, closed) = tokio::sync::oneshot::channel();
     let server = tokio::spawn(async move {
         let (socket, _) = listener.accept().await.expect("accept");
-        serve(socket, bytes, held).await;
+        serve(socket, bytes, closed).await;
     });
     let stream = TcpStream::connect(addr).await.expect("connect");
-    let verdict = tokio::time::timeout(LIMIT, exchange(Conn::new(stream, LIMIT), method))
+    let mut close = Some(close);
+    let exchange = exchange(Conn::new(stream, LIMIT), method, &mut close);
+    let verdict = tokio::time::timeout(LIMIT, exchange)
         .await
         .expect("our client hung")
         .unwrap_or(Verdict::Error);
-    let _ = done.send(());
+    if let Some(close) = close {
+        let _ = close.send(());
+    }
     let _ = server.await;
     verdict
 }
 
 /// One request on `conn` and its answer read to the end; `None` for an
 /// error on the way.
-async fn exchange(conn: Box<Conn>, method: Method) -> Option<Verdict> {
+async fn exchange(conn: Box<Conn>, method: Method, close: &mut Close) -> Option<Verdict> {
     let limits = BodyLimits {
         max_bytes: 0,
         timeout: LIMIT,
@@ -296,10 +335,7 @@ async fn exchange(conn: Box<Conn>, method: Method) -> Option<Verdict> {
         .ok()?;
     let status = response.status().as_u16();
     let mut body = response.into_body();
-    let mut data = Vec::new();
-    while let Some(frame) = body.frame().await {
-        data.extend_from_slice(&frame.ok()?.into_data().unwrap_or_default());
-    }
+    let data = read_to_end(&mut body, close).await?;
     let reusable = body.take_reusable().is_some_and(|conn| conn.is_usable());
     Some(Verdict::Complete {
         status,
@@ -311,8 +347,9 @@ async fn exchange(conn: Box<Conn>, method: Method) -> Option<Verdict> {
 /// hyper's client's verdict, over an in-memory duplex.
 async fn hypers(message: &Message) -> Verdict {
     let (client, server_side) = tokio::io::duplex(64 * 1024);
-    let (done, held) = tokio::sync::oneshot::channel();
-    let server = tokio::spawn(serve(server_side, message.bytes(), held));
+    let (close, closed) = tokio::sync::oneshot::channel();
+    let server = tokio::spawn(serve(server_side, message.bytes(), closed));
+    let mut close = Some(close);
     let verdict = async {
         let (mut sender, connection) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(client))
@@ -327,18 +364,13 @@ async fn hypers(message: &Message) -> Verdict {
             .expect("a valid request");
         let response = sender.send_request(req).await.ok()?;
         let status = response.status().as_u16();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .ok()?
-            .to_bytes()
-            .to_vec();
+        let mut body = response.into_body();
+        let data = read_to_end(&mut body, &mut close).await?;
         let reusable = sender.ready().await.is_ok();
         connection.abort();
         Some(Verdict::Complete {
             status,
-            body,
+            body: data,
             reusable,
         })
     };
@@ -346,7 +378,9 @@ async fn hypers(message: &Message) -> Verdict {
         .await
         .expect("hyper's client hung")
         .unwrap_or(Verdict::Error);
-    let _ = done.send(());
+    if let Some(close) = close {
+        let _ = close.send(());
+    }
     let _ = server.await;
     verdict
 }
@@ -405,7 +439,7 @@ fn message() -> impl Strategy<Value = Message> {
     ];
     (
         (
-            prop::bool::weighted(0.15),
+            prop::bool::weighted(0.25),
             prop::bool::weighted(0.1),
             prop_oneof![
                 8 => Just(200u16), 1 => Just(204), 1 => Just(304), 1 => Just(404),
@@ -413,8 +447,8 @@ fn message() -> impl Strategy<Value = Message> {
             ],
             prop::bool::weighted(0.1),
             prop_oneof![
-                6 => Just(None), 1 => Just(Some("close")), 1 => Just(Some("keep-alive")),
-                1 => Just(Some("Content-Length")), 1 => Just(Some("keep-alive, close")),
+                5 => Just(None), 1 => Just(Some("close")), 2 => Just(Some("keep-alive")),
+                1 => Just(Some("Content-Length")), 2 => Just(Some("keep-alive, close")),
             ],
         ),
         framing,
@@ -481,7 +515,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(160))]
+    #![proptest_config(ProptestConfig::with_cases(256))]
 
     /// On the same bytes, our client and hyper's reach the same verdict,
     /// but for the documented rules where the proxy is stricter.
