@@ -119,6 +119,9 @@ pub struct Hostile {
     shared: Arc<Shared>,
     /// The accept loop; it owns the connection tasks, so aborting it ends them all.
     server: JoinHandle<()>,
+    /// The listening socket (a second descriptor of it): shut down by `stop`, so that the
+    /// port refuses connections at once, not once the aborted accept loop is next polled.
+    listening: std::os::fd::OwnedFd,
 }
 
 impl std::fmt::Debug for Hostile {
@@ -139,6 +142,9 @@ impl Hostile {
         let addr = listener
             .local_addr()
             .expect("a bound listener has an address");
+        let listening = std::os::fd::AsFd::as_fd(&listener)
+            .try_clone_to_owned()
+            .expect("a listening socket's descriptor can be duplicated");
         let shared = Arc::new(Shared {
             script: Box::new(script),
             requests: Mutex::new(Vec::new()),
@@ -162,6 +168,7 @@ impl Hostile {
             addr,
             shared,
             server,
+            listening,
         }
     }
 
@@ -172,6 +179,7 @@ impl Hostile {
     /// Stops the server as a killed process stops: the listener closes (connections are
     /// refused) and every connection with it, wherever it was.
     pub fn stop(&self) {
+        let _ = socket2::SockRef::from(&self.listening).shutdown(std::net::Shutdown::Both);
         self.server.abort();
     }
 
@@ -183,7 +191,7 @@ impl Hostile {
 
 impl Drop for Hostile {
     fn drop(&mut self) {
-        self.server.abort();
+        self.stop();
     }
 }
 
