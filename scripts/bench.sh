@@ -24,7 +24,7 @@ BUILD=1
 KEEP=0
 HOLD=1000
 SWITCH_SECONDS=10
-SECTIONS=nginx,shortener,memory,switch
+SECTIONS=nginx,shortener,memory,switch,tls
 BIN_DIR=$ROOT/target/release
 BASELINE_HEADERS=same
 # Extra builds of our proxy measured beside it, "name=/path/to/proxy" each.
@@ -63,6 +63,14 @@ Sections (--sections, default $SECTIONS):
              green) while the admin API switches slots every half second; tallies
              which release answered (x-release) and every error kind
              (scripts/bench/tally.lua).
+  tls        ours, nginx and HAProxy terminating TLS (the same self-signed ECDSA
+             P-256 certificate, made with openssl; each with its default session
+             resumption) in front of the nginx upstream, GET /: keep-alive
+             (requests/s, p50, p99), and a new connection, so a new handshake, per
+             request ("Connection: close": requests/s are handshakes/s); same
+             rounds and ratios as above. wrk speaks TLS 1.2 and resumes its
+             sessions, so these handshakes are mostly abbreviated ones.
+             --compare builds are not measured here.
 
 Pinning: wrk (and the connection holder) on CPU 0; the proxy under test and
 its upstream on CPU 1. Every proxy runs one worker thread: nginx
@@ -148,8 +156,8 @@ done
 [[ $WARMUP =~ ^[0-9]+$ ]] || die "--warmup must be a whole number of seconds"
 for section in ${SECTIONS//,/ }; do
   case $section in
-  nginx | shortener | memory | switch) ;;
-  *) die "unknown section '$section' (nginx, shortener, memory, switch)" ;;
+  nginx | shortener | memory | switch | tls) ;;
+  *) die "unknown section '$section' (nginx, shortener, memory, switch, tls)" ;;
   esac
 done
 want() { [[ ,$SECTIONS, == *,$1,* ]]; }
@@ -182,6 +190,7 @@ done
 require_cmd python3 "apt-get install -y python3"
 require_cmd curl "apt-get install -y curl"
 require_cmd taskset "apt-get install -y util-linux"
+! want tls || require_cmd openssl "apt-get install -y openssl"
 require_cmd ps "apt-get install -y procps"
 
 if ((PIN)) && (($(nproc) < 2)); then
@@ -263,6 +272,14 @@ SWITCH_PORT=${PORTS[7]}
 SWITCH_ADMIN_PORT=${PORTS[8]}
 STATUS_PORT=${PORTS[9]}
 SWITCH_STATUS_PORT=${PORTS[10]}
+OURS_TLS_PORT=${PORTS[11]}
+# What the tls section changes for every target: https URLs, extra wrk
+# arguments (Connection: close), and our proxy's TLS listener and certificate.
+SCHEME=http
+WRK_EXTRA=()
+OURS_LISTEN_EXTRA=''
+OURS_TABLES_EXTRA=''
+TLS_DIR=$WORK/tls
 
 # wait_port ADDR PID WHAT: wait (bounded) until ADDR accepts connections.
 wait_port() {
@@ -303,10 +320,18 @@ start_upstream_nginx() {
   wait_port "127.0.0.1:$1" "$BG_PID" "the upstream nginx"
 }
 
-# start_nginx_proxy PORT UPSTREAM_ADDR: nginx as a reverse proxy, with a
-# keep-alive pool to the upstream.
+# start_nginx_proxy PORT UPSTREAM_ADDR [tls]: nginx as a reverse proxy, with a
+# keep-alive pool to the upstream; with "tls", its listener terminates TLS
+# with the certificate of TLS_DIR.
 start_nginx_proxy() {
-  local dir=$WORK/nginx-proxy
+  local dir=$WORK/nginx-proxy ssl='' ssl_conf=''
+  if [[ ${3:-} == tls ]]; then
+    ssl=' ssl'
+    # Its default resumption (session tickets), as each proxy here.
+    ssl_conf="    ssl_certificate $TLS_DIR/cert.pem;
+    ssl_certificate_key $TLS_DIR/key.pem;
+    ssl_protocols TLSv1.2 TLSv1.3;"
+  fi
   mkdir -p "$dir"
   {
     nginx_common "$dir"
@@ -320,7 +345,8 @@ $(nginx_temp_paths "$dir")
     keepalive_requests 1000000;
   }
   server {
-    listen 127.0.0.1:$1 backlog=4096;
+    listen 127.0.0.1:$1$ssl backlog=4096;
+$ssl_conf
     location / {
       proxy_pass http://backend;
       proxy_http_version 1.1;
@@ -345,10 +371,17 @@ EOF
   wait_port "127.0.0.1:$1" "$BG_PID" "nginx (proxy)"
 }
 
-# start_haproxy PORT UPSTREAM_ADDR: HAProxy, one thread, reusing upstream
-# connections across clients.
+# start_haproxy PORT UPSTREAM_ADDR [tls]: HAProxy, one thread, reusing upstream
+# connections across clients; with "tls", its listener terminates TLS with the
+# certificate of TLS_DIR.
 start_haproxy() {
-  local dir=$WORK/haproxy
+  local dir=$WORK/haproxy bind_ssl='' proto=http
+  if [[ ${3:-} == tls ]]; then
+    # Its default resumption (session cache and tickets), as each proxy here.
+    bind_ssl=" ssl crt $TLS_DIR/combined.pem ssl-min-ver TLSv1.2"
+    # shellcheck disable=SC2034 # read in the heredoc of the config below
+    proto=https
+  fi
   mkdir -p "$dir"
   cat >"$dir/haproxy.cfg" <<EOF
 global
@@ -364,12 +397,12 @@ defaults
   http-reuse always
 
 frontend public
-  bind 127.0.0.1:$1
+  bind 127.0.0.1:$1$bind_ssl
   default_backend upstream
 $(if [[ $BASELINE_HEADERS == same ]]; then
-    cat <<'HAPROXY'
+    cat <<HAPROXY
   option forwardfor
-  http-request set-header X-Forwarded-Proto http
+  http-request set-header X-Forwarded-Proto $proto
   http-request set-header X-Forwarded-Host %[req.hdr(host)]
   unique-id-format %[uuid()]
   unique-id-header X-Request-Id
@@ -402,6 +435,7 @@ data_dir = "$dir/data"
 public = "127.0.0.1:$port"
 admin = "127.0.0.1:$admin_port"
 status = "127.0.0.1:$status_port"
+$OURS_LISTEN_EXTRA
 
 [slots]
 active = "blue"
@@ -412,6 +446,7 @@ addr = "$blue"
 [slots.green]
 addr = "$green"
 
+$OURS_TABLES_EXTRA
 EOF
     cat "$scenarios"
   } >"$dir/proxy.toml"
@@ -474,7 +509,7 @@ run_wrk() {
   [[ -n $pid ]] && before=$(cpu_ticks "$pid")
   [[ -n $up_pid ]] && up_before=$(cpu_ticks "$up_pid")
   out=$(timeout $((DURATION + 30)) "${PIN_LOAD[@]}" wrk -t1 -c "$CONNECTIONS" -d "${DURATION}s" \
-    -s "$BENCH_DIR/report.lua" "$url" 2>&1) || die "wrk failed against $target ($url): $out"
+    "${WRK_EXTRA[@]}" -s "$BENCH_DIR/report.lua" "$url" 2>&1) || die "wrk failed against $target ($url): $out"
   [[ -n $pid ]] && after=$(cpu_ticks "$pid")
   [[ -n $up_pid ]] && up_after=$(cpu_ticks "$up_pid")
   local line
@@ -509,7 +544,7 @@ measure() {
     log "$title: warm-up, ${WARMUP}s per target"
     for target in "$@"; do
       timeout $((WARMUP + 30)) "${PIN_LOAD[@]}" wrk -t1 -c "$CONNECTIONS" -d "${WARMUP}s" \
-        "http://${target#*=}$path" >/dev/null 2>&1 || die "warm-up failed against ${target%%=*}"
+        "${WRK_EXTRA[@]}" "$SCHEME://${target#*=}$path" >/dev/null 2>&1 || die "warm-up failed against ${target%%=*}"
     done
   fi
   # Each round starts one target later (A B C D, then B C D A, ...): the run
@@ -520,7 +555,7 @@ measure() {
     log "$title: round $round/$ROUNDS"
     for ((i = 0; i < ${#targets[@]}; i++)); do
       target=${targets[(i + round - 1) % ${#targets[@]}]}
-      run_wrk "$table" "${target%%=*}" "$round" "http://${target#*=}$path"
+      run_wrk "$table" "${target%%=*}" "$round" "$SCHEME://${target#*=}$path"
       sleep 1
     done
   done
@@ -724,6 +759,46 @@ for c, n in sorted(switches.items()):
 print(f"\n{err.get('requests', 0):,} requests in {sys.argv[3]} s.")
 PY
   )
+fi
+
+# --- Section: terminating TLS -----------------------------------------------
+if want tls; then
+  log "tls: one ECDSA P-256 certificate; the nginx upstream and the three proxies terminating TLS in front of it"
+  mkdir -p "$TLS_DIR"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
+    -subj /CN=bench.test -addext 'subjectAltName=DNS:bench.test,IP:127.0.0.1' \
+    -keyout "$TLS_DIR/key.pem" -out "$TLS_DIR/cert.pem" 2>"$TLS_DIR/openssl.log" ||
+    die "openssl could not make the certificate: $(cat "$TLS_DIR/openssl.log")"
+  cat "$TLS_DIR/cert.pem" "$TLS_DIR/key.pem" >"$TLS_DIR/combined.pem"
+  start_upstream_nginx "$UPSTREAM_PORT"
+  UP=127.0.0.1:$UPSTREAM_PORT
+  OURS_LISTEN_EXTRA="public_tls = \"127.0.0.1:$OURS_TLS_PORT\""
+  OURS_TABLES_EXTRA="[[tls.certificate]]
+cert = \"$TLS_DIR/cert.pem\"
+key = \"$TLS_DIR/key.pem\"
+"
+  start_ours ours-tls "$OURS_PORT" "$OURS_ADMIN_PORT" "$STATUS_PORT" "$UP" "$UP" "$HEALTH_SCENARIO"
+  OURS_PID=$BG_PID
+  OURS_LISTEN_EXTRA='' OURS_TABLES_EXTRA=''
+  wait_listening "$OURS_PID" "$WORK/ours-tls/proxy.log" "public_tls listening on" "" 30 "our proxy (tls)"
+  switch_to "$OURS_ADMIN_PORT" green
+  start_nginx_proxy "$NGINX_PORT" "$UP" tls
+  start_haproxy "$HAPROXY_PORT" "$UP" tls
+  TARGET_PID=([upstream]=$UPSTREAM_PID [ours]=$OURS_PID [nginx]=$NGINX_PID [haproxy]=$HAPROXY_PID)
+  SCHEME=https
+  TLS_TARGETS=("ours=127.0.0.1:$OURS_TLS_PORT" "nginx=127.0.0.1:$NGINX_PORT" "haproxy=127.0.0.1:$HAPROXY_PORT")
+  for target in "${TLS_TARGETS[@]}"; do
+    curl -sS -o /dev/null --max-time 5 --cacert "$TLS_DIR/cert.pem" "https://${target#*=}/" ||
+      die "${target%%=*} does not answer over TLS (logs in $WORK; rerun with --keep)"
+  done
+  measure tls-keepalive "Terminating TLS, keep-alive: GET / (HTTP/1.1 over TLS 1.2, as wrk speaks it)" / "${TLS_TARGETS[@]}"
+  WRK_EXTRA=(-H 'Connection: close')
+  measure tls-handshake "Terminating TLS, a new connection (a handshake, resumed as wrk does) per request: GET /" / "${TLS_TARGETS[@]}"
+  WRK_EXTRA=()
+  SCHEME=http
+  for pid in "$HAPROXY_PID" "$NGINX_PID" "$OURS_PID" "$UPSTREAM_PID"; do
+    forget_pid "$pid"
+  done
 fi
 
 # --- Report -------------------------------------------------------------------

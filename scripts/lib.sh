@@ -292,6 +292,9 @@ stop_slot_instance() {
   rm -f "$pid_file"
 }
 
+# is_db_url DB: true when DB is a URL (postgres://...), not a SQLite file.
+is_db_url() { [[ $1 == *://* ]]; }
+
 # start_shortener BINARY ADDR DB RELEASE LOG [FAULT...]: start a shortener in
 # its own session (so it outlives this script and a closed terminal) and set
 # STARTED_PID. Its stdout and stderr go to LOG, which is truncated first.
@@ -301,7 +304,8 @@ start_shortener() {
   local -a args=(--listen "$addr" --db "$db" --release "$release")
   local fault
   for fault in "$@"; do args+=(--fault "$fault"); done
-  mkdir -p -- "$(dirname -- "$log_file")" "$(dirname -- "$db")"
+  mkdir -p -- "$(dirname -- "$log_file")"
+  is_db_url "$db" || mkdir -p -- "$(dirname -- "$db")"
   # Not a process group leader here (no job control), so setsid execs in
   # place and $! is the shortener's own pid.
   setsid "$binary" "${args[@]}" </dev/null >"$log_file" 2>&1 &
@@ -338,7 +342,9 @@ wait_listening() {
 # new release on the idle slot.
 
 BINARY=$ROOT/target/release/shortener
-DB=$ROOT/data/links.db
+# Empty until --db or check_release_options: the database scripts/up.sh runs
+# on (RUN_DIR/db), else data/links.db.
+DB=''
 RELEASE=''
 FAULTS=()
 ADMIN=http://127.0.0.1:8099
@@ -352,7 +358,8 @@ OVERRIDE_GUARD=0
 # The options both take, for their --help.
 RELEASE_OPTIONS_HELP="  --release LABEL     the new release's label (required), e.g. v2
   --binary PATH       the shortener binary to start (default target/release/shortener)
-  --db PATH           the shortener's database (default data/links.db)
+  --db PATH|URL       the shortener's database, a SQLite file or a postgres:// URL
+                      (default: the one scripts/up.sh runs on, else data/links.db)
   --fault KIND        passed to the shortener as --fault KIND; repeatable
   --admin URL         the proxy's admin API (default http://127.0.0.1:8099)
   --token-file PATH   the admin token's file (default: \$PROXY_ADMIN_TOKEN, else data/admin.token)
@@ -381,7 +388,7 @@ parse_release_option() {
   case $1 in
   --release) RELEASE=$VALUE ;;
   --binary) BINARY=$(abs_path "$VALUE") ;;
-  --db) DB=$(abs_path "$VALUE") ;;
+  --db) if is_db_url "$VALUE"; then DB=$VALUE; else DB=$(abs_path "$VALUE"); fi ;;
   --fault) FAULTS+=("$VALUE") ;;
   --admin) ADMIN=$VALUE ;;
   --token-file) TOKEN_FILE=$(abs_path "$VALUE") ;;
@@ -405,6 +412,8 @@ check_release_options() {
   [[ -n $RELEASE ]] || die "--release LABEL is required (see --help)"
   valid_release "$RELEASE"
   [[ -n $LOG_DIR ]] || LOG_DIR=$LOG_DIR_DEFAULT
+  if [[ -z $DB && -s $RUN_DIR/db ]]; then IFS= read -r DB <"$RUN_DIR/db" || true; fi
+  [[ -n $DB ]] || DB=$ROOT/data/links.db
   [[ $READY_SECONDS =~ ^[1-9][0-9]*$ ]] || die "--ready-timeout must be a positive number of seconds"
   [[ $ADMIN_MAX_TIME =~ ^[1-9][0-9]*$ ]] || die "--admin-timeout must be a positive number of seconds"
   [[ -x $BINARY ]] || die "no shortener binary at $BINARY: build it (cargo build --release) or pass --binary PATH"

@@ -9,14 +9,15 @@ Usage: scripts/test-deps.sh [PACKAGE...]
 
 Checks for the Debian packages the test suite uses (chromium for the status
 page test, curl and python3 for the release scripts the tests run, procps and
-util-linux for process tools) plus any PACKAGE given, and installs the missing
-ones with apt-get when run as root. As another user it lists what is missing
-and exits 1.
+util-linux for process tools, postgresql for the shortener's tests on
+PostgreSQL, which start servers of their own) plus any PACKAGE given, and
+installs the missing ones with apt-get when run as root. As another user it
+lists what is missing and exits 1.
 HELP
   exit 0
 fi
 
-packages=(chromium curl python3 procps util-linux "$@")
+packages=(chromium curl python3 procps util-linux postgresql "$@")
 missing=()
 for package in "${packages[@]}"; do
   status=$(dpkg-query -W -f='${Status}' "$package" 2>/dev/null || true)

@@ -5,12 +5,14 @@
 //! (`upstream`: our HTTP/1.1 client, its request body and response parser);
 //! `body` streams the answer back, `outcome` says how each attempt and
 //! request ended and who caused a failure, and `traffic` records it, which
-//! the control plane and operations read.
+//! the control plane and operations read. `https` holds what TLS changes on
+//! the way (the scheme, the redirect, HSTS).
 
 pub mod body;
 pub mod deadline;
 pub mod forward;
 pub mod headers;
+pub mod https;
 pub mod outcome;
 pub mod routing;
 pub mod server;

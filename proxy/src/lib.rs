@@ -18,9 +18,11 @@
 //! ```
 //!
 //! Shared leaves: `config` (raw -> validated -> typed), `error`, `slot`,
-//! `atomic_file`, `metrics`. `run` wires the parts together; `main.rs` only
-//! parses arguments and binds. Everything but `run`, `Listeners`, the config
-//! and the admin token is private to the crate.
+//! `atomic_file` and `persist` (the files in `data_dir`), `ticker` (the
+//! background tasks' clock), `secret`, `metrics`, `tls` (certificates, server
+//! and client configurations). `run` wires the parts together; `main.rs`
+//! only parses arguments and binds. Everything but `run`, `Listeners`, the
+//! config and the admin token is private to the crate.
 
 mod admin;
 mod atomic_file;
@@ -30,7 +32,11 @@ pub mod error;
 mod http;
 mod metrics;
 mod ops;
+mod persist;
+mod secret;
 mod slot;
+mod ticker;
+mod tls;
 
 pub use admin::auth::{AdminToken, TOKEN_ENV};
 pub use config::Config;
@@ -49,7 +55,7 @@ use crate::control::health::Monitor;
 use crate::control::probe::Prober;
 use crate::http::forward::Forwarder;
 use crate::http::routing::{Policy, Router, Snapshot};
-use crate::http::server::Drain;
+use crate::http::server::{Drain, Handshake, TlsListener};
 use crate::http::traffic::Traffic;
 use crate::http::upstream::Upstream;
 use crate::metrics::Metrics;
@@ -63,6 +69,8 @@ use crate::slot::Slot;
 /// The bound listeners, so callers (and tests) can bind port 0 first.
 pub struct Listeners {
     pub public: TcpListener,
+    /// The TLS listener, when `listen.public_tls` is set.
+    pub public_tls: Option<TcpListener>,
     pub admin: TcpListener,
     /// The public status page: no token, no secrets.
     pub status: TcpListener,
@@ -78,19 +86,21 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ProxyError> {
     let config = Arc::new(config);
-    let events = Arc::new(EventLog::open(&config.data_dir.join("events.jsonl"))?);
+    let events = Arc::new(EventLog::open(&config.data_dir.join("events.jsonl")).await?);
     let prober = Prober::new(config.timeouts.connect, config.gate.request_timeout);
     let health = Arc::new(HealthTable::default());
     let router = Arc::new(restore(&config, &prober, &health).await?);
     let traffic = Arc::new(Traffic::new());
-    let budget = Arc::new(Budget::open(
-        &config.data_dir.join("budget.json"),
-        config.sla,
-        time::OffsetDateTime::now_utc(),
-    )?);
-    let incident_store = Arc::new(IncidentStore::open(
-        &config.data_dir.join("incidents.json"),
-    )?);
+    let budget = Arc::new(
+        Budget::open(
+            &config.data_dir.join("budget.json"),
+            config.sla,
+            time::OffsetDateTime::now_utc(),
+        )
+        .await?,
+    );
+    let incident_store =
+        Arc::new(IncidentStore::open(&config.data_dir.join("incidents.json")).await?);
     let metrics = Arc::new(Metrics::new());
     let monitor = Arc::new(Monitor {
         router: Arc::clone(&router),
@@ -133,6 +143,11 @@ pub async fn run(
         },
         stop_rx.clone(),
     ));
+    let expiry = tokio::spawn(ops::cert_expiry::run(
+        Arc::clone(&router),
+        Arc::clone(&events),
+        stop_rx.clone(),
+    ));
     let accountant = tokio::spawn(ops::budget::run(
         Arc::clone(&budget),
         Arc::clone(&router),
@@ -172,6 +187,14 @@ pub async fn run(
             .await
     });
 
+    let tls = listeners.public_tls.map(|listener| TlsListener {
+        listener,
+        handshake: Handshake {
+            router: Arc::clone(&router),
+            metrics: Arc::clone(&metrics),
+            timeout: config.limits.tls_handshake_timeout,
+        },
+    });
     let forwarder = Arc::new(Forwarder::new(
         Arc::clone(&router),
         traffic,
@@ -180,6 +203,7 @@ pub async fn run(
     ));
     let drain = http::server::serve(
         listeners.public,
+        tls,
         forwarder,
         config.limits,
         config.timeouts.shutdown_grace,
@@ -198,7 +222,9 @@ pub async fn run(
             "grace period over: answered 504 to the requests still waiting and closed the connections still open"
         ),
     }
-    let _ = tokio::join!(checker, guard, reloader, detector, accountant, notices);
+    let _ = tokio::join!(
+        checker, guard, reloader, detector, accountant, notices, expiry
+    );
     match tokio::time::timeout(config.timeouts.shutdown_grace, admin).await {
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "admin listener failed"),
         Err(_) => tracing::warn!("admin listener did not stop in time"),
@@ -209,6 +235,9 @@ pub async fn run(
         Err(_) => tracing::warn!("status listener did not stop in time"),
         _ => {}
     }
+    // The writer thread ends with the process: the last events (a notice
+    // that could not be sent at shutdown) must be in the file first.
+    events.flushed().await;
     Ok(())
 }
 
@@ -229,7 +258,9 @@ async fn reload_on_sighup(
         tokio::select! {
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading {}", path.display());
-                let _ = control::reload::reload(&controller, &path);
+                // It reads files (the config and its certificates): off the runtime's threads.
+                let (controller, path) = (Arc::clone(&controller), path.clone());
+                let _ = tokio::task::spawn_blocking(move || control::reload::reload(&controller, &path)).await;
             }
             _ = shutdown.changed() => return,
         }
@@ -247,7 +278,9 @@ async fn restore(
     let state_path = config.state_file();
     let (active, previous, addrs, last_switch, vetted_releases) = match control::state::load(
         &state_path,
-    )? {
+    )
+    .await?
+    {
         Some(saved) => {
             tracing::info!(file = %state_path.display(), active = %saved.active, blue = %saved.blue, green = %saved.green, "restored routing state");
             (

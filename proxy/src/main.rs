@@ -113,6 +113,10 @@ async fn start(config_path: PathBuf) -> Result<(), ProxyError> {
     let config = Config::load(&config_path)?;
     let token = AdminToken::resolve(&config, std::env::var(TOKEN_ENV).ok())?;
     let public = bind("public listener", config.public).await?;
+    let public_tls = match config.public_tls {
+        Some(addr) => Some(bind("TLS listener", addr).await?),
+        None => None,
+    };
     let admin = bind("admin listener", config.admin).await?;
     let status = bind("status listener", config.status).await?;
     // Installed before the readiness lines, so a SIGTERM right after them
@@ -121,6 +125,9 @@ async fn start(config_path: PathBuf) -> Result<(), ProxyError> {
     // Harnesses and scripts read these lines to learn the ports (readiness).
     let mut out = std::io::stdout().lock();
     writeln!(out, "public listening on {}", public.local_addr()?)?;
+    if let Some(tls) = &public_tls {
+        writeln!(out, "public_tls listening on {}", tls.local_addr()?)?;
+    }
     writeln!(out, "admin listening on {}", admin.local_addr()?)?;
     writeln!(out, "status listening on {}", status.local_addr()?)?;
     writeln!(out, "admin token {}", token.describe())?;
@@ -132,6 +139,7 @@ async fn start(config_path: PathBuf) -> Result<(), ProxyError> {
         config_path,
         Listeners {
             public,
+            public_tls,
             admin,
             status,
         },

@@ -12,6 +12,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::http::outcome::{FailureKind, Outcome, Source};
+use crate::http::server::tls::HandshakeFailure;
 use crate::slot::Slot;
 
 type Labels = Vec<(&'static str, String)>;
@@ -44,6 +45,8 @@ pub struct Metrics {
     probe_results: Family<Labels, Counter>,
     pub budget_used_minutes: Gauge<f64, AtomicU64>,
     pub budget_left_minutes: Gauge<f64, AtomicU64>,
+    /// Indexed by `HandshakeFailure as usize`.
+    tls_handshake_failures: [Counter; HandshakeFailure::ALL.len()],
 }
 
 impl Default for Metrics {
@@ -181,6 +184,16 @@ impl Metrics {
             budget_left_minutes.clone(),
         );
 
+        let handshake_family = Family::<Labels, Counter>::default();
+        registry.register(
+            "tls_handshake_failures",
+            "TLS connections closed before their handshake completed, by reason",
+            handshake_family.clone(),
+        );
+        let tls_handshake_failures = HandshakeFailure::ALL.map(|reason| {
+            handshake_family.get_or_create_owned(&vec![("reason", reason.as_str().to_string())])
+        });
+
         Metrics {
             registry,
             requests,
@@ -198,6 +211,7 @@ impl Metrics {
             probe_results,
             budget_used_minutes,
             budget_left_minutes,
+            tls_handshake_failures,
         }
     }
 
@@ -232,6 +246,10 @@ impl Metrics {
     /// Counts a request sent again on a new connection to the same slot.
     pub fn reconnected(&self, slot: Slot) {
         self.reconnects[slot.index()].inc();
+    }
+
+    pub fn tls_handshake_failed(&self, reason: HandshakeFailure) {
+        self.tls_handshake_failures[reason as usize].inc();
     }
 
     pub fn retried(&self) {

@@ -1,13 +1,13 @@
 //! The command line: flags, their environment variables and defaults.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
 use clap::Parser;
 
 use crate::fault::Fault;
 use crate::public_host::HostName;
 use crate::release::Release;
+use crate::store::Database;
 
 /// Where to listen when `--listen` is not given.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8081";
@@ -27,9 +27,11 @@ pub struct Args {
     #[arg(long, env = "SHORTENER_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
 
-    /// SQLite database file, shared by blue and green; its folder is created when missing.
-    #[arg(long, env = "SHORTENER_DB", default_value = DEFAULT_DB)]
-    pub db: PathBuf,
+    /// The database: a SQLite file (created with its folder when missing), shared by blue and
+    /// green on one machine, or a PostgreSQL server as postgres://user@host:port/dbname, shared
+    /// by releases on several hosts.
+    #[arg(long, env = "SHORTENER_DB", default_value = DEFAULT_DB, value_name = "PATH|URL")]
+    pub db: Database,
 
     /// Release label: sent as `x-release` on every response and recorded on every link written.
     #[arg(long, env = "SHORTENER_RELEASE", default_value = DEFAULT_RELEASE)]
@@ -64,7 +66,7 @@ mod tests {
     fn defaults_match_the_contract() {
         let args = Args::try_parse_from(["shortener"]).expect("no flags needed");
         assert_eq!(args.listen.to_string(), DEFAULT_LISTEN);
-        assert_eq!(args.db, PathBuf::from(DEFAULT_DB));
+        assert_eq!(args.db, Database::Sqlite(DEFAULT_DB.into()));
         assert_eq!(args.release.as_str(), DEFAULT_RELEASE);
         assert!(args.faults.is_empty() && args.public_hosts.is_empty());
     }
@@ -97,6 +99,17 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["go.example", "b.example"]
         );
+    }
+
+    #[test]
+    fn the_database_is_a_file_or_a_postgres_url() {
+        let url = Args::try_parse_from(["shortener", "--db", "postgres://app:pw@10.0.0.9/links"])
+            .expect("a PostgreSQL URL");
+        assert!(matches!(url.db, Database::Postgres(_)), "{:?}", url.db);
+        assert_eq!(url.db.to_string(), "postgres://app@10.0.0.9:5432/links");
+        let err = Args::try_parse_from(["shortener", "--db", "mysql://u@h/links"])
+            .expect_err("not a database we know");
+        assert!(err.to_string().contains("`mysql://`"), "{err}");
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! The crate's errors: `AppError` for everything a request can run into, with the one mapping to
-//! HTTP statuses and the JSON and HTML renderings; `StoreError` for the database; `StartError`
-//! for startup. Internal causes are logged here and never sent to clients.
+//! HTTP statuses and the JSON and HTML renderings; `StoreError` for the database (either engine),
+//! and which of its failures are worth a retry; `StartError` for startup. Internal causes are
+//! logged here and never sent to clients.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::rejection::{FormRejection, JsonRejection, PathRejection, QueryRejection};
@@ -14,10 +16,13 @@ use serde_json::json;
 use crate::code::CodeError;
 use crate::fault::Fault;
 use crate::long_url::UrlError;
+use crate::store::Database;
 use crate::{body_limit, page};
 
 /// What a client sees instead of an internal cause.
 const INTERNAL_MESSAGE: &str = "internal error; the cause is in the server log";
+/// What a client sees when the database is busy or unreachable for a moment (a 503).
+const UNAVAILABLE_MESSAGE: &str = "the database is unavailable (busy or unreachable); try again";
 
 /// Everything a request can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +70,7 @@ impl AppError {
             Self::LinkNotFound(_) | Self::RouteNotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::CodeSpaceExhausted(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Store(cause) if cause.is_busy() => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Store(cause) if cause.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
             Self::Injected(_) | Self::Internal(_) | Self::Store(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -75,9 +80,9 @@ impl AppError {
     /// The message for the client. An internal cause is logged here, and replaced.
     pub fn client_message(&self) -> String {
         match self {
-            Self::Store(cause) if cause.is_busy() => {
-                tracing::warn!(error = %cause, "database busy past the timeout");
-                "the database is busy; try again".to_owned()
+            Self::Store(cause) if cause.is_transient() => {
+                tracing::warn!(error = %cause, "database unavailable");
+                UNAVAILABLE_MESSAGE.to_owned()
             }
             Self::Store(cause) => {
                 tracing::error!(error = %cause, "store failure");
@@ -164,7 +169,7 @@ impl From<PathRejection> for AppError {
     }
 }
 
-/// What the SQLite store can fail with.
+/// What the store can fail with, on either engine.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("code `{0}` is already taken")]
@@ -193,14 +198,31 @@ pub enum StoreError {
     /// The transaction a write shared with others failed; the cause, as text.
     #[error("{0}")]
     BatchFailed(String),
+    #[error("postgres: {}", postgres_text(.0))]
+    Postgres(#[from] tokio_postgres::Error),
+    /// A bounded wait on PostgreSQL ran out: for a free connection, a new one, or an answer.
+    #[error("postgres: {what} took longer than {after:?}")]
+    TimedOut { what: &'static str, after: Duration },
+    /// The connection pool itself failed (closed, or misbuilt): a bug, not an outage.
+    #[error("postgres connection pool: {0}")]
+    Pool(String),
 }
 
 impl StoreError {
-    /// The other process held the write lock past `store::BUSY_TIMEOUT`: worth a retry, so the
-    /// client gets a 503 rather than a 500.
-    pub fn is_busy(&self) -> bool {
+    /// Worth a retry, so the client gets a 503 rather than a 500: SQLite's other process held
+    /// the write lock past its busy timeout, or PostgreSQL is unreachable, restarting, or did
+    /// not answer in time. Nothing was stored, or the write may be sent again (a create with its
+    /// `x-request-id` is stored once).
+    pub fn is_transient(&self) -> bool {
         use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked};
-        matches!(self, Self::Sqlite(rusqlite::Error::SqliteFailure(e, _)) if matches!(e.code, DatabaseBusy | DatabaseLocked))
+        match self {
+            Self::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => {
+                matches!(e.code, DatabaseBusy | DatabaseLocked)
+            }
+            Self::Postgres(e) => postgres_is_transient(e),
+            Self::TimedOut { .. } => true,
+            _ => false,
+        }
     }
 
     /// The same failure again, for each write of a batch that failed as a whole. SQLite's
@@ -215,11 +237,45 @@ impl StoreError {
     }
 }
 
+/// SQLSTATEs of a server that is going away, coming back, overloaded, or that gave up on a
+/// statement: the same request can succeed a moment later.
+fn postgres_is_transient(err: &tokio_postgres::Error) -> bool {
+    let Some(db) = err.as_db_error() else {
+        // Not an answer of the server: the connection was refused, closed or timed out, unless
+        // the client itself refused the data (a bug: a 500).
+        return err.is_closed()
+            || std::error::Error::source(err).is_some_and(|s| s.is::<std::io::Error>())
+            || err.to_string().starts_with("timeout");
+    };
+    let code = db.code().code();
+    // 08: connection exception; 53: insufficient resources (too many connections).
+    code.starts_with("08")
+        || code.starts_with("53")
+        || matches!(
+            code,
+            // admin_shutdown, crash_shutdown, cannot_connect_now (starting up, shutting down)
+            "57P01" | "57P02" | "57P03"
+            // query_canceled (statement_timeout), lock_not_available (lock_timeout)
+            | "57014" | "55P03"
+            // serialization_failure, deadlock_detected
+            | "40001" | "40P01"
+        )
+}
+
+/// The server's own message when there is one (tokio-postgres says only "db error").
+fn postgres_text(err: &tokio_postgres::Error) -> String {
+    match (err.as_db_error(), std::error::Error::source(err)) {
+        (Some(db), _) => format!("{} {}: {}", db.severity(), db.code().code(), db.message()),
+        (None, Some(source)) => format!("{err}: {source}"),
+        (None, None) => err.to_string(),
+    }
+}
+
 /// Why the process could not start or keep serving.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot open the database {path}: {source}")]
-    Store { path: PathBuf, source: StoreError },
+    #[error("cannot open the database {db}: {source}")]
+    Store { db: Database, source: StoreError },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -270,7 +326,7 @@ mod tests {
             Some("database is locked".into()),
         );
         let again = StoreError::Sqlite(busy).duplicate();
-        assert!(again.is_busy());
+        assert!(again.is_transient());
         assert!(again.to_string().contains("database is locked"), "{again}");
         let gone = AppError::from(StoreError::WriterGone.duplicate());
         assert_eq!(gone.status_code(), StatusCode::INTERNAL_SERVER_ERROR);

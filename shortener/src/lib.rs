@@ -1,12 +1,13 @@
 //! A URL shortener, the application the blue-green proxy protects: the routes of the original
 //! Flask tutorial (`/`, `/your-url`, `/{code}`), a JSON API, `/healthz`, and fault injection for
-//! release drills. Blue and green run as two processes on one SQLite file.
+//! release drills. Blue and green run as two processes on one database: a SQLite file on one
+//! machine, or PostgreSQL for releases on several hosts.
 //!
 //! A request passes these layers, outermost first, before its route:
 //!
 //! ```text
 //! access_log -> release::stamp -> fault::inject -> body_limit -> routes (html | api | health)
-//!  (one line)   (x-release)      (fail-after,      (413)          -> store (SQLite)
+//!  (one line)   (x-release)      (fail-after,      (413)          -> store (SQLite | PostgreSQL)
 //!                                  latency)
 //! ```
 //!

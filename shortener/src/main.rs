@@ -10,8 +10,8 @@ use shortener::{AppState, Args, StartError};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
-/// Threads for blocking work: the SQLite reads, on two reader connections (writes have a
-/// thread of their own). More would only queue on the readers' mutexes; tokio's default (512)
+/// Threads for blocking work: on SQLite, the reads, on two reader connections (writes have a
+/// thread of their own); PostgreSQL needs none. More would only queue on the readers' mutexes; tokio's default (512)
 /// let a burst of 200 concurrent reads start a thread each.
 const BLOCKING_THREADS: usize = 8;
 
@@ -40,10 +40,12 @@ fn main() -> ExitCode {
 }
 
 async fn serve(args: Args) -> Result<(), StartError> {
-    let state = AppState::open(&args).map_err(|source| StartError::Store {
-        path: args.db.clone(),
-        source,
-    })?;
+    let state = AppState::open(&args)
+        .await
+        .map_err(|source| StartError::Store {
+            db: args.db.clone(),
+            source,
+        })?;
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -57,7 +59,7 @@ async fn serve(args: Args) -> Result<(), StartError> {
     tracing::info!(
         %addr,
         release = %args.release,
-        db = %args.db.display(),
+        db = %args.db,
         faults = ?args.faults.iter().map(ToString::to_string).collect::<Vec<_>>(),
         public_hosts = ?args.public_hosts.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "serving"

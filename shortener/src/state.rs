@@ -12,7 +12,7 @@ use crate::store::Store;
 /// Shared by all requests; cheap to clone. Built once at startup, never changed afterwards.
 #[derive(Clone)]
 pub struct AppState {
-    /// The database, shared with the other slot's process through the file.
+    /// The database, shared with the other slot's process (and, on PostgreSQL, other hosts).
     pub(crate) store: Store,
     /// The `--release` label: answered in `x-release` and `/healthz`, written into new rows.
     pub(crate) release: Release,
@@ -37,9 +37,9 @@ impl AppState {
         }
     }
 
-    /// Opens the store named by the arguments (blocking) and builds the state around it.
-    pub fn open(args: &Args) -> Result<Self, StoreError> {
-        let store = Store::open(&args.db)?;
+    /// Opens the store named by the arguments and builds the state around it.
+    pub async fn open(args: &Args) -> Result<Self, StoreError> {
+        let store = Store::open(&args.db).await?;
         Ok(Self::new(
             store,
             args.release.clone(),

@@ -228,6 +228,12 @@ where
     (sender, tokio::spawn(connection))
 }
 
+/// The text of a plain HTTP/1.1 GET of `path` with a valid `Host`, for [`raw_exchange`] and
+/// raw connections.
+pub fn raw_get(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: shop.example\r\n\r\n")
+}
+
 /// Sends `request` byte for byte on a new connection and reads one response (framed by
 /// Content-Length, chunked encoding, or the end of the connection).
 pub async fn raw_exchange(addr: SocketAddr, request: &str) -> Result<RawResponse, String> {

@@ -12,6 +12,8 @@ use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 use tokio::time::{Instant, timeout, timeout_at};
 
+use crate::harness::eventually;
+
 /// How long a binary may take to print its listening lines (debug builds on a busy 2-core box).
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a process may take to exit after SIGTERM before it gets SIGKILL.
@@ -162,6 +164,44 @@ impl Process {
     /// The last lines of this process's log.
     pub fn log_tail(&self) -> String {
         read_tail(&self.launch.log)
+    }
+
+    /// Everything the process wrote to stderr, its earlier runs included (the log survives
+    /// restarts), or why the log cannot be read.
+    pub async fn log(&self) -> String {
+        tokio::fs::read_to_string(&self.launch.log)
+            .await
+            .unwrap_or_else(|e| format!("(cannot read {}: {e})", self.launch.log.display()))
+    }
+
+    /// Waits until the log holds `needle`; false when it does not within `timeout` (the
+    /// contract of [`eventually`]).
+    #[must_use = "assert on it, naming what was awaited"]
+    pub async fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        eventually(|| async { self.log().await.contains(needle) }, timeout).await
+    }
+
+    /// How many threads the process runs now.
+    ///
+    /// # Panics
+    /// When it has exited or its threads cannot be listed.
+    #[cfg(target_os = "linux")]
+    pub async fn threads(&self) -> usize {
+        let name = &self.launch.name;
+        let pid = self
+            .pid()
+            .unwrap_or_else(|| panic!("{name} has exited: it has no threads"));
+        let listed = async {
+            let mut tasks = tokio::fs::read_dir(format!("/proc/{pid}/task")).await?;
+            let mut threads = 0;
+            while tasks.next_entry().await?.is_some() {
+                threads += 1;
+            }
+            Ok::<_, std::io::Error>(threads)
+        };
+        listed
+            .await
+            .unwrap_or_else(|e| panic!("cannot list the threads of {name}: {e}"))
     }
 }
 

@@ -281,6 +281,25 @@ impl Proxy {
         body
     }
 
+    /// The events of `kind` in `GET /events?limit=1000`, oldest first.
+    ///
+    /// # Panics
+    /// When it does not answer 200.
+    pub async fn events_of_kind(&self, kind: &str) -> Vec<Value> {
+        let (code, body) = self.admin(Method::GET, "/events?limit=1000", None).await;
+        assert_eq!(code, StatusCode::OK, "GET /events: {body}");
+        body["events"]
+            .as_array()
+            .map(|events| {
+                events
+                    .iter()
+                    .filter(|e| e["kind"] == kind)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The active slot, from `GET /status`.
     pub async fn active(&self) -> String {
         let status = self.status().await;

@@ -1,15 +1,130 @@
-//! Running the release scripts (`scripts/*.sh`) from tests: where they are,
-//! a free address for the idle slot, and stopping the shorteners a script
-//! detached, by the PIDs it recorded.
+//! Running the release scripts (`scripts/*.sh`) from tests: the stack a script deploys
+//! into, where the scripts are, a free address for the idle slot, and stopping the
+//! shorteners a script detached, by the PIDs it recorded.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
+use std::process::Output;
 use std::time::Duration;
+
+use tempfile::TempDir;
+use tokio::process::Command;
+
+use crate::binary::binary;
+use crate::proxy::{Proxy, ProxyBuilder, TOKEN_ENV};
+use crate::shortener::Shortener;
 
 /// How long a script's shortener gets to stop after SIGTERM before SIGKILL.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+/// The whole script: starting a debug shortener, the gate (at each step, for a canary), the
+/// pauses, the switch.
+pub const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Blue (v1) behind a proxy whose green slot points at a free port, where a release script
+/// (`deploy.sh`, `canary.sh`) starts the new release. Fields drop in order: the script's
+/// instances, the proxy, blue, the dir.
+pub struct ScriptStack {
+    pub instances: ScriptInstances,
+    pub proxy: Proxy,
+    pub blue: Shortener,
+    /// The green slot's address: free until the script starts a shortener there.
+    pub green: SocketAddr,
+    /// The SQLite file blue uses and the script's shortener is given.
+    pub db: PathBuf,
+    /// The script under test, a file name in `scripts/`.
+    script: &'static str,
+    /// Holds the db, the config, every log and the script's run dir.
+    pub dir: TempDir,
+}
+
+impl ScriptStack {
+    /// The stack for `script` (`"deploy.sh"`, `"canary.sh"`), with any proxy option
+    /// `configure` adds; the slot addresses are set by the stack.
+    ///
+    /// # Panics
+    /// When a binary is missing or a process does not become ready.
+    pub async fn start(
+        script: &'static str,
+        configure: impl FnOnce(ProxyBuilder) -> ProxyBuilder,
+    ) -> ScriptStack {
+        let name = script.strip_suffix(".sh").unwrap_or(script);
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("e2e-{name}-sh-"))
+            .tempdir()
+            .expect("a temp dir can be created");
+        let db = dir.path().join("links.db");
+        let blue = Shortener::builder()
+            .release("v1")
+            .db(&db)
+            .start(dir.path())
+            .await;
+        let green = free_addr();
+        let proxy = configure(Proxy::builder())
+            .blue(blue.addr())
+            .green(green)
+            .start(dir.path())
+            .await;
+        let run_dir = dir.path().join("run");
+        ScriptStack {
+            instances: ScriptInstances { run_dir },
+            proxy,
+            blue,
+            green,
+            db,
+            script,
+            dir,
+        }
+    }
+
+    /// Runs `scripts/SCRIPT --release RELEASE EXTRA...` against this stack; returns its exit,
+    /// and its stdout and stderr together.
+    ///
+    /// # Panics
+    /// When the script cannot be run or does not finish within [`SCRIPT_TIMEOUT`].
+    pub async fn run(&self, release: &str, extra: &[&str]) -> (Output, String) {
+        let script = repo_root().join("scripts").join(self.script);
+        let admin = format!("http://{}", self.proxy.admin_addr());
+        let mut command = Command::new(&script);
+        command
+            .args(["--release", release, "--admin", &admin])
+            .arg("--binary")
+            .arg(binary("shortener"))
+            .arg("--db")
+            .arg(&self.db)
+            .arg("--run-dir")
+            .arg(&self.instances.run_dir)
+            .args(extra)
+            .env(TOKEN_ENV, self.proxy.token())
+            .kill_on_drop(true);
+        let output = tokio::time::timeout(SCRIPT_TIMEOUT, command.output())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{} did not finish within {SCRIPT_TIMEOUT:?}",
+                    script.display()
+                )
+            })
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output, text)
+    }
+
+    /// The base URL users see: `http://<proxy public>`.
+    pub fn base(&self) -> String {
+        self.proxy.base()
+    }
+
+    /// Where the script records the PID of the shortener it started on `slot`.
+    pub fn pid_file(&self, slot: &str) -> PathBuf {
+        self.instances.run_dir.join(format!("{slot}.pid"))
+    }
+}
 
 /// The shorteners a release script started (it detaches them, so the harness does not own them):
 /// stopped when the test ends, pass or fail.

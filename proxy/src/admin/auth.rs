@@ -4,10 +4,9 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use subtle::ConstantTimeEq;
-
 use crate::config::Config;
 use crate::error::ProxyError;
+use crate::secret;
 
 pub const TOKEN_ENV: &str = "PROXY_ADMIN_TOKEN";
 
@@ -62,7 +61,7 @@ impl AdminToken {
     /// Compares in constant time, so the answer's timing says nothing about
     /// how much of a guess was right.
     pub fn matches(&self, candidate: &[u8]) -> bool {
-        self.secret.len() == candidate.len() && bool::from(self.secret.as_slice().ct_eq(candidate))
+        secret::matches(&self.secret, candidate)
     }
 
     pub fn describe(&self) -> String {

@@ -23,6 +23,7 @@ use crate::http::routing::Snapshot;
 use crate::ops::budget::{Budget, BudgetView};
 use crate::ops::events::Event;
 use crate::slot::Slot;
+use crate::tls::certs::TlsView;
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -54,7 +55,20 @@ pub fn app(state: AdminState) -> Router {
             )
         })
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            events_on_disk,
+        ))
         .with_state(state)
+}
+
+/// An admin answer waits until the events recorded before it are in the
+/// log file: a change it reports, or an event `GET /events` shows, survives
+/// a crash right after.
+async fn events_on_disk(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    state.controller.events().flushed().await;
+    response
 }
 
 async fn require_token(State(state): State<AdminState>, request: Request, next: Next) -> Response {
@@ -170,6 +184,8 @@ pub struct StatusView {
     pub guard: GuardView,
     pub slots: SlotsView,
     pub error_budget: BudgetView,
+    /// The TLS listener's certificates; null without one.
+    pub tls: Option<TlsView>,
 }
 
 #[derive(Serialize)]
@@ -222,6 +238,11 @@ pub fn status_view(state: &AdminState, snap: &Snapshot) -> StatusView {
             green: slot(Slot::Green),
         },
         error_budget: state.budget.view(),
+        tls: snap
+            .policy
+            .https
+            .as_ref()
+            .map(|h| h.certificates.view(time::OffsetDateTime::now_utc())),
     }
 }
 
@@ -338,7 +359,18 @@ struct ReloadView {
 }
 
 async fn reload(State(state): State<AdminState>) -> Result<Json<ReloadView>, ApiError> {
-    let changes = reload::reload(&state.controller, &state.config_path).map_err(|e| ApiError {
+    // It reads files (the config and the certificates it names): off the runtime's threads.
+    let (controller, path) = (
+        Arc::clone(&state.controller),
+        Arc::clone(&state.config_path),
+    );
+    let reloaded = tokio::task::spawn_blocking(move || reload::reload(&controller, &path))
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "the reload task failed");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the reload task failed")
+        })?;
+    let changes = reloaded.map_err(|e| ApiError {
         status: StatusCode::BAD_REQUEST,
         body: json!({
             "error": e.to_string(),

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::{
     CanaryCfg, Config, Forwarding, Gate, GuardCfg, Health, IncidentsCfg, Limits, NotifyCfg, SlaCfg,
-    Timeouts,
+    Timeouts, TlsCfg,
 };
 use crate::slot::Slot;
 
@@ -65,6 +65,7 @@ impl Config {
         let Config {
             data_dir,
             public,
+            public_tls,
             admin,
             status,
             forwarding,
@@ -81,6 +82,7 @@ impl Config {
             health,
             limits,
             scenarios,
+            tls,
         } = file;
         let [blue, green] = slot_addrs;
         let Timeouts {
@@ -105,6 +107,7 @@ impl Config {
             max_header_bytes,
             max_body_bytes,
             max_connections,
+            tls_handshake_timeout,
         } = limits;
         let Forwarding {
             trusted_hops,
@@ -139,6 +142,12 @@ impl Config {
             backoff,
             timeout: notify_timeout,
         } = notify;
+        let TlsCfg {
+            certificates,
+            redirect_http,
+            hsts_max_age,
+            loaded,
+        } = tls;
         let Gate {
             passes,
             deadline,
@@ -149,6 +158,7 @@ impl Config {
         let config = Config {
             data_dir: d.key("data_dir", RESTART, &run.data_dir, data_dir),
             public: d.key("listen.public", RESTART, &run.public, public),
+            public_tls: d.key("listen.public_tls", RESTART, &run.public_tls, public_tls),
             admin: d.key("listen.admin", RESTART, &run.admin, admin),
             status: d.key("listen.status", RESTART, &run.status, status),
             token_file: d.key("admin.token_file", RESTART, &run.token_file, token_file),
@@ -264,6 +274,12 @@ impl Config {
                     RESTART,
                     &run.limits.max_connections,
                     max_connections,
+                ),
+                tls_handshake_timeout: d.key(
+                    "limits.tls_handshake_timeout_ms",
+                    RESTART,
+                    &run.limits.tls_handshake_timeout,
+                    tls_handshake_timeout,
                 ),
             },
             forwarding: Forwarding {
@@ -381,6 +397,25 @@ impl Config {
                 ),
             },
             scenarios: d.key("scenario", LIVE, &run.scenarios, scenarios),
+            // New handshakes take the policy's certificates, rebuilt by the reload.
+            tls: TlsCfg {
+                certificates: d.key("tls.certificate", LIVE, &run.tls.certificates, certificates),
+                redirect_http: d.key(
+                    "tls.redirect_http",
+                    LIVE,
+                    &run.tls.redirect_http,
+                    redirect_http,
+                ),
+                hsts_max_age: d.key(
+                    "tls.hsts_max_age",
+                    LIVE,
+                    &run.tls.hsts_max_age,
+                    hsts_max_age,
+                ),
+                // Read again by every load: new files at the same paths are
+                // new certificates, so the file's always win.
+                loaded,
+            },
         };
         Reconciled {
             config,
@@ -431,6 +466,7 @@ mod tests {
         ("listen.public", "\"127.0.0.1:1\"", RESTART),
         ("listen.admin", "\"127.0.0.1:1\"", RESTART),
         ("listen.status", "\"127.0.0.1:1\"", RESTART),
+        ("listen.public_tls", "\"127.0.0.1:2\"", RESTART),
         ("admin.token_file", "\"token\"", RESTART),
         ("slots.active", "\"green\"", SWITCH),
         ("slots.blue.addr", "\"127.0.0.1:1\"", PUT_SLOT),
@@ -452,6 +488,7 @@ mod tests {
         ("limits.max_header_bytes", "7000", RESTART),
         ("limits.max_body_bytes", "7", LIVE),
         ("limits.max_connections", "7", RESTART),
+        ("limits.tls_handshake_timeout_ms", "7", RESTART),
         ("forwarding.trusted_hops", "[\"10.0.0.1\"]", LIVE),
         ("forwarding.retry", "false", LIVE),
         ("forwarding.retry_writes", "true", LIVE),
@@ -477,6 +514,13 @@ mod tests {
             "[{ url = \"http://127.0.0.1:1/\" }]",
             RESTART,
         ),
+        ("tls.redirect_http", "true", LIVE),
+        ("tls.hsts_max_age", "7", LIVE),
+        (
+            "tls.certificate",
+            "[{ cert = \"c.pem\", key = \"k.pem\" }]",
+            LIVE,
+        ),
         ("gate.passes", "7", LIVE),
         ("gate.deadline_ms", "7", LIVE),
         ("gate.request_timeout_ms", "7", RESTART),
@@ -497,16 +541,41 @@ mod tests {
         }
     }
 
+    /// The running file of a case: `[tls]` only means something with a TLS
+    /// listener, and that needs a certificate.
+    fn running_text(key: &str) -> String {
+        if key.starts_with("tls.") || key == "listen.public_tls" {
+            format!("{TLS_LISTENER}[tls]\n{TLS_CERTIFICATE}")
+        } else {
+            String::new()
+        }
+    }
+
+    /// The reloaded file of a case: the running one with the case's key set.
+    fn file_text(key: &str, value: &str) -> String {
+        match key.strip_prefix("tls.") {
+            Some("certificate") => format!("{TLS_LISTENER}[tls]\ncertificate = {value}\n"),
+            Some(name) => format!("{TLS_LISTENER}[tls]\n{TLS_CERTIFICATE}{name} = {value}\n"),
+            None if key == "listen.public_tls" => {
+                format!("[listen]\npublic_tls = {value}\n[tls]\n{TLS_CERTIFICATE}")
+            }
+            None => setting(key, value),
+        }
+    }
+
+    const TLS_LISTENER: &str = "[listen]\npublic_tls = \"127.0.0.1:1\"\n";
+    const TLS_CERTIFICATE: &str = "certificate = [{ cert = \"a.pem\", key = \"a.key\" }]\n";
+
     fn parse(text: &str) -> Config {
         Config::parse(text).unwrap_or_else(|p| panic!("{text:?} is invalid: {p:?}"))
     }
 
     #[test]
     fn a_reload_applies_each_live_key_and_names_every_other_change() {
-        let running = parse("");
         for &(key, value, apply) in CASES {
             // Arrange
-            let text = setting(key, value);
+            let running = parse(&running_text(key));
+            let text = file_text(key, value);
             let file = parse(&text);
 
             // Act

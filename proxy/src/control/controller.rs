@@ -1,13 +1,14 @@
 //! The changes to routing: the operator's (switch, rollback, slot address,
-//! canary, promote, abort) and the guard's (abort a canary, roll back a
-//! bad release). Each is validated (the gate, the slot rules) before it is
+//! canary, promote, abort) and the guard's verdicts (abort a canary, roll
+//! back a bad release), which the `guard` decides and the controller
+//! applies. Each is validated (the gate, the slot rules) before it is
 //! applied; a refused change touches neither the live snapshot nor the
 //! state file. Changes are serialized, the state file is written before the
 //! new snapshot is stored, and every change is an event.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
@@ -15,7 +16,7 @@ use time::OffsetDateTime;
 
 use crate::config::{Config, GuardCfg, Scenario, Step, StepBody, StepTarget};
 use crate::control::gate;
-use crate::control::guard;
+use crate::control::guard::{Breach, CanaryChange, Cutover, Deployment, Guard, Verdict};
 use crate::control::health::{self, HealthTable};
 use crate::control::probe::{ProbeFailure, Prober, Targets};
 use crate::control::state::{self, PersistedState};
@@ -26,6 +27,7 @@ use crate::http::upstream::Upstream;
 use crate::metrics::Metrics;
 use crate::ops::events::{Event, EventKind, EventLog};
 use crate::slot::Slot;
+use crate::ticker::Ticker;
 
 /// The last gate run against a slot, for the status.
 #[derive(Debug, Clone, Serialize)]
@@ -48,55 +50,17 @@ pub enum ControlError {
     Persist(ProxyError),
 }
 
-/// A release the guard pulled back: refused until an operator overrides.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Blocked {
-    pub slot: Slot,
-    pub addr: SocketAddr,
-    pub release: Option<String>,
-}
+pub use crate::control::guard::{GuardView, Override};
 
-/// What the guard watches and what it last did, for the status.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct GuardView {
-    /// The guard pulled a release back, and no operator change has happened since.
-    pub aborted: bool,
-    pub reason: Option<String>,
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub at: Option<OffsetDateTime>,
-    pub slot: Option<Slot>,
-    /// "canary", "bake" or null.
-    pub watching: Option<&'static str>,
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub bake_until: Option<OffsetDateTime>,
-    pub blocked: Option<Blocked>,
-}
-
-/// The guard's working state. A std mutex: a few field writes, never held
-/// across an `.await`.
-#[derive(Default)]
-struct GuardState {
-    view: GuardView,
-    /// When the current canary started taking traffic.
-    canary_since: Option<Instant>,
-    /// The slot being baked, and when the bake started and ends.
-    bake: Option<Bake>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Bake {
-    slot: Slot,
-    started: Instant,
-    until: Instant,
-    /// `until` on the wall clock, for the status.
-    until_utc: OffsetDateTime,
-}
-
-/// Options an operator can give with a change.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Override {
-    /// Try a release again that the guard pulled back.
-    pub guard: bool,
+/// Whether the gate asks the active release to read what the candidate
+/// wrote (the cross-release steps of the scenarios).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CrossCheck {
+    /// Moving forward: the active release must read the candidate's writes.
+    WithActive,
+    /// A rollback: the release it leaves may be the one failing, so it is
+    /// not asked.
+    CandidateOnly,
 }
 
 pub struct Controller {
@@ -114,7 +78,9 @@ pub struct Controller {
     ops: tokio::sync::Mutex<()>,
     /// Written by each gate run; read by the status.
     last_probe: [Mutex<Option<ProbeReport>>; 2],
-    guard: Mutex<GuardState>,
+    /// What the guard watches and what it pulled back. A std mutex: a few
+    /// field writes, never held across an `.await`.
+    guard: Mutex<Guard>,
 }
 
 /// The parts the controller works with.
@@ -151,7 +117,7 @@ impl Controller {
             traffic: parts.traffic,
             ops: tokio::sync::Mutex::new(()),
             last_probe: Default::default(),
-            guard: Mutex::new(GuardState::default()),
+            guard: Mutex::new(Guard::default()),
         }
     }
 
@@ -187,20 +153,12 @@ impl Controller {
     }
 
     pub fn guard_view(&self) -> GuardView {
-        let g = self.guard.lock().expect("guard lock is never poisoned");
-        let mut view = g.view.clone();
-        view.watching = if self.router.load().canary.is_some() {
-            Some("canary")
-        } else if g.bake.is_some_and(|b| Instant::now() < b.until) {
-            Some("bake")
-        } else {
-            None
-        };
-        view.bake_until = None;
-        if view.watching == Some("bake") {
-            view.bake_until = g.bake.map(|b| b.until_utc);
-        }
-        view
+        let snap = self.router.load();
+        self.lock_guard().view(&snap, Instant::now())
+    }
+
+    fn lock_guard(&self) -> std::sync::MutexGuard<'_, Guard> {
+        self.guard.lock().expect("guard lock is never poisoned")
     }
 
     fn release(&self, slot: Slot) -> Option<String> {
@@ -215,15 +173,19 @@ impl Controller {
             return Ok(current);
         }
         self.check_blocked(to, &current, over)?;
-        self.gate(to, &current, false, EventKind::SwitchRefused)
-            .await?;
+        self.gate(
+            to,
+            &current,
+            CrossCheck::WithActive,
+            EventKind::SwitchRefused,
+        )
+        .await?;
         let builds_on = current.canary.filter(|c| c.slot == to && !over.guard);
         self.commit_switch(
             to,
-            EventKind::Switch,
+            Cutover::Switch,
             "an operator switched".into(),
             serde_json::Value::Null,
-            true,
             builds_on,
         )
         .await
@@ -239,14 +201,18 @@ impl Controller {
                 "there is no previous slot to roll back to".into(),
             ));
         };
-        self.gate(to, &current, true, EventKind::RollbackRefused)
-            .await?;
+        self.gate(
+            to,
+            &current,
+            CrossCheck::CandidateOnly,
+            EventKind::RollbackRefused,
+        )
+        .await?;
         self.commit_switch(
             to,
-            EventKind::Rollback,
+            Cutover::Rollback,
             "an operator rolled back".into(),
             serde_json::Value::Null,
-            false,
             None,
         )
         .await
@@ -283,7 +249,8 @@ impl Controller {
         self.persist(
             &PersistedState::new(current.active, current.previous, addrs, current.last_switch)
                 .with_vetted(self.vetted_releases(vetted)),
-        )?;
+        )
+        .await?;
         let upstream = Upstream::new(slot, addr, &self.config.load().timeouts);
         self.health.reset(slot, addr);
         let next = self.router.update(|snap| {
@@ -326,45 +293,43 @@ impl Controller {
                 "{slot} is the active slot; a canary goes to the other one"
             )));
         }
-        let starting = current.canary.is_none_or(|c| c.slot != slot);
-        if starting {
+        let change = if current.canary.is_none_or(|c| c.slot != slot) {
+            CanaryChange::Start
+        } else {
+            CanaryChange::Resize
+        };
+        if change == CanaryChange::Start {
             self.check_blocked(slot, &current, over)?;
-            self.gate(slot, &current, false, EventKind::CanaryRefused)
-                .await?;
+            self.gate(
+                slot,
+                &current,
+                CrossCheck::WithActive,
+                EventKind::CanaryRefused,
+            )
+            .await?;
         }
         let before = current.canary.map_or(0, |c| c.percent);
         let next = self.router.update(|snap| {
             let mut next = snap.to_builder();
             next.canary = Some(Canary { slot, percent });
-            if starting {
+            if change == CanaryChange::Start {
                 // It just passed the gate.
                 next.healthy[slot.index()] = true;
                 next.vetted[slot.index()] = true;
             }
             next
         });
-        {
-            let mut g = self.guard.lock().expect("guard lock is never poisoned");
-            if starting {
-                g.canary_since = Some(Instant::now());
-                g.view.aborted = false;
-                g.view.reason = None;
-            }
-            if over.guard {
-                g.view.blocked = None;
-            }
-        }
+        self.lock_guard().canary_set(change, over, Instant::now());
         self.metrics.set_routing(next.active, percent);
-        let (kind, reason) = if starting {
-            (
+        let (kind, reason) = match change {
+            CanaryChange::Start => (
                 EventKind::CanaryStart,
                 format!("{slot} takes {percent}% of user traffic"),
-            )
-        } else {
-            (
+            ),
+            CanaryChange::Resize => (
                 EventKind::CanaryChange,
                 format!("{slot}: {before}% -> {percent}% of user traffic"),
-            )
+            ),
         };
         self.events.record(
             Event::new(kind, reason)
@@ -387,15 +352,19 @@ impl Controller {
             ));
         };
         self.check_blocked(canary.slot, &current, over)?;
-        self.gate(canary.slot, &current, false, EventKind::SwitchRefused)
-            .await?;
+        self.gate(
+            canary.slot,
+            &current,
+            CrossCheck::WithActive,
+            EventKind::SwitchRefused,
+        )
+        .await?;
         let why = format!("the canary at {}% was promoted", canary.percent);
         self.commit_switch(
             canary.slot,
-            EventKind::Promote,
+            Cutover::Promote,
             why,
             serde_json::Value::Null,
-            true,
             (!over.guard).then_some(canary),
         )
         .await
@@ -408,7 +377,7 @@ impl Controller {
         let Some(canary) = current.canary else {
             return Err(ControlError::Conflict("there is no canary to abort".into()));
         };
-        let next = self.clear_canary(canary);
+        let (next, _) = self.clear_canary(canary);
         self.metrics.aborts.inc();
         self.events.record(
             Event::new(EventKind::CanaryAbort, "an operator aborted the canary")
@@ -434,63 +403,38 @@ impl Controller {
         self.config.store(Arc::new(config));
     }
 
-    /// One evaluation of the guard.
+    /// One evaluation of the guard, applied.
     pub async fn guard_tick(&self) {
         let cfg = self.guard_config();
         let snap = self.router.load_full();
-        let (canary_since, bake) = {
-            let g = self.guard.lock().expect("guard lock is never poisoned");
-            (g.canary_since, g.bake)
-        };
-        if let Some(canary) = snap.canary {
-            let since = canary_since.map_or(cfg.window, |t| t.elapsed() + Duration::from_secs(1));
-            let canary_stats = self.traffic.window(canary.slot, cfg.window.min(since));
-            let stable_stats = self.traffic.window(snap.serving(), cfg.window);
-            if let Some(reason) = guard::judge(canary_stats, Some(stable_stats), &cfg) {
-                self.guard_abort(canary, reason, canary_stats.failures());
-            }
-            return;
-        }
-        let Some(Bake {
-            slot,
-            started,
-            until,
-            ..
-        }) = bake
-        else {
-            return;
-        };
-        if Instant::now() >= until || snap.active != slot {
-            return;
-        }
-        let stats = self.traffic.window(
-            slot,
-            cfg.window.min(started.elapsed() + Duration::from_secs(1)),
-        );
-        if let Some(reason) = guard::judge(stats, None, &cfg) {
-            self.guard_rollback(slot, reason, stats.failures()).await;
+        let verdict = self
+            .lock_guard()
+            .evaluate(&snap, &*self.traffic, &cfg, Instant::now());
+        self.enforce(verdict).await;
+    }
+
+    /// Applies a verdict of the guard. A verdict about a canary or a bake
+    /// that has since ended (an operator acted, or the same verdict was
+    /// already applied) changes nothing.
+    pub async fn enforce(&self, verdict: Verdict) {
+        match verdict {
+            Verdict::Fine => {}
+            Verdict::AbortCanary { canary, breach } => self.guard_abort(canary, breach),
+            Verdict::RollBack { slot, breach } => self.guard_rollback(slot, breach).await,
         }
     }
 
-    fn guard_abort(&self, canary: Canary, reason: String, failed: u64) {
-        let next = self.clear_canary(canary);
-        let blocked = Blocked {
-            slot: canary.slot,
-            addr: next.upstream(canary.slot).addr,
-            release: self.release(canary.slot),
-        };
-        {
-            let mut g = self.guard.lock().expect("guard lock is never poisoned");
-            g.view = GuardView {
-                aborted: true,
-                reason: Some(reason.clone()),
-                at: Some(OffsetDateTime::now_utc()),
-                slot: Some(canary.slot),
-                watching: None,
-                bake_until: None,
-                blocked: Some(blocked),
-            };
+    /// Ends the canary without waiting for `ops`: users must not wait for
+    /// an operator's gate to be protected.
+    fn guard_abort(&self, canary: Canary, breach: Breach) {
+        let (next, cleared) = self.clear_canary(canary);
+        if !cleared {
+            return;
         }
+        let pulled = self.deployment(canary.slot, &next);
+        let Breach { reason, failed } = breach;
+        self.lock_guard()
+            .canary_pulled(pulled, reason.clone(), OffsetDateTime::now_utc());
         self.metrics.aborts.inc();
         tracing::warn!(slot = %canary.slot, %reason, "the guard aborted the canary");
         self.events.record(
@@ -505,36 +449,31 @@ impl Controller {
         );
     }
 
-    async fn guard_rollback(&self, bad: Slot, reason: String, failed: u64) {
+    async fn guard_rollback(&self, bad: Slot, breach: Breach) {
         let _op = self.ops.lock().await;
         let current = self.router.load_full();
         if current.active != bad {
             return;
         }
-        let blocked = Blocked {
-            slot: bad,
-            addr: current.upstream(bad).addr,
-            release: self.release(bad),
-        };
+        let Breach { reason, failed } = breach;
+        let pulled = self.deployment(bad, &current);
+        if !self
+            .lock_guard()
+            .bake_pulled(pulled, reason.clone(), OffsetDateTime::now_utc())
         {
-            let mut g = self.guard.lock().expect("guard lock is never poisoned");
-            g.bake = None;
-            g.view = GuardView {
-                aborted: true,
-                reason: Some(reason.clone()),
-                at: Some(OffsetDateTime::now_utc()),
-                slot: Some(bad),
-                watching: None,
-                bake_until: None,
-                blocked: Some(blocked),
-            };
+            return;
         }
         let Some(to) = current.previous.filter(|p| *p != bad) else {
             tracing::error!(%reason, "the guard found a breach but there is no previous slot to go back to");
             return;
         };
         if self
-            .gate(to, &current, true, EventKind::RollbackRefused)
+            .gate(
+                to,
+                &current,
+                CrossCheck::CandidateOnly,
+                EventKind::RollbackRefused,
+            )
             .await
             .is_err()
         {
@@ -544,27 +483,38 @@ impl Controller {
         let why = format!("the guard rolled back: {reason}");
         let detail = serde_json::json!({ "failed_requests": failed });
         if let Ok(next) = self
-            .commit_switch(to, EventKind::GuardRollback, why, detail, false, None)
+            .commit_switch(to, Cutover::GuardRollback, why, detail, None)
             .await
         {
             tracing::warn!(from = %bad, to = %next.active, %reason, "the guard rolled back");
         }
     }
 
-    fn clear_canary(&self, canary: Canary) -> Arc<Snapshot> {
+    /// Removes `canary` from routing; `true` when this call removed it
+    /// (not when it was already gone).
+    fn clear_canary(&self, canary: Canary) -> (Arc<Snapshot>, bool) {
+        let mut cleared = false;
         let next = self.router.update(|snap| {
             let mut next = snap.to_builder();
-            if snap.canary.is_some_and(|c| c.slot == canary.slot) {
+            // The last run of this closure is the one stored.
+            cleared = snap.canary.is_some_and(|c| c.slot == canary.slot);
+            if cleared {
                 next.canary = None;
             }
             next
         });
-        self.guard
-            .lock()
-            .expect("guard lock is never poisoned")
-            .canary_since = None;
+        self.lock_guard().canary_ended();
         self.metrics.set_routing(next.active, 0);
-        next
+        (next, cleared)
+    }
+
+    /// What runs on `slot` in `snap`, as a block names it.
+    fn deployment(&self, slot: Slot, snap: &Snapshot) -> Deployment {
+        Deployment {
+            slot,
+            addr: snap.upstream(slot).addr,
+            release: self.release(slot),
+        }
     }
 
     fn check_blocked(
@@ -573,21 +523,10 @@ impl Controller {
         current: &Snapshot,
         over: Override,
     ) -> Result<(), ControlError> {
-        let g = self.guard.lock().expect("guard lock is never poisoned");
-        let Some(blocked) = &g.view.blocked else {
-            return Ok(());
-        };
-        let same = blocked.slot == slot
-            && blocked.addr == current.upstream(slot).addr
-            && blocked.release == self.release(slot);
-        if same && !over.guard {
-            return Err(ControlError::Conflict(format!(
-                "release {} on {slot} was pulled back by the guard ({}); to try it again, send \"override_guard\": true",
-                blocked.release.as_deref().unwrap_or("(unknown)"),
-                g.view.reason.as_deref().unwrap_or("a breach")
-            )));
-        }
-        Ok(())
+        let candidate = self.deployment(slot, current);
+        self.lock_guard()
+            .admits(&candidate, over)
+            .map_err(ControlError::Conflict)
     }
 
     /// Runs the gate against `candidate`; a rollback does not ask the
@@ -597,7 +536,7 @@ impl Controller {
         &self,
         candidate: Slot,
         current: &Snapshot,
-        rollback: bool,
+        cross_check: CrossCheck,
         refused: EventKind,
     ) -> Result<(), ControlError> {
         let config = self.config.load_full();
@@ -609,7 +548,7 @@ impl Controller {
         let active = current.active;
         let targets = Targets {
             candidate: current.upstream(candidate).addr,
-            active: (!rollback && current.is_healthy(active))
+            active: (cross_check == CrossCheck::WithActive && current.is_healthy(active))
                 .then(|| current.upstream(active).addr),
         };
         let result = gate::run(&self.prober, &scenarios, &config.gate, targets).await;
@@ -660,10 +599,9 @@ impl Controller {
     async fn commit_switch(
         &self,
         to: Slot,
-        kind: EventKind,
+        cutover: Cutover,
         reason: String,
         detail: serde_json::Value,
-        bake: bool,
         builds_on: Option<Canary>,
     ) -> Result<Arc<Snapshot>, ControlError> {
         let current = self.router.load_full();
@@ -677,11 +615,11 @@ impl Controller {
         if let Some(canary) = builds_on
             && self.router.load().canary != Some(canary)
         {
-            let g = self.guard.lock().expect("guard lock is never poisoned");
+            let guard = self.lock_guard();
             return Err(ControlError::Conflict(format!(
                 "the guard pulled the canary on {} back while it was probed ({}); nothing changed; to try it again, send \"override_guard\": true",
                 canary.slot,
-                g.view.reason.as_deref().unwrap_or("a breach")
+                guard.reason().unwrap_or("a breach")
             )));
         }
         let mut vetted = current.vetted;
@@ -689,7 +627,8 @@ impl Controller {
         self.persist(
             &PersistedState::new(to, Some(from), addrs, Some(now))
                 .with_vetted(self.vetted_releases(vetted)),
-        )?;
+        )
+        .await?;
         let config = self.config.load_full();
         let next = self.router.update(|snap| {
             let mut next = snap.to_builder();
@@ -701,31 +640,17 @@ impl Controller {
             next.canary = None;
             next
         });
-        {
-            let mut g = self.guard.lock().expect("guard lock is never poisoned");
-            g.canary_since = None;
-            let bake_for = config.guard.bake;
-            g.bake = (bake && !bake_for.is_zero()).then(|| Bake {
-                slot: to,
-                started: Instant::now(),
-                until: Instant::now() + bake_for,
-                until_utc: now + bake_for,
-            });
-            if kind != EventKind::GuardRollback {
-                g.view.aborted = false;
-            }
-            // A switch or promotion reaches a blocked release only past
-            // `check_blocked`, that is with `override_guard`: the operator
-            // has lifted the block, as a canary start with it does.
-            if matches!(kind, EventKind::Switch | EventKind::Promote)
-                && g.view.blocked.as_ref().is_some_and(|b| b.slot == to)
-            {
-                g.view.blocked = None;
-            }
-        }
-        match kind {
-            EventKind::Rollback | EventKind::GuardRollback => self.metrics.rollbacks.inc(),
-            _ => self.metrics.switches.inc(),
+        self.lock_guard()
+            .switched(to, cutover, config.guard.bake, Instant::now(), now);
+        let kind = match cutover {
+            Cutover::Switch => EventKind::Switch,
+            Cutover::Promote => EventKind::Promote,
+            Cutover::Rollback => EventKind::Rollback,
+            Cutover::GuardRollback => EventKind::GuardRollback,
+        };
+        match cutover {
+            Cutover::Rollback | Cutover::GuardRollback => self.metrics.rollbacks.inc(),
+            Cutover::Switch | Cutover::Promote => self.metrics.switches.inc(),
         };
         self.metrics.set_routing(to, 0);
         tracing::info!(%from, %to, "traffic moved: {reason}");
@@ -753,28 +678,23 @@ impl Controller {
         Slot::ALL.map(|slot| vetted[slot.index()].then(|| self.release(slot)).flatten())
     }
 
-    fn persist(&self, state: &PersistedState) -> Result<(), ControlError> {
-        state::save(&self.config.load().state_file(), state).map_err(ControlError::Persist)
+    async fn persist(&self, state: &PersistedState) -> Result<(), ControlError> {
+        let path = self.config.load().state_file();
+        state::save(&path, state)
+            .await
+            .map_err(ControlError::Persist)
     }
 }
 
-/// The gate's fallback when no scenario is configured.
-/// Evaluates every interval until `shutdown` changes.
-pub async fn run_guard(
-    controller: Arc<Controller>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
-    let mut ticker = tokio::time::interval(controller.guard_config().interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = shutdown.changed() => return,
-        }
+/// Evaluates the guard every interval until `shutdown` changes.
+pub async fn run_guard(controller: Arc<Controller>, shutdown: tokio::sync::watch::Receiver<bool>) {
+    let mut ticker = Ticker::new(controller.guard_config().interval, shutdown);
+    while ticker.tick().await {
         controller.guard_tick().await;
     }
 }
 
+/// The gate's fallback when no scenario is configured.
 fn health_scenario(path: &str) -> Scenario {
     Scenario {
         name: "health".into(),

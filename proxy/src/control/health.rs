@@ -14,6 +14,7 @@ use crate::control::probe::Prober;
 use crate::http::routing::Router;
 use crate::ops::events::{Event, EventKind, EventLog};
 use crate::slot::Slot;
+use crate::ticker::Ticker;
 
 /// What the checker knows of one slot beyond the routing verdict.
 #[derive(Debug, Clone, Default)]
@@ -140,15 +141,10 @@ impl Monitor {
     pub async fn run(
         self: Arc<Self>,
         prober: Prober,
-        mut shutdown: tokio::sync::watch::Receiver<bool>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
-        let mut ticker = tokio::time::interval(self.cfg.interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                _ = shutdown.changed() => return,
-            }
+        let mut ticker = Ticker::new(self.cfg.interval, shutdown);
+        while ticker.tick().await {
             let addrs = {
                 let snap = self.router.load();
                 [
@@ -233,13 +229,12 @@ impl Monitor {
         } else {
             EventKind::UpstreamDown
         };
-        let events = Arc::clone(&self.events);
-        let mut list = vec![
+        self.events.record(
             Event::new(kind, why)
                 .slot_to(slot)
                 .releases([release])
                 .detail(serde_json::json!({ "addr": addr })),
-        ];
+        );
         if serving_before != serving_after {
             let snap = self.router.load();
             let kind = if serving_after == snap.active {
@@ -247,7 +242,7 @@ impl Monitor {
             } else {
                 EventKind::Failover
             };
-            list.push(
+            self.events.record(
                 Event::new(
                     kind,
                     format!("users now go to {serving_after} (active: {})", snap.active),
@@ -256,11 +251,5 @@ impl Monitor {
                 .slot_to(serving_after),
             );
         }
-        // The log's file write must not stall a request or the checker.
-        tokio::task::spawn_blocking(move || {
-            for event in list {
-                events.record(event);
-            }
-        });
     }
 }

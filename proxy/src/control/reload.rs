@@ -1,8 +1,9 @@
 //! Reloading the configuration without a restart (SIGHUP or `POST /reload`):
-//! all or nothing. A valid file's live keys take effect for new requests,
-//! and every other changed key is named with how it will take effect
-//! (`config::Apply`); an invalid file is refused with every problem named,
-//! and nothing changes.
+//! all or nothing. A valid file's live keys take effect for new requests (its
+//! TLS certificates, read again with it, for new handshakes), and every other
+//! changed key is named with how it will take effect (`config::Apply`); an
+//! invalid file, or one naming a broken certificate, is refused with every
+//! problem named, and nothing changes.
 
 use std::path::Path;
 

@@ -1,17 +1,16 @@
-//! The persisted routing state: which slot is active, the previous one, and
-//! the slot addresses. Written on every change atomically (temp file, fsync,
-//! rename, fsync of the directory) so a crash leaves the old or the new file,
-//! never a torn one.
+//! The persisted routing state: which slot is active, the previous one, the
+//! slot addresses and the releases that passed the gate. Written on every
+//! change through `persist` (atomically, off the runtime), so a crash leaves
+//! the old or the new file, never a torn one.
 
 use std::net::SocketAddr;
 use std::path::Path;
-
-use crate::atomic_file;
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::error::ProxyError;
+use crate::persist;
 use crate::slot::Slot;
 
 const VERSION: u32 = 1;
@@ -63,50 +62,29 @@ impl PersistedState {
 
 /// Reads the state file: `None` when there is none yet (first start); an
 /// error naming the file when it exists but cannot be trusted.
-pub fn load(path: &Path) -> Result<Option<PersistedState>, ProxyError> {
-    let Some(bytes) =
-        atomic_file::read(path).map_err(|e| state_error(path, format!("cannot read: {e}")))?
-    else {
-        return Ok(None);
-    };
-    let state: PersistedState = serde_json::from_slice(&bytes).map_err(|e| {
-        state_error(
-            path,
-            format!("corrupt ({e}); fix it, or move it away to start from the configuration"),
-        )
-    })?;
-    if state.version != VERSION {
-        return Err(state_error(
-            path,
-            format!("version {} is not {VERSION}", state.version),
-        ));
-    }
-    Ok(Some(state))
+pub async fn load(path: &Path) -> Result<Option<PersistedState>, ProxyError> {
+    persist::load(
+        path,
+        VERSION,
+        "fix it, or move it away to start from the configuration",
+    )
+    .await
 }
 
-/// Writes the state atomically. The caller serializes writers.
-pub fn save(path: &Path, state: &PersistedState) -> Result<(), ProxyError> {
-    let mut json = serde_json::to_vec_pretty(state).expect("the state serializes");
-    json.push(b'\n');
-    atomic_file::write(path, &json).map_err(|e| state_error(path, format!("cannot write: {e}")))
-}
-
-fn state_error(path: &Path, reason: String) -> ProxyError {
-    ProxyError::State {
-        path: path.to_path_buf(),
-        reason,
-    }
+/// Writes the state atomically, off the runtime.
+pub async fn save(path: &Path, state: &PersistedState) -> Result<(), ProxyError> {
+    persist::save(path, state).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn round_trips_and_reports_corruption_by_file() {
+    #[tokio::test]
+    async fn round_trips_and_reports_corruption_by_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("sub/state.json");
-        assert_eq!(load(&path).expect("no file is fine"), None);
+        assert_eq!(load(&path).await.expect("no file is fine"), None);
         let state = PersistedState::new(
             Slot::Green,
             Some(Slot::Blue),
@@ -116,11 +94,11 @@ mod tests {
             ],
             Some(OffsetDateTime::UNIX_EPOCH),
         );
-        save(&path, &state).expect("save");
-        assert_eq!(load(&path).expect("load"), Some(state));
+        save(&path, &state).await.expect("save");
+        assert_eq!(load(&path).await.expect("load"), Some(state));
 
         std::fs::write(&path, "{\"active\": \"gre").expect("write");
-        let err = load(&path).expect_err("corrupt").to_string();
+        let err = load(&path).await.expect_err("corrupt").to_string();
         assert!(
             err.contains("state.json") && err.contains("corrupt"),
             "{err}"

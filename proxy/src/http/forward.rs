@@ -19,6 +19,7 @@ use crate::error::UpstreamError;
 use crate::http::body::{PendingOutcome, ProxyBody};
 use crate::http::deadline::{Alarm, Deadlines, Progress, Waited};
 use crate::http::headers::{ClientAddr, Seen, X_REQUEST_ID, list_items, rewrite_request};
+use crate::http::https::{self, Transport};
 use crate::http::outcome::{Failure, FailureKind, Outcome, Retry, Source, Tally};
 use crate::http::routing::{Policy, Router};
 use crate::http::traffic::Traffic;
@@ -48,6 +49,7 @@ pub struct ClientConn {
     forwarder: Arc<Forwarder>,
     addr: ClientAddr,
     alarm: Arc<Alarm>,
+    transport: Transport,
 }
 
 impl ClientConn {
@@ -117,11 +119,16 @@ impl Forwarder {
     }
 
     /// What the forwarder keeps for one client connection.
-    pub fn client_conn(self: &Arc<Self>, peer: std::net::SocketAddr) -> ClientConn {
+    pub fn client_conn(
+        self: &Arc<Self>,
+        peer: std::net::SocketAddr,
+        transport: Transport,
+    ) -> ClientConn {
         ClientConn {
             forwarder: Arc::clone(self),
             addr: ClientAddr::new(peer),
             alarm: self.deadlines.alarm(),
+            transport,
         }
     }
 
@@ -182,12 +189,23 @@ impl Forwarder {
         // than growing (and rehashing) the map once or twice on the way.
         parts.headers.reserve(5);
         let trusted = policy.trusted_hops.contains(&client.ip());
+        let https = policy.https.as_deref();
+        if let Some(to_https) = https::redirect(
+            conn.transport,
+            https,
+            &parts,
+            &host,
+            &policy.canary.preview_header,
+            trusted,
+        ) {
+            return to_https;
+        }
         let request_id = rewrite_request(
             &mut parts.headers,
             seen,
             client,
             host.clone(),
-            "http",
+            conn.transport.proto(),
             trusted,
         );
         // The upstream needs the host as `Host`: HTTP/2 carries it as
@@ -243,7 +261,8 @@ impl Forwarder {
                 local_error(&error, Some(request_id))
             }
         };
-        with_bucket_cookie(answer, route.new_bucket, &policy.canary.cookie)
+        let answer = with_bucket_cookie(answer, route.new_bucket, &policy.canary.cookie);
+        https::with_hsts(answer, conn.transport, https)
     }
 
     /// After a failed first attempt on `at`: sends the request again as the

@@ -12,6 +12,7 @@ use http::header::COOKIE;
 use time::OffsetDateTime;
 
 use crate::config::{CanaryCfg, Config};
+use crate::http::https::Https;
 use crate::http::upstream::Upstream;
 use crate::slot::Slot;
 
@@ -36,6 +37,8 @@ pub struct Policy {
     pub response_timeout: Duration,
     pub max_body_bytes: u64,
     pub body_timeout: Duration,
+    /// The TLS listener's certificates, the redirect and HSTS; none without TLS.
+    pub https: Option<Arc<Https>>,
 }
 
 impl Policy {
@@ -48,6 +51,7 @@ impl Policy {
             response_timeout: config.timeouts.response_header,
             max_body_bytes: config.limits.max_body_bytes,
             body_timeout: config.limits.body_timeout,
+            https: Https::from_config(config),
         }
     }
 }
@@ -97,10 +101,10 @@ impl Snapshot {
         if let Some(secret) = &policy.canary.preview_secret {
             let by_header = headers
                 .get(&policy.canary.preview_header)
-                .is_some_and(|v| constant_time_eq(v.as_bytes(), secret.as_bytes()));
+                .is_some_and(|v| crate::secret::matches(secret.as_bytes(), v.as_bytes()));
             let by_cookie = || {
                 cookie(headers, &policy.canary.preview_cookie)
-                    .is_some_and(|v| constant_time_eq(v.as_bytes(), secret.as_bytes()))
+                    .is_some_and(|v| crate::secret::matches(secret.as_bytes(), v.as_bytes()))
             };
             if (by_header || by_cookie()) && self.is_healthy(candidate) {
                 return Route {
@@ -218,11 +222,6 @@ fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(k, _)| *k == name)
         .map(|(_, v)| v.trim())
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    use subtle::ConstantTimeEq;
-    a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
 #[cfg(test)]

@@ -1,24 +1,31 @@
-//! The public listener: accepts connections (bounded in number), serves
-//! HTTP/1.1 and HTTP/2 on each through hyper-util (with the header and idle
-//! deadlines of `idle`), and on shutdown stops accepting and drains
-//! connections within the grace period.
+//! The public listeners, plain and TLS (`tls`: the handshake): accept
+//! connections (bounded in number, both together), serve HTTP/1.1 and HTTP/2
+//! on each through hyper-util (with the header and idle deadlines of `idle`),
+//! and on shutdown stop accepting and drain connections within the grace
+//! period.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::config::Limits;
-use crate::http::forward::Forwarder;
+use crate::http::forward::{ClientConn, Forwarder};
+use crate::http::https::Transport;
 
 mod idle;
+pub mod tls;
+
+pub use tls::{Handshake, TlsListener};
 
 /// How long the 504s of a forced drain get to reach their clients.
 const CUT_WRITE_TIME: Duration = Duration::from_secs(1);
@@ -35,9 +42,13 @@ pub enum Drain {
     },
 }
 
-/// Serves until `shutdown` resolves, then drains for at most `grace`.
+/// Serves until `shutdown` resolves, then drains for at most `grace`: the plain
+/// `listener`, and the TLS one when there is one. Both share the connection limit, the
+/// drain and the serve path; a TLS connection holds its permit from its accept, through its
+/// handshake.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<TlsListener>,
     forwarder: Arc<Forwarder>,
     limits: Limits,
     grace: Duration,
@@ -69,6 +80,10 @@ pub async fn serve(
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let https_port = tls
+        .as_ref()
+        .and_then(|t| t.listener.local_addr().ok())
+        .map(|addr| addr.port());
     tokio::pin!(shutdown);
 
     loop {
@@ -78,47 +93,48 @@ pub async fn serve(
             permit = Arc::clone(&permits).acquire_owned() => permit.expect("the semaphore is never closed"),
             () = &mut shutdown => break,
         };
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // EMFILE and friends pass; a short pause avoids a hot loop.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted.map(|(stream, peer)| (stream, peer, Transport::Plain { https_port })),
+            accepted = accept_tls(tls.as_ref()) => accepted.map(|(stream, peer)| (stream, peer, Transport::Tls)),
             () = &mut shutdown => break,
         };
+        let (stream, peer, transport) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // EMFILE and friends pass; a short pause avoids a hot loop.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
-        let activity = Arc::new(idle::Activity::new());
-        let io = idle::TimedIo::new(
-            stream,
-            Arc::clone(&activity),
-            limits.idle_timeout,
-            limits.header_read_timeout,
-        );
-        let client = Arc::new(forwarder.client_conn(peer));
-        let service = service_fn(move |req| {
-            let client = Arc::clone(&client);
-            let busy = activity.start();
-            async move {
-                let response = client.handle(req).await;
-                Ok::<_, Infallible>(response.map(|body| idle::Tracked::new(body, busy)))
+        let conn = Conn {
+            builder: Arc::clone(&builder),
+            client: forwarder.client_conn(peer, transport),
+            limits,
+            watcher: graceful.watcher(),
+            peer,
+        };
+        match (transport, &tls) {
+            (Transport::Tls, Some(tls)) => {
+                let handshake = tls.handshake.clone();
+                tokio::spawn(async move {
+                    if let Some(stream) = handshake.run(stream, peer).await {
+                        conn.serve(stream).await;
+                    }
+                    drop(permit);
+                });
             }
-        });
-        let conn = builder
-            .serve_connection(TokioIo::new(io), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            _ => {
+                tokio::spawn(async move {
+                    conn.serve(stream).await;
+                    drop(permit);
+                });
             }
-            drop(permit);
-        });
+        }
     }
 
+    drop(tls);
     drop(listener);
     let open = graceful.count();
     tracing::info!(
@@ -138,6 +154,59 @@ pub async fn serve(
     Drain::Forced {
         connections,
         cut_requests: forwarder.cut_requests(),
+    }
+}
+
+/// The next connection of the TLS listener; never, without one.
+async fn accept_tls(
+    tls: Option<&TlsListener>,
+) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    match tls {
+        Some(tls) => tls.listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One accepted connection, ready to be served once its bytes are readable as HTTP (at
+/// once in plain text, after the handshake over TLS).
+struct Conn {
+    builder: Arc<Builder<TokioExecutor>>,
+    client: ClientConn,
+    limits: Limits,
+    /// Counts the connection in the drain from its accept.
+    watcher: Watcher,
+    peer: SocketAddr,
+}
+
+impl Conn {
+    /// Serves its requests until it closes, with the header and idle deadlines.
+    async fn serve<I>(self, io: I)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let activity = Arc::new(idle::Activity::new());
+        let io = idle::TimedIo::new(
+            io,
+            Arc::clone(&activity),
+            self.limits.idle_timeout,
+            self.limits.header_read_timeout,
+        );
+        let client = Arc::new(self.client);
+        let service = service_fn(move |req| {
+            let client = Arc::clone(&client);
+            let busy = activity.start();
+            async move {
+                let response = client.handle(req).await;
+                Ok::<_, Infallible>(response.map(|body| idle::Tracked::new(body, busy)))
+            }
+        });
+        let conn = self
+            .builder
+            .serve_connection(TokioIo::new(io), service)
+            .into_owned();
+        if let Err(e) = self.watcher.watch(conn).await {
+            tracing::debug!(peer = %self.peer, error = %e, "connection ended with an error");
+        }
     }
 }
 

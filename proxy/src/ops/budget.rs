@@ -15,13 +15,14 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::atomic_file;
 use crate::config::SlaCfg;
 use crate::error::ProxyError;
 use crate::http::routing::Router;
 use crate::http::traffic::{Totals, Traffic};
 use crate::metrics::Metrics;
+use crate::persist;
 use crate::slot::Slot;
+use crate::ticker::Ticker;
 
 /// How often the traffic counters and the routing health are sampled.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(1);
@@ -324,34 +325,18 @@ pub struct Budget {
 impl Budget {
     /// Loads `path` (or starts empty). A file that cannot be read or parsed
     /// stops the start: silently starting over would hide downtime.
-    pub fn open(path: &Path, cfg: SlaCfg, now: OffsetDateTime) -> Result<Budget, ProxyError> {
-        let problem = |reason: String| ProxyError::State {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let ledger =
-            match atomic_file::read(path).map_err(|e| problem(format!("cannot read: {e}")))? {
-                None => Ledger::default(),
-                Some(bytes) => {
-                    let ledger: Ledger = serde_json::from_slice(&bytes).map_err(|e| {
-                        problem(format!(
-                            "corrupt ({e}); fix it, or move it away to start the budget over"
-                        ))
-                    })?;
-                    if ledger.version != VERSION {
-                        return Err(problem(format!(
-                            "version {} is not {VERSION}",
-                            ledger.version
-                        )));
-                    }
-                    ledger
-                }
-            };
+    pub async fn open(path: &Path, cfg: SlaCfg, now: OffsetDateTime) -> Result<Budget, ProxyError> {
+        let ledger = persist::load(
+            path,
+            VERSION,
+            "fix it, or move it away to start the budget over",
+        )
+        .await?;
         Ok(Budget {
             path: path.to_path_buf(),
             cfg,
             inner: Mutex::new(Inner {
-                ledger,
+                ledger: ledger.unwrap_or_default(),
                 meter: Meter::new(now),
             }),
         })
@@ -401,16 +386,11 @@ impl Budget {
         self.view_at(OffsetDateTime::now_utc())
     }
 
-    /// Writes the ledger atomically, off the async workers.
-    pub async fn save(&self) -> std::io::Result<()> {
-        let bytes = {
-            let inner = self.lock();
-            serde_json::to_vec(&inner.ledger).expect("the ledger serializes")
-        };
-        let path = self.path.clone();
-        tokio::task::spawn_blocking(move || atomic_file::write(&path, &bytes))
-            .await
-            .map_err(std::io::Error::other)?
+    /// Writes the ledger atomically, off the runtime.
+    pub async fn save(&self) -> Result<(), ProxyError> {
+        // A copy: the lock is never held across the write.
+        let ledger = self.lock().ledger.clone();
+        persist::save(&self.path, &ledger).await
     }
 
     fn publish(&self, metrics: &Metrics) {
@@ -428,16 +408,11 @@ pub async fn run(
     router: Arc<Router>,
     traffic: Arc<Traffic>,
     metrics: Arc<Metrics>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     budget.publish(&metrics);
-    let mut ticker = tokio::time::interval(SAMPLE_EVERY);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = shutdown.changed() => break,
-        }
+    let mut ticker = Ticker::new(SAMPLE_EVERY, shutdown);
+    while ticker.tick().await {
         let serving_healthy = {
             let snap = router.load();
             snap.is_healthy(snap.serving())
@@ -450,7 +425,7 @@ pub async fn run(
             // The gauges first: they must never lag the status behind a slow disk.
             budget.publish(&metrics);
             if let Err(e) = budget.save().await {
-                tracing::error!(path = %budget.path.display(), error = %e, "could not save the error budget");
+                tracing::error!(error = %e, "could not save the error budget");
             }
         }
     }
@@ -466,7 +441,7 @@ pub async fn run(
     );
     budget.flush();
     if let Err(e) = budget.save().await {
-        tracing::error!(path = %budget.path.display(), error = %e, "could not save the error budget at shutdown");
+        tracing::error!(error = %e, "could not save the error budget at shutdown");
     }
 }
 
@@ -646,7 +621,7 @@ mod tests {
         // Arrange
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("budget.json");
-        let budget = Budget::open(&path, cfg(), at(T0)).expect("open");
+        let budget = Budget::open(&path, cfg(), at(T0)).await.expect("open");
         budget.sample(at(T0), totals(0, 0), true);
         budget.sample(at(T0 + 30), totals(10, 10), true);
         assert!(budget.sample(at(T0 + 60), totals(10, 10), true).is_some());
@@ -654,12 +629,17 @@ mod tests {
         // Act
         budget.save().await.expect("save");
         drop(budget);
-        let reopened = Budget::open(&path, cfg(), at(T0 + 90)).expect("reopen");
+        let reopened = Budget::open(&path, cfg(), at(T0 + 90))
+            .await
+            .expect("reopen");
 
         // Assert
         assert_eq!(reopened.view_at(at(T0 + 90)).used_minutes, 1);
         std::fs::write(&path, "{\"version\": 1, \"used_by").expect("write");
-        let err = Budget::open(&path, cfg(), at(T0)).err().expect("corrupt");
+        let err = Budget::open(&path, cfg(), at(T0))
+            .await
+            .err()
+            .expect("corrupt");
         assert!(err.to_string().contains("budget.json"), "{err}");
     }
 }

@@ -16,10 +16,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::atomic_file;
 use crate::config::IncidentsCfg;
 use crate::error::ProxyError;
 use crate::ops::events::{Event, EventKind};
+use crate::persist;
 use crate::slot::Slot;
 
 pub mod watcher;
@@ -421,32 +421,12 @@ pub struct IncidentStore {
 impl IncidentStore {
     /// Loads `path` (or starts empty). A corrupt file stops the start: the
     /// incident history is what the customer report is made from.
-    pub fn open(path: &Path) -> Result<IncidentStore, ProxyError> {
-        let problem = |reason: String| ProxyError::State {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let incidents =
-            match atomic_file::read(path).map_err(|e| problem(format!("cannot read: {e}")))? {
-                None => Vec::new(),
-                Some(bytes) => {
-                    let persisted: Persisted = serde_json::from_slice(&bytes).map_err(|e| {
-                        problem(format!(
-                            "corrupt ({e}); fix it, or move it away to start over"
-                        ))
-                    })?;
-                    if persisted.version != VERSION {
-                        return Err(problem(format!(
-                            "version {} is not {VERSION}",
-                            persisted.version
-                        )));
-                    }
-                    persisted.incidents
-                }
-            };
+    pub async fn open(path: &Path) -> Result<IncidentStore, ProxyError> {
+        let persisted: Option<Persisted> =
+            persist::load(path, VERSION, "fix it, or move it away to start over").await?;
         Ok(IncidentStore {
             path: path.to_path_buf(),
-            incidents: Mutex::new(incidents),
+            incidents: Mutex::new(persisted.map(|p| p.incidents).unwrap_or_default()),
         })
     }
 
@@ -476,17 +456,13 @@ impl IncidentStore {
         }
     }
 
-    /// Writes the file atomically, off the async workers.
-    pub async fn save(&self) -> std::io::Result<()> {
-        let bytes = serde_json::to_vec(&Persisted {
+    /// Writes the file atomically, off the runtime.
+    pub async fn save(&self) -> Result<(), ProxyError> {
+        let persisted = Persisted {
             version: VERSION,
             incidents: self.all(),
-        })
-        .expect("incidents serialize");
-        let path = self.path.clone();
-        tokio::task::spawn_blocking(move || atomic_file::write(&path, &bytes))
-            .await
-            .map_err(std::io::Error::other)?
+        };
+        persist::save(&self.path, &persisted).await
     }
 }
 
@@ -638,7 +614,7 @@ mod tests {
     async fn the_store_keeps_incidents_across_a_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("incidents.json");
-        let store = IncidentStore::open(&path).expect("open");
+        let store = IncidentStore::open(&path).await.expect("open");
         let mut d = Detector::new(cfg(), &[], at(0.0));
         let Some(Change::Prevented(p)) = d.event(&event(EventKind::SwitchRefused, 1.0, 1)) else {
             panic!("prevented");
@@ -646,7 +622,7 @@ mod tests {
         store.upsert(p.clone());
         store.save().await.expect("save");
 
-        let reopened = IncidentStore::open(&path).expect("reopen");
+        let reopened = IncidentStore::open(&path).await.expect("reopen");
         assert_eq!(reopened.all(), vec![p]);
     }
 }

@@ -9,10 +9,16 @@ use shortener::Args;
 
 use crate::support::*;
 
-#[tokio::test]
-async fn create_500_breaks_creation_only() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let db = dir.path().join("links.db");
+on_each_engine!(
+    create_500_breaks_creation_only,
+    foreign_links_500_fails_rows_of_other_releases_only,
+    fail_after_n_answers_500_from_request_n_plus_1,
+    latency_delays_every_response,
+    faults_combine,
+);
+
+async fn create_500_breaks_creation_only(engine: Engine) {
+    let db = TestDb::new(engine).await;
     let healthy = spawn_app_on(&db, &[]).await;
     healthy.create("https://example.com/old", Some("old")).await;
     let broken = spawn_app_on(&db, &["--release", "v2", "--fault", "create-500"]).await;
@@ -40,10 +46,8 @@ async fn create_500_breaks_creation_only() {
     );
 }
 
-#[tokio::test]
-async fn foreign_links_500_fails_rows_of_other_releases_only() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let db = dir.path().join("links.db");
+async fn foreign_links_500_fails_rows_of_other_releases_only(engine: Engine) {
+    let db = TestDb::new(engine).await;
     let v1 = spawn_app_on(&db, &["--release", "v1"]).await;
     let v2 = spawn_app_on(&db, &["--release", "v2", "--fault", "foreign-links-500"]).await;
     v1.create("https://example.com/1", Some("from-v1")).await;
@@ -65,9 +69,8 @@ async fn foreign_links_500_fails_rows_of_other_releases_only() {
     assert_eq!(link["clicks"], 1, "the failed redirect was not counted");
 }
 
-#[tokio::test]
-async fn fail_after_n_answers_500_from_request_n_plus_1() {
-    let app = spawn_app_with(&["--fault", "fail-after=3"]).await;
+async fn fail_after_n_answers_500_from_request_n_plus_1(engine: Engine) {
+    let app = spawn_app_with(engine, &["--fault", "fail-after=3"]).await;
 
     let first = [
         send(app.get("/healthz")).await.status(),
@@ -93,9 +96,8 @@ async fn fail_after_n_answers_500_from_request_n_plus_1() {
     error_of(create, StatusCode::INTERNAL_SERVER_ERROR).await;
 }
 
-#[tokio::test]
-async fn latency_delays_every_response() {
-    let app = spawn_app_with(&["--fault", "latency=300"]).await;
+async fn latency_delays_every_response(engine: Engine) {
+    let app = spawn_app_with(engine, &["--fault", "latency=300"]).await;
 
     for path in ["/healthz", "/missing"] {
         let started = Instant::now();
@@ -105,9 +107,8 @@ async fn latency_delays_every_response() {
     }
 }
 
-#[tokio::test]
-async fn faults_combine() {
-    let app = spawn_app_with(&["--fault", "latency=50", "--fault", "create-500"]).await;
+async fn faults_combine(engine: Engine) {
+    let app = spawn_app_with(engine, &["--fault", "latency=50", "--fault", "create-500"]).await;
 
     let started = Instant::now();
     let res = send(app.post_json("/api/links", &json!({ "url": "https://example.com/" }))).await;

@@ -4,9 +4,19 @@ use reqwest::StatusCode;
 
 use crate::support::*;
 
-#[tokio::test]
-async fn the_home_page_is_the_form() {
-    let app = spawn_app().await;
+on_each_engine!(
+    the_home_page_is_the_form,
+    posting_the_form_shows_the_full_short_link,
+    posting_the_form_without_a_code_generates_one,
+    a_taken_code_answers_the_form_again_with_409,
+    invalid_input_answers_the_form_again_with_400,
+    a_short_link_redirects_with_302_and_counts_the_click,
+    an_unknown_code_is_a_404_page,
+    getting_the_form_target_goes_home,
+);
+
+async fn the_home_page_is_the_form(engine: Engine) {
+    let app = spawn_app(engine).await;
 
     let res = send(app.get("/")).await;
 
@@ -23,9 +33,8 @@ async fn the_home_page_is_the_form() {
     }
 }
 
-#[tokio::test]
-async fn posting_the_form_shows_the_full_short_link() {
-    let app = spawn_app().await;
+async fn posting_the_form_shows_the_full_short_link(engine: Engine) {
+    let app = spawn_app(engine).await;
 
     let res = send(app.post_form(
         "/your-url",
@@ -43,9 +52,8 @@ async fn posting_the_form_shows_the_full_short_link() {
     assert!(body.contains("https://example.com/flask"));
 }
 
-#[tokio::test]
-async fn posting_the_form_without_a_code_generates_one() {
-    let app = spawn_app().await;
+async fn posting_the_form_without_a_code_generates_one(engine: Engine) {
+    let app = spawn_app(engine).await;
 
     let missing = send(app.post_form("/your-url", &[("url", "https://example.com/1")])).await;
     let empty = send(app.post_form(
@@ -67,9 +75,8 @@ async fn posting_the_form_without_a_code_generates_one() {
     }
 }
 
-#[tokio::test]
-async fn a_taken_code_answers_the_form_again_with_409() {
-    let app = spawn_app().await;
+async fn a_taken_code_answers_the_form_again_with_409(engine: Engine) {
+    let app = spawn_app(engine).await;
     app.create("https://example.com/first", Some("taken")).await;
 
     let res = send(app.post_form(
@@ -91,9 +98,8 @@ async fn a_taken_code_answers_the_form_again_with_409() {
     );
 }
 
-#[tokio::test]
-async fn invalid_input_answers_the_form_again_with_400() {
-    let app = spawn_app().await;
+async fn invalid_input_answers_the_form_again_with_400(engine: Engine) {
+    let app = spawn_app(engine).await;
 
     let bad_url = send(app.post_form("/your-url", &[("url", "javascript:alert(1)")])).await;
     let bad_code = send(app.post_form(
@@ -114,9 +120,8 @@ async fn invalid_input_answers_the_form_again_with_400() {
     }
 }
 
-#[tokio::test]
-async fn a_short_link_redirects_with_302_and_counts_the_click() {
-    let app = spawn_app().await;
+async fn a_short_link_redirects_with_302_and_counts_the_click(engine: Engine) {
+    let app = spawn_app(engine).await;
     app.create("https://example.com/target?q=1", Some("go"))
         .await;
 
@@ -130,9 +135,8 @@ async fn a_short_link_redirects_with_302_and_counts_the_click() {
     assert_eq!(link["clicks"], 2);
 }
 
-#[tokio::test]
-async fn an_unknown_code_is_a_404_page() {
-    let app = spawn_app().await;
+async fn an_unknown_code_is_a_404_page(engine: Engine) {
+    let app = spawn_app(engine).await;
 
     for path in ["/nope", "/not.a.code", "/api", "/a/b/c"] {
         let res = send(app.get(path)).await;
@@ -145,9 +149,8 @@ async fn an_unknown_code_is_a_404_page() {
     }
 }
 
-#[tokio::test]
-async fn getting_the_form_target_goes_home() {
-    let app = spawn_app().await;
+async fn getting_the_form_target_goes_home(engine: Engine) {
+    let app = spawn_app(engine).await;
 
     let res = send(app.get("/your-url")).await;
 

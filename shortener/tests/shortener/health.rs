@@ -5,9 +5,13 @@ use serde_json::json;
 
 use crate::support::*;
 
-#[tokio::test]
-async fn a_working_store_is_healthy() {
-    let app = spawn_app_with(&["--release", "v4"]).await;
+on_each_engine!(
+    a_working_store_is_healthy,
+    an_unusable_store_is_503_and_other_routes_500_without_leaking,
+);
+
+async fn a_working_store_is_healthy(engine: Engine) {
+    let app = spawn_app_with(engine, &["--release", "v4"]).await;
 
     let res = send(app.get("/healthz")).await;
 
@@ -18,18 +22,11 @@ async fn a_working_store_is_healthy() {
     );
 }
 
-#[tokio::test]
-async fn an_unusable_store_is_503_and_other_routes_500_without_leaking() {
-    let app = spawn_app().await;
+async fn an_unusable_store_is_503_and_other_routes_500_without_leaking(engine: Engine) {
+    let app = spawn_app(engine).await;
     app.create("https://example.com/", Some("before")).await;
     // Another process breaking the database under us, as a bad migration would.
-    let saboteur = rusqlite::Connection::open(&app.db).expect("open the database");
-    saboteur
-        .busy_timeout(std::time::Duration::from_secs(5))
-        .expect("busy timeout");
-    saboteur
-        .execute_batch("DROP TABLE links")
-        .expect("drop the table");
+    app.db.execute("DROP TABLE links").await;
 
     let health = send(app.get("/healthz")).await;
     let redirect = send(app.get("/before")).await;

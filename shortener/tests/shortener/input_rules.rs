@@ -7,6 +7,21 @@ use tokio::net::TcpStream;
 
 use crate::support::*;
 
+on_each_engine!(
+    refused_schemes_and_tricks_are_400_naming_the_problem,
+    the_form_refuses_the_same_urls,
+    whitespace_is_trimmed_and_uppercase_http_is_normalized,
+    a_url_may_have_2048_bytes_and_no_more,
+    links_back_to_the_shortener_are_refused,
+    bad_codes_are_400,
+    reserved_words_are_400_in_any_case,
+    bodies_over_16_kib_are_413,
+    a_chunked_body_over_16_kib_is_413_too,
+    a_body_of_exactly_16_kib_is_accepted,
+    malformed_json_is_400_not_422,
+    malformed_form_data_is_400_with_the_form,
+);
+
 /// 16 KiB, the body cap.
 const MAX_BODY: usize = 16 * 1024;
 
@@ -15,9 +30,8 @@ async fn refused_url(app: &TestApp, url: &str) -> String {
     error_of(res, StatusCode::BAD_REQUEST).await
 }
 
-#[tokio::test]
-async fn refused_schemes_and_tricks_are_400_naming_the_problem() {
-    let app = spawn_app().await;
+async fn refused_schemes_and_tricks_are_400_naming_the_problem(engine: Engine) {
+    let app = spawn_app(engine).await;
     let cases = [
         ("javascript:alert(1)", "`javascript` is not allowed"),
         ("JavaScript:alert(1)", "`JavaScript` is not allowed"),
@@ -57,9 +71,8 @@ async fn refused_schemes_and_tricks_are_400_naming_the_problem() {
     assert_eq!(list["links"], json!([]), "nothing was stored");
 }
 
-#[tokio::test]
-async fn the_form_refuses_the_same_urls() {
-    let app = spawn_app().await;
+async fn the_form_refuses_the_same_urls(engine: Engine) {
+    let app = spawn_app(engine).await;
 
     for url in [
         "javascript:alert(1)",
@@ -73,9 +86,8 @@ async fn the_form_refuses_the_same_urls() {
     }
 }
 
-#[tokio::test]
-async fn whitespace_is_trimmed_and_uppercase_http_is_normalized() {
-    let app = spawn_app().await;
+async fn whitespace_is_trimmed_and_uppercase_http_is_normalized(engine: Engine) {
+    let app = spawn_app(engine).await;
 
     let trimmed = app.create("  \thttps://example.com/x \n", None).await;
     let upper = app.create("HTTP://EXAMPLE.COM/Path", None).await;
@@ -84,9 +96,8 @@ async fn whitespace_is_trimmed_and_uppercase_http_is_normalized() {
     assert_eq!(upper["url"], "http://example.com/Path");
 }
 
-#[tokio::test]
-async fn a_url_may_have_2048_bytes_and_no_more() {
-    let app = spawn_app().await;
+async fn a_url_may_have_2048_bytes_and_no_more(engine: Engine) {
+    let app = spawn_app(engine).await;
     let prefix = "https://example.com/";
     let exact = format!("{prefix}{}", "a".repeat(2048 - prefix.len()));
 
@@ -97,14 +108,16 @@ async fn a_url_may_have_2048_bytes_and_no_more() {
     assert!(message.contains("2048"), "{message}");
 }
 
-#[tokio::test]
-async fn links_back_to_the_shortener_are_refused() {
-    let app = spawn_app_with(&[
-        "--public-host",
-        "go.example",
-        "--public-host",
-        "Alias.Example.",
-    ])
+async fn links_back_to_the_shortener_are_refused(engine: Engine) {
+    let app = spawn_app_with(
+        engine,
+        &[
+            "--public-host",
+            "go.example",
+            "--public-host",
+            "Alias.Example.",
+        ],
+    )
     .await;
     let own = app.addr.ip().to_string();
     let cases: [(&str, Option<(&str, &str)>); 8] = [
@@ -140,9 +153,8 @@ async fn links_back_to_the_shortener_are_refused() {
     assert_eq!(other.status(), StatusCode::CREATED);
 }
 
-#[tokio::test]
-async fn bad_codes_are_400() {
-    let app = spawn_app().await;
+async fn bad_codes_are_400(engine: Engine) {
+    let app = spawn_app(engine).await;
     let too_long = "x".repeat(65);
 
     for code in ["a b", "a/b", "ü", "a.b", "a%b", "<b>", too_long.as_str()] {
@@ -159,9 +171,8 @@ async fn bad_codes_are_400() {
     app.create("https://example.com/", Some("_-")).await;
 }
 
-#[tokio::test]
-async fn reserved_words_are_400_in_any_case() {
-    let app = spawn_app().await;
+async fn reserved_words_are_400_in_any_case(engine: Engine) {
+    let app = spawn_app(engine).await;
 
     for code in [
         "api",
@@ -185,9 +196,8 @@ async fn reserved_words_are_400_in_any_case() {
     }
 }
 
-#[tokio::test]
-async fn bodies_over_16_kib_are_413() {
-    let app = spawn_app().await;
+async fn bodies_over_16_kib_are_413(engine: Engine) {
+    let app = spawn_app(engine).await;
     let big_url = format!("https://example.com/{}", "a".repeat(MAX_BODY));
 
     let json = send(app.post_json("/api/links", &json!({ "url": big_url }))).await;
@@ -205,9 +215,8 @@ async fn bodies_over_16_kib_are_413() {
     assert_eq!(ignored_body.status(), StatusCode::PAYLOAD_TOO_LARGE);
 }
 
-#[tokio::test]
-async fn a_chunked_body_over_16_kib_is_413_too() {
-    let app = spawn_app().await;
+async fn a_chunked_body_over_16_kib_is_413_too(engine: Engine) {
+    let app = spawn_app(engine).await;
     let body = format!(
         r#"{{"url":"https://example.com/{}"}}"#,
         "a".repeat(MAX_BODY + 1024)
@@ -236,9 +245,8 @@ async fn a_chunked_body_over_16_kib_is_413_too() {
     assert!(answer.contains("x-release: v1"), "{answer}");
 }
 
-#[tokio::test]
-async fn a_body_of_exactly_16_kib_is_accepted() {
-    let app = spawn_app().await;
+async fn a_body_of_exactly_16_kib_is_accepted(engine: Engine) {
+    let app = spawn_app(engine).await;
     let mut body = json!({ "url": "https://example.com/fits" }).to_string();
     body.push_str(&" ".repeat(MAX_BODY - body.len()));
 
@@ -253,9 +261,8 @@ async fn a_body_of_exactly_16_kib_is_accepted() {
     assert_eq!(res.status(), StatusCode::CREATED);
 }
 
-#[tokio::test]
-async fn malformed_json_is_400_not_422() {
-    let app = spawn_app().await;
+async fn malformed_json_is_400_not_422(engine: Engine) {
+    let app = spawn_app(engine).await;
     let post_raw = |body: &'static str, content_type: &'static str| {
         app.http()
             .post(app.url("/api/links"))
@@ -279,9 +286,8 @@ async fn malformed_json_is_400_not_422() {
     error_of(wrong_type, StatusCode::UNSUPPORTED_MEDIA_TYPE).await;
 }
 
-#[tokio::test]
-async fn malformed_form_data_is_400_with_the_form() {
-    let app = spawn_app().await;
+async fn malformed_form_data_is_400_with_the_form(engine: Engine) {
+    let app = spawn_app(engine).await;
     let post_raw = |body: &'static str| {
         app.http()
             .post(app.url("/your-url"))

@@ -7,9 +7,21 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::support::*;
 
-#[tokio::test]
-async fn create_answers_201_with_every_field() {
-    let app = spawn_app().await;
+on_each_engine!(
+    create_answers_201_with_every_field,
+    create_without_a_code_generates_seven_base62_characters,
+    create_with_a_taken_code_is_409,
+    get_shows_the_link_with_clicks_and_release,
+    get_of_an_unknown_code_is_a_404_json,
+    delete_answers_204_and_the_link_is_gone,
+    list_paginates_in_code_order,
+    list_defaults_to_50_per_page,
+    list_refuses_bad_limits_and_cursors,
+    unknown_api_routes_and_methods_answer_json,
+);
+
+async fn create_answers_201_with_every_field(engine: Engine) {
+    let app = spawn_app(engine).await;
     let before = OffsetDateTime::now_utc().unix_timestamp();
 
     let res = send(app.post_json(
@@ -32,9 +44,8 @@ async fn create_answers_201_with_every_field() {
     assert!(created.unix_timestamp() >= before - 1);
 }
 
-#[tokio::test]
-async fn create_without_a_code_generates_seven_base62_characters() {
-    let app = spawn_app().await;
+async fn create_without_a_code_generates_seven_base62_characters(engine: Engine) {
+    let app = spawn_app(engine).await;
 
     for body in [
         json!({ "url": "https://example.com/" }),
@@ -52,9 +63,8 @@ async fn create_without_a_code_generates_seven_base62_characters() {
     }
 }
 
-#[tokio::test]
-async fn create_with_a_taken_code_is_409() {
-    let app = spawn_app().await;
+async fn create_with_a_taken_code_is_409(engine: Engine) {
+    let app = spawn_app(engine).await;
     app.create("https://example.com/1", Some("dup")).await;
 
     let res = send(app.post_json(
@@ -66,9 +76,8 @@ async fn create_with_a_taken_code_is_409() {
     assert!(error_of(res, StatusCode::CONFLICT).await.contains("dup"));
 }
 
-#[tokio::test]
-async fn get_shows_the_link_with_clicks_and_release() {
-    let app = spawn_app_with(&["--release", "v3"]).await;
+async fn get_shows_the_link_with_clicks_and_release(engine: Engine) {
+    let app = spawn_app_with(engine, &["--release", "v3"]).await;
     let created = app.create("https://example.com/x", Some("seen")).await;
     send(app.get("/seen")).await;
 
@@ -85,9 +94,8 @@ async fn get_shows_the_link_with_clicks_and_release() {
     assert_eq!(body["release"], "v3");
 }
 
-#[tokio::test]
-async fn get_of_an_unknown_code_is_a_404_json() {
-    let app = spawn_app().await;
+async fn get_of_an_unknown_code_is_a_404_json(engine: Engine) {
+    let app = spawn_app(engine).await;
 
     for path in ["/api/links/missing", "/api/links/not.a.code"] {
         let message = error_of(send(app.get(path)).await, StatusCode::NOT_FOUND).await;
@@ -95,9 +103,8 @@ async fn get_of_an_unknown_code_is_a_404_json() {
     }
 }
 
-#[tokio::test]
-async fn delete_answers_204_and_the_link_is_gone() {
-    let app = spawn_app().await;
+async fn delete_answers_204_and_the_link_is_gone(engine: Engine) {
+    let app = spawn_app(engine).await;
     app.create("https://example.com/", Some("bye")).await;
 
     let res = send(app.delete("/api/links/bye")).await;
@@ -116,9 +123,8 @@ async fn delete_answers_204_and_the_link_is_gone() {
     .await;
 }
 
-#[tokio::test]
-async fn list_paginates_in_code_order() {
-    let app = spawn_app().await;
+async fn list_paginates_in_code_order(engine: Engine) {
+    let app = spawn_app(engine).await;
     let mut expected: Vec<String> = (0..23).rev().map(|i| format!("l{i:02}")).collect();
     for code in &expected {
         app.create(&format!("https://example.com/{code}"), Some(code))
@@ -150,9 +156,8 @@ async fn list_paginates_in_code_order() {
     assert_eq!(seen, expected);
 }
 
-#[tokio::test]
-async fn list_defaults_to_50_per_page() {
-    let app = spawn_app().await;
+async fn list_defaults_to_50_per_page(engine: Engine) {
+    let app = spawn_app(engine).await;
     for i in 0..51 {
         app.create(&format!("https://example.com/{i}"), None).await;
     }
@@ -166,9 +171,8 @@ async fn list_defaults_to_50_per_page() {
     assert!(second["next"].is_null());
 }
 
-#[tokio::test]
-async fn list_refuses_bad_limits_and_cursors() {
-    let app = spawn_app().await;
+async fn list_refuses_bad_limits_and_cursors(engine: Engine) {
+    let app = spawn_app(engine).await;
 
     for query in ["limit=0", "limit=501", "limit=-1", "limit=ten", "limit=1.5"] {
         let res = send(app.get(&format!("/api/links?{query}"))).await;
@@ -187,9 +191,8 @@ async fn list_refuses_bad_limits_and_cursors() {
     );
 }
 
-#[tokio::test]
-async fn unknown_api_routes_and_methods_answer_json() {
-    let app = spawn_app().await;
+async fn unknown_api_routes_and_methods_answer_json(engine: Engine) {
+    let app = spawn_app(engine).await;
 
     error_of(send(app.get("/api/nothing")).await, StatusCode::NOT_FOUND).await;
     let res = send(app.http().put(app.url("/api/links"))).await;

@@ -1,4 +1,4 @@
-//! The real binary: readiness, flags from the environment, two processes on one database,
+//! The real binary: readiness, flags from the environment, two releases on one database,
 //! restarts, and graceful shutdown.
 
 use std::collections::{HashMap, HashSet};
@@ -11,32 +11,43 @@ use tokio::task::JoinSet;
 
 use crate::support::*;
 
+on_each_engine!(
+    two_releases_on_one_database_lose_no_link,
+    two_processes_racing_for_a_code_give_it_to_exactly_one,
+    a_restart_keeps_the_data,
+    sigterm_lets_an_in_flight_request_finish_then_exits_0,
+    every_flag_can_come_from_the_environment,
+);
+
 /// Links each writer task creates in the two-process test.
 const LINKS_PER_TASK: usize = 50;
 /// Writer tasks per process.
 const TASKS_PER_PROCESS: usize = 4;
 
-#[tokio::test]
-async fn two_processes_on_one_database_lose_no_link() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    // A folder that does not exist yet: the first process to start creates it.
-    let db = dir.path().join("shared").join("links.db");
-    let (blue, green) = tokio::join!(
-        Process::start(&db, &["--release", "blue"]),
-        Process::start(&db, &["--release", "green"]),
+/// v1 and v2 on one database, writing and reading at once: each link one release writes, the
+/// other reads at once, and nothing is lost.
+async fn two_releases_on_one_database_lose_no_link(engine: Engine) {
+    let db = TestDb::new(engine).await;
+    let (v1, v2) = tokio::join!(
+        ChildApp::start(&db, &["--release", "v1"]),
+        ChildApp::start(&db, &["--release", "v2"]),
     );
-    let slots = [Arc::new(blue), Arc::new(green)];
+    let slots = [Arc::new(v1), Arc::new(v2)];
 
     let mut writers = JoinSet::new();
-    for slot in &slots {
+    for (slot, other) in [(&slots[0], &slots[1]), (&slots[1], &slots[0])] {
         for task in 0..TASKS_PER_PROCESS {
-            let slot = Arc::clone(slot);
+            let (slot, other) = (Arc::clone(slot), Arc::clone(other));
             writers.spawn(async move {
                 let mut written = Vec::new();
                 for i in 0..LINKS_PER_TASK {
                     let url = format!("https://example.com/{}/{task}/{i}", slot.addr.port());
                     let link = slot.create(&url, None).await;
-                    written.push((link["code"].as_str().expect("a code").to_owned(), url));
+                    let code = link["code"].as_str().expect("a code").to_owned();
+                    let seen = send(other.get(&format!("/api/links/{code}"))).await;
+                    assert_eq!(seen.status(), StatusCode::OK, "{code} via {}", other.addr);
+                    assert_eq!(json_of(seen).await["url"], url.as_str());
+                    written.push((code, url));
                 }
                 written
             });
@@ -72,15 +83,13 @@ async fn two_processes_on_one_database_lose_no_link() {
         "one click through each process"
     );
     let releases: HashSet<_> = links.iter().filter_map(|l| l["release"].as_str()).collect();
-    assert_eq!(releases, HashSet::from(["blue", "green"]));
+    assert_eq!(releases, HashSet::from(["v1", "v2"]));
 }
 
-#[tokio::test]
-async fn two_processes_racing_for_a_code_give_it_to_exactly_one() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let db = dir.path().join("links.db");
-    let blue = Arc::new(Process::start(&db, &["--release", "blue"]).await);
-    let green = Arc::new(Process::start(&db, &["--release", "green"]).await);
+async fn two_processes_racing_for_a_code_give_it_to_exactly_one(engine: Engine) {
+    let db = TestDb::new(engine).await;
+    let blue = Arc::new(ChildApp::start(&db, &["--release", "blue"]).await);
+    let green = Arc::new(ChildApp::start(&db, &["--release", "green"]).await);
 
     let mut racers = JoinSet::new();
     for slot in [&blue, &green] {
@@ -116,11 +125,25 @@ async fn two_processes_racing_for_a_code_give_it_to_exactly_one() {
 /// few threads, not start one thread each (200 concurrent reads started 120 threads before the
 /// pool was bounded).
 #[cfg(target_os = "linux")]
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_burst_of_reads_runs_on_a_bounded_number_of_threads() {
+mod a_burst_of_reads_runs_on_a_bounded_number_of_threads {
+    use super::Engine;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn sqlite() {
+        super::a_burst_of_reads_runs_on_a_bounded_number_of_threads(Engine::Sqlite).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn postgres() {
+        super::a_burst_of_reads_runs_on_a_bounded_number_of_threads(Engine::Postgres).await;
+    }
+}
+
+#[cfg(target_os = "linux")]
+async fn a_burst_of_reads_runs_on_a_bounded_number_of_threads(engine: Engine) {
     const READS: usize = 200;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let app = Arc::new(Process::start(&dir.path().join("links.db"), &[]).await);
+    let db = TestDb::new(engine).await;
+    let app = Arc::new(ChildApp::start(&db, &[]).await);
     let code = app.create("https://example.com/read", None).await["code"]
         .as_str()
         .expect("a code")
@@ -137,18 +160,16 @@ async fn a_burst_of_reads_runs_on_a_bounded_number_of_threads() {
     // The runtime's workers and 8 blocking threads, the main thread, the SQLite writer and
     // checkpointer, and slack for a thread of a platform's own.
     let bound = workers + 8 + 3 + 1;
-    let threads = app.threads();
+    let threads = app.process.threads().await;
     assert!(
         threads <= bound,
         "{threads} threads after {READS} concurrent reads (bound {bound})"
     );
 }
 
-#[tokio::test]
-async fn a_restart_keeps_the_data() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let db = dir.path().join("links.db");
-    let first = Process::start(&db, &[]).await;
+async fn a_restart_keeps_the_data(engine: Engine) {
+    let db = TestDb::new(engine).await;
+    let mut first = ChildApp::start(&db, &[]).await;
     let mut codes = Vec::new();
     for i in 0..20 {
         codes.push(
@@ -159,9 +180,9 @@ async fn a_restart_keeps_the_data() {
         );
     }
     send(first.get(&format!("/{}", codes[0].as_str().expect("a code")))).await;
-    first.kill().await;
+    first.process.sigkill().await;
 
-    let second = Process::start(&db, &["--release", "v2"]).await;
+    let second = ChildApp::start(&db, &["--release", "v2"]).await;
 
     for (i, code) in codes.iter().enumerate() {
         let code = code.as_str().expect("a code");
@@ -181,41 +202,42 @@ async fn a_restart_keeps_the_data() {
     assert_eq!(first_link["release"], "v1");
 }
 
-#[tokio::test]
-async fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut slot = Process::start(&dir.path().join("links.db"), &["--fault", "latency=1000"]).await;
+async fn sigterm_lets_an_in_flight_request_finish_then_exits_0(engine: Engine) {
+    let db = TestDb::new(engine).await;
+    let mut slot = ChildApp::start(&db, &["--fault", "latency=1000"]).await;
     let slow = slot.get("/healthz");
     let started = Instant::now();
     let in_flight = tokio::spawn(async move { send(slow).await.status() });
-    slot.wait_for_log("fault latency").await;
+    assert!(
+        slot.process.wait_for_log("fault latency", PATIENCE).await,
+        "the slow request never reached the handler"
+    );
 
-    slot.terminate();
-    let status = slot.wait_exit().await;
+    let status = slot.process.terminate().await;
 
     assert_eq!(in_flight.await.expect("the request task"), StatusCode::OK);
     assert!(started.elapsed() >= Duration::from_millis(1000));
     assert!(
         status.success(),
         "exit status {status}; stderr:\n{}",
-        slot.stderr()
+        slot.process.log().await
     );
-    // The log pipe is drained by a task that may still be reading the last lines.
-    slot.wait_for_log("stopped gracefully").await;
+    // The child wrote its log itself, so it is complete once the child has exited.
+    let log = slot.process.log().await;
+    assert!(log.contains("stopped gracefully"), "{log}");
 }
 
-#[tokio::test]
-async fn every_flag_can_come_from_the_environment() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let db = dir.path().join("env.db");
+async fn every_flag_can_come_from_the_environment(engine: Engine) {
+    let db = TestDb::new(engine).await;
+    let db_arg = db.arg();
     let env = [
         ("SHORTENER_LISTEN", "127.0.0.1:0"),
-        ("SHORTENER_DB", db.to_str().expect("a UTF-8 path")),
+        ("SHORTENER_DB", db_arg.as_str()),
         ("SHORTENER_RELEASE", "env-7"),
         ("SHORTENER_FAULT", "latency=1,fail-after=3"),
         ("SHORTENER_PUBLIC_HOST", "a.example,b.example"),
     ];
-    let slot = Process::spawn(&[], &env).await;
+    let slot = ChildApp::spawn(&[], &env).await;
 
     let health = send(slot.get("/healthz")).await;
     let loop_a = send(slot.post_json("/api/links", &json!({ "url": "https://A.example/" }))).await;
@@ -235,7 +257,10 @@ async fn every_flag_can_come_from_the_environment() {
             .contains("points back")
     );
     assert_eq!(fourth.status(), StatusCode::INTERNAL_SERVER_ERROR);
-    assert!(db.exists());
+    assert!(
+        db.schema_version().await > 0,
+        "the app migrated the database it was given"
+    );
 }
 
 #[test]

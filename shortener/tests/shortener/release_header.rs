@@ -5,9 +5,10 @@ use serde_json::json;
 
 use crate::support::*;
 
-#[tokio::test]
-async fn every_response_carries_x_release() {
-    let app = spawn_app_with(&["--release", "v9-test"]).await;
+on_each_engine!(every_response_carries_x_release,);
+
+async fn every_response_carries_x_release(engine: Engine) {
+    let app = spawn_app_with(engine, &["--release", "v9-test"]).await;
     app.create("https://example.com/", Some("taken")).await;
     let form = |code: &'static str, url: &'static str| {
         app.post_form("/your-url", &[("url", url), ("code", code)])

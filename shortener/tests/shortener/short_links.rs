@@ -5,9 +5,15 @@ use serde_json::json;
 
 use crate::support::*;
 
-#[tokio::test]
-async fn the_host_header_gives_the_short_link_with_http() {
-    let app = spawn_app().await;
+on_each_engine!(
+    the_host_header_gives_the_short_link_with_http,
+    forwarded_host_and_proto_win_first_value_first,
+    a_forwarded_port_is_kept_and_proto_alone_changes_the_scheme,
+    garbage_forwarded_values_are_ignored,
+);
+
+async fn the_host_header_gives_the_short_link_with_http(engine: Engine) {
+    let app = spawn_app(engine).await;
 
     let res = send(
         app.post_json(
@@ -21,9 +27,8 @@ async fn the_host_header_gives_the_short_link_with_http() {
     assert_eq!(json_of(res).await["short_url"], "http://sho.rt:8081/h");
 }
 
-#[tokio::test]
-async fn forwarded_host_and_proto_win_first_value_first() {
-    let app = spawn_app().await;
+async fn forwarded_host_and_proto_win_first_value_first(engine: Engine) {
+    let app = spawn_app(engine).await;
     let forwarded = |request: reqwest::RequestBuilder| {
         request
             .header("x-forwarded-host", "go.example, proxy.internal:8080")
@@ -53,9 +58,8 @@ async fn forwarded_host_and_proto_win_first_value_first() {
     assert!(text_of(page).await.contains("https://go.example/fw2"));
 }
 
-#[tokio::test]
-async fn a_forwarded_port_is_kept_and_proto_alone_changes_the_scheme() {
-    let app = spawn_app().await;
+async fn a_forwarded_port_is_kept_and_proto_alone_changes_the_scheme(engine: Engine) {
+    let app = spawn_app(engine).await;
 
     let with_port = send(
         app.post_json(
@@ -82,9 +86,8 @@ async fn a_forwarded_port_is_kept_and_proto_alone_changes_the_scheme() {
     assert_eq!(json_of(proto_only).await["short_url"], "https://sho.rt/s");
 }
 
-#[tokio::test]
-async fn garbage_forwarded_values_are_ignored() {
-    let app = spawn_app().await;
+async fn garbage_forwarded_values_are_ignored(engine: Engine) {
+    let app = spawn_app(engine).await;
 
     let res = send(
         app.post_json(

@@ -1,45 +1,155 @@
-//! The harness: the app in-process on 127.0.0.1:0, the real binary as a child process, and
-//! `eventually` for waiting on a condition instead of sleeping.
+//! The shortener's side of the harness: a fresh database per test on either engine (`TestDb`),
+//! the app in-process on 127.0.0.1:0 (`TestApp`), the real binary as a child process
+//! (`ChildApp`), requests against either (`Target`), and `on_each_engine!`, which runs a test
+//! once on SQLite and once on PostgreSQL (one server per test binary, `e2e::postgres`, a
+//! database per test). What every harness of the workspace shares comes from the e2e crate:
+//! the child process and its readiness line (`e2e::process`), the client that shows redirects
+//! (`e2e::http_client`) and `e2e::eventually`, the one way to wait for a condition.
 
+use std::ffi::OsString;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
-use reqwest::{Client, RequestBuilder, Response, StatusCode, redirect};
+use e2e::postgres::{PgDatabase, PostgresServer};
+use e2e::process::{Launch, Process, address_in};
+use e2e::shortener::READY_PREFIX;
+use reqwest::{Client, RequestBuilder, Response, StatusCode};
 use serde_json::{Value, json};
 use shortener::{AppState, Args};
 use tempfile::TempDir;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
-use tokio::process::{Child, ChildStdout, Command};
 use tokio::sync::oneshot;
 
 /// Bound on anything a test waits for: a request, a readiness line, an exit.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
-/// A client that shows redirects instead of following them.
-pub fn client() -> Client {
-    Client::builder()
-        .redirect(redirect::Policy::none())
-        .timeout(PATIENCE)
-        .build()
-        .expect("a plain HTTP client builds")
+/// Runs each named `async fn(Engine)` of the module as two tests, `NAME::sqlite` and
+/// `NAME::postgres`. A test function left out of the list is dead code, which the lints refuse.
+macro_rules! on_each_engine {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name($crate::support::Engine::Sqlite).await;
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                super::$name($crate::support::Engine::Postgres).await;
+            }
+        }
+    )+};
 }
 
-/// Waits until `condition` holds, polling, for at most `timeout`; panics naming `what` after.
-pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !condition().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+/// Which database a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+/// A fresh database of one test: a file in a temporary folder, or a database of its own on the
+/// shared PostgreSQL server. Cheap to clone; the folder lives as long as a clone does.
+#[derive(Debug, Clone)]
+pub struct TestDb {
+    place: Place,
+}
+
+#[derive(Debug, Clone)]
+enum Place {
+    Sqlite {
+        path: PathBuf,
+        _dir: Arc<TempDir>,
+    },
+    Postgres {
+        server: &'static PostgresServer,
+        db: PgDatabase,
+    },
+}
+
+impl TestDb {
+    pub async fn new(engine: Engine) -> Self {
+        let place = match engine {
+            Engine::Sqlite => {
+                let dir = tempfile::tempdir().expect("a temp dir");
+                // A folder that does not exist yet: the first process to open it creates it.
+                let path = dir.path().join("data").join("links.db");
+                Place::Sqlite {
+                    path,
+                    _dir: Arc::new(dir),
+                }
+            }
+            Engine::Postgres => {
+                let server = PostgresServer::shared().await;
+                let db = server.create_database().await;
+                Place::Postgres { server, db }
+            }
+        };
+        Self { place }
+    }
+
+    /// What `--db` and `SHORTENER_DB` take: the file's path or the database's URL.
+    pub fn arg(&self) -> String {
+        match &self.place {
+            Place::Sqlite { path, .. } => path.to_str().expect("a UTF-8 temp path").to_owned(),
+            Place::Postgres { db, .. } => db.url.clone(),
+        }
+    }
+
+    /// Runs `sql` on the database from outside the app, as another process would.
+    pub async fn execute(&self, sql: &str) {
+        match &self.place {
+            Place::Sqlite { path, .. } => {
+                let (path, sql) = (path.clone(), sql.to_owned());
+                tokio::task::spawn_blocking(move || {
+                    let conn = rusqlite::Connection::open(&path).expect("open the database");
+                    conn.busy_timeout(PATIENCE).expect("busy timeout");
+                    conn.execute_batch(&sql).expect("the statements run");
+                })
+                .await
+                .expect("the SQLite task");
+            }
+            Place::Postgres { server, db } => {
+                server.psql(&db.name, sql).await;
+            }
+        }
+    }
+
+    /// The schema version the migrations recorded; 0 before the first.
+    pub async fn schema_version(&self) -> i64 {
+        match &self.place {
+            Place::Sqlite { path, .. } => {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || {
+                    rusqlite::Connection::open(&path)
+                        .and_then(|c| c.query_row("PRAGMA user_version", [], |row| row.get(0)))
+                        .expect("the schema version")
+                })
+                .await
+                .expect("the SQLite task")
+            }
+            Place::Postgres { server, db } => server
+                .psql(
+                    &db.name,
+                    "SELECT coalesce(max(version), 0) FROM schema_version",
+                )
+                .await
+                .parse()
+                .expect("a version number"),
+        }
+    }
+
+    /// Records `version` as the schema's, as a newer release's migration would.
+    pub async fn set_schema_version(&self, version: i64) {
+        let sql = match &self.place {
+            Place::Sqlite { .. } => format!("PRAGMA user_version = {version}"),
+            Place::Postgres { .. } => format!("UPDATE schema_version SET version = {version}"),
+        };
+        self.execute(&sql).await;
     }
 }
 
@@ -118,11 +228,9 @@ pub async fn error_of(res: Response, status: StatusCode) -> String {
 /// The app running in this test's runtime, on its own port and (by default) its own database.
 pub struct TestApp {
     pub addr: SocketAddr,
-    pub db: PathBuf,
+    pub db: TestDb,
     client: Client,
     shutdown: Option<oneshot::Sender<()>>,
-    /// Keeps the temporary database folder alive while the app runs.
-    _dir: Option<TempDir>,
 }
 
 impl Target for TestApp {
@@ -142,26 +250,23 @@ impl Drop for TestApp {
     }
 }
 
-pub async fn spawn_app() -> TestApp {
-    spawn_app_with(&[]).await
+pub async fn spawn_app(engine: Engine) -> TestApp {
+    spawn_app_with(engine, &[]).await
 }
 
-/// An app on a fresh temporary database, with extra command-line flags.
-pub async fn spawn_app_with(flags: &[&str]) -> TestApp {
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let mut app = spawn_app_on(&dir.path().join("links.db"), flags).await;
-    app._dir = Some(dir);
-    app
+/// An app on a fresh database, with extra command-line flags.
+pub async fn spawn_app_with(engine: Engine, flags: &[&str]) -> TestApp {
+    spawn_app_on(&TestDb::new(engine).await, flags).await
 }
 
-/// An app on a given database file (several apps may share one), with extra flags.
-pub async fn spawn_app_on(db: &Path, flags: &[&str]) -> TestApp {
-    let db_arg = db.to_str().expect("a UTF-8 temp path");
-    let argv = ["shortener", "--listen", "127.0.0.1:0", "--db", db_arg]
+/// An app on a given database (several apps may share one), with extra flags.
+pub async fn spawn_app_on(db: &TestDb, flags: &[&str]) -> TestApp {
+    let db_arg = db.arg();
+    let argv = ["shortener", "--listen", "127.0.0.1:0", "--db", &db_arg]
         .into_iter()
         .chain(flags.iter().copied());
     let args = Args::try_parse_from(argv).expect("test flags parse");
-    let state = AppState::open(&args).expect("the store opens");
+    let state = AppState::open(&args).await.expect("the store opens");
     // Bound before `run`: connections queue in the backlog, so the app is ready on return.
     let listener = TcpListener::bind(args.listen).await.expect("bind port 0");
     let addr = listener.local_addr().expect("a bound address");
@@ -171,26 +276,24 @@ pub async fn spawn_app_on(db: &Path, flags: &[&str]) -> TestApp {
     }));
     TestApp {
         addr,
-        db: db.to_owned(),
-        client: client(),
+        db: db.clone(),
+        client: e2e::http_client(PATIENCE),
         shutdown: Some(shutdown),
-        _dir: None,
     }
 }
 
-/// The real `shortener` binary as a child process, killed when dropped.
-pub struct Process {
+/// The real `shortener` binary as a child process on the address its readiness line names.
+/// Its `process` is killed when dropped, and its log printed when the test panics.
+pub struct ChildApp {
     pub addr: SocketAddr,
+    /// Stops, kills and reads the log of the child.
+    pub process: Process,
     client: Client,
-    child: Child,
-    /// Everything the child wrote to stderr so far, filled by a background task (which also
-    /// keeps the pipe from filling up and blocking the child).
-    stderr: Arc<Mutex<String>>,
-    /// Held open so the child never writes to a closed pipe.
-    _stdout: BufReader<ChildStdout>,
+    /// Holds the child's log; dropped after `process`, which prints the log on a panic.
+    _dir: TempDir,
 }
 
-impl Target for Process {
+impl Target for ChildApp {
     fn base(&self) -> String {
         format!("http://{}", self.addr)
     }
@@ -199,11 +302,11 @@ impl Target for Process {
     }
 }
 
-impl Process {
+impl ChildApp {
     /// Starts the binary on `db` and a free port, with extra flags, and waits for readiness.
-    pub async fn start(db: &Path, flags: &[&str]) -> Self {
-        let db_arg = db.to_str().expect("a UTF-8 temp path");
-        let mut args = vec!["--listen", "127.0.0.1:0", "--db", db_arg];
+    pub async fn start(db: &TestDb, flags: &[&str]) -> Self {
+        let db_arg = db.arg();
+        let mut args = vec!["--listen", "127.0.0.1:0", "--db", &db_arg];
         args.extend_from_slice(flags);
         Self::spawn(&args, &[]).await
     }
@@ -211,90 +314,27 @@ impl Process {
     /// Starts the binary with exactly these arguments and environment variables, and waits for
     /// the readiness line on stdout.
     pub async fn spawn(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_shortener"))
-            .args(args)
-            .envs(env.iter().copied())
-            .env("RUST_LOG", "info,shortener=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("the shortener binary starts");
-
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut lines = BufReader::new(child.stderr.take().expect("piped stderr")).lines();
-        let sink = Arc::clone(&stderr);
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                let mut log = sink.lock().expect("stderr log lock");
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-
-        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-        let mut line = String::new();
-        let read = tokio::time::timeout(PATIENCE, stdout.read_line(&mut line)).await;
-        let log = stderr.lock().expect("stderr log lock").clone();
-        assert!(
-            matches!(read, Ok(Ok(n)) if n > 0),
-            "no readiness line; stderr so far:\n{log}"
-        );
-        let addr = line
-            .trim_end()
-            .strip_prefix("shortener listening on ")
-            .and_then(|addr| addr.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected readiness line {line:?}"));
+        let dir = tempfile::tempdir().expect("a temp dir");
+        // After the test's own variables, so that the log always has the lines tests wait for.
+        let log_env = [("RUST_LOG", "info,shortener=debug"), ("NO_COLOR", "1")];
+        let launch = Launch {
+            name: "shortener".to_owned(),
+            program: PathBuf::from(env!("CARGO_BIN_EXE_shortener")),
+            args: args.iter().map(OsString::from).collect(),
+            envs: env
+                .iter()
+                .chain(&log_env)
+                .map(|&(key, value)| (key.to_owned(), value.to_owned()))
+                .collect(),
+            log: dir.path().join("shortener.log"),
+            ready: vec![READY_PREFIX.to_owned()],
+        };
+        let (process, ready) = Process::spawn(launch).await;
         Self {
-            addr,
-            client: client(),
-            child,
-            stderr,
-            _stdout: stdout,
+            addr: address_in(&ready[0]),
+            process,
+            client: e2e::http_client(PATIENCE),
+            _dir: dir,
         }
-    }
-
-    pub fn stderr(&self) -> String {
-        self.stderr.lock().expect("stderr log lock").clone()
-    }
-
-    /// Waits until the child has logged a line containing `needle`.
-    pub async fn wait_for_log(&self, needle: &str) {
-        eventually(&format!("log line {needle:?}"), PATIENCE, || {
-            let found = self.stderr().contains(needle);
-            async move { found }
-        })
-        .await;
-    }
-
-    /// The threads the child runs now.
-    pub fn threads(&self) -> usize {
-        let pid = self.child.id().expect("the child is still running");
-        std::fs::read_dir(format!("/proc/{pid}/task"))
-            .expect("the child's threads are listed")
-            .count()
-    }
-
-    /// Sends SIGTERM, as an orchestrator would.
-    pub fn terminate(&self) {
-        let pid = self.child.id().expect("the child is still running");
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .expect("kill(1) runs");
-        assert!(status.success(), "kill -TERM {pid} failed");
-    }
-
-    /// SIGKILL and reap: a crash, no chance to clean up.
-    pub async fn kill(mut self) {
-        self.child.kill().await.expect("the child can be killed");
-    }
-
-    pub async fn wait_exit(&mut self) -> ExitStatus {
-        tokio::time::timeout(PATIENCE, self.child.wait())
-            .await
-            .expect("the child exits in time")
-            .expect("the child can be waited on")
     }
 }

@@ -15,6 +15,7 @@ use crate::http::traffic::Traffic;
 use crate::ops::events::{Event, EventKind, EventLog};
 use crate::ops::notify::{Notice, NoticeKind, Notifier};
 use crate::slot::Slot;
+use crate::ticker::Ticker;
 
 /// What the task needs from the rest of the proxy.
 pub struct Sources {
@@ -30,7 +31,7 @@ pub async fn run(
     store: Arc<IncidentStore>,
     cfg: IncidentsCfg,
     sources: Sources,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let Sources {
         traffic,
@@ -41,11 +42,13 @@ pub async fn run(
     let mut detector = Detector::new(cfg, &store.all(), OffsetDateTime::now_utc());
     let mut feed = events.subscribe();
     let mut last = Slot::ALL.map(|s| traffic.totals(s).failures);
-    let mut ticker = tokio::time::interval(SAMPLE_EVERY);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticker = Ticker::new(SAMPLE_EVERY, shutdown);
     loop {
         let change = tokio::select! {
-            _ = ticker.tick() => {
+            running = ticker.tick() => {
+                if !running {
+                    break;
+                }
                 let now_totals = Slot::ALL.map(|s| traffic.totals(s).failures);
                 let failures = Slot::ALL.map(|s| now_totals[s.index()].saturating_sub(last[s.index()]));
                 last = now_totals;
@@ -60,7 +63,6 @@ pub async fn run(
                 }
                 Err(RecvError::Closed) => break,
             },
-            _ = shutdown.changed() => break,
         };
         if let Some(change) = change {
             apply(change, &store, &events, &notifier).await;
@@ -70,7 +72,7 @@ pub async fn run(
     if let Some(open) = detector.open_incident() {
         store.upsert(open.clone());
         if let Err(e) = store.save().await {
-            tracing::error!(path = %store.path.display(), error = %e, "could not save the incidents at shutdown");
+            tracing::error!(error = %e, "could not save the incidents at shutdown");
         }
     }
 }
@@ -104,7 +106,7 @@ async fn apply(change: Change, store: &IncidentStore, events: &EventLog, notifie
     // page, /status) finds its event in the log too.
     store.upsert(incident.clone());
     if let Err(e) = store.save().await {
-        tracing::error!(path = %store.path.display(), error = %e, "could not save the incidents");
+        tracing::error!(error = %e, "could not save the incidents");
     }
     notifier.send(Notice::new(announce, incident));
 }

@@ -4,16 +4,16 @@
 //! (group commit), each inside its own savepoint, so one write's failure rolls back that write
 //! alone. A write is answered only once its transaction has committed: a `302` still means its
 //! click is stored. What batching saves is per transaction, not per write: the `BEGIN
-//! IMMEDIATE`, the WAL append and the file locks of a commit, and a thread wake. Before it, each
-//! redirect took a blocking-pool thread that queued on the writer's mutex: 50 concurrent
-//! redirects meant 50 threads taking turns on one CPU (docs/performance.md, seventh pass).
+//! IMMEDIATE`, the WAL append and the file locks of a commit, and a thread wake. A write per
+//! blocking-pool thread queued on a mutex instead would mean, at 50 concurrent redirects, 50
+//! threads taking turns on one CPU.
 //!
 //! Batches only form if the thread lets requests queue up. Woken by the first write, a normal
 //! thread preempts the runtime thread that queued it, commits that one write, and the next one
 //! wakes it again: on a busy CPU, behind some proxies, batches averaged two writes. The thread
-//! therefore runs as `SCHED_BATCH`, which on Linux only means that its wakeups do not preempt
-//! (its share of the CPU is unchanged): it runs once the runtime thread has read what was ready
-//! and waits, and then commits all of it at once.
+//! therefore runs as `SCHED_BATCH` ([`super::sched`]), which on Linux only means that its wakeups
+//! do not preempt (its share of the CPU is unchanged): it runs once the runtime thread has read
+//! what was ready and waits, and then commits all of it at once.
 //!
 //! Copying the WAL back into the database file is not this thread's job but the checkpointer's
 //! ([`super::checkpoint`]): a checkpoint in a commit held every queued write for its two `fsync`s.
@@ -25,6 +25,7 @@ use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::oneshot;
 
 use super::checkpoint::{Checkpoints, WalLimits};
+use super::sched::let_requests_run_first;
 use crate::error::StoreError;
 
 /// Most writes in one transaction: bounds how long the file's write lock is held, which the
@@ -84,21 +85,6 @@ impl Writer {
 }
 
 type Answer<T> = oneshot::Receiver<Result<T, StoreError>>;
-
-/// Makes the calling thread (the writer, or the checkpointer) `SCHED_BATCH` (see the module
-/// docs). Not being able to is no reason not to serve: the batches are smaller, that is all.
-#[cfg(target_os = "linux")]
-pub(super) fn let_requests_run_first() {
-    let normal = uapi::c::sched_param { sched_priority: 0 };
-    if let Err(e) = uapi::sched_setscheduler(0, uapi::c::SCHED_BATCH, &normal) {
-        let thread = std::thread::current();
-        let name = thread.name().unwrap_or("a SQLite thread");
-        tracing::warn!(error = %e, "{name} stays SCHED_OTHER");
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-pub(super) fn let_requests_run_first() {}
 
 /// A queued write, type-erased so that writes of any result type share the queue.
 trait Job: Send {
@@ -280,7 +266,7 @@ mod tests {
         let answers = ["a", "b", "c"].map(|key| writer.queue(insert(key)).expect("queued"));
         for answer in answers {
             match wait(answer) {
-                Err(e) => assert!(e.is_busy(), "{e}"),
+                Err(e) => assert!(e.is_transient(), "{e}"),
                 Ok(()) => panic!("a write went through a held lock"),
             }
         }

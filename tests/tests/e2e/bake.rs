@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use e2e::client::create_link;
 use e2e::{Sample, Shortener, TestStack, UserLoad, eventually, http_client};
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::Value;
 
 /// A short bake and window; the guard judges every second once 20 requests are in.
@@ -22,24 +22,6 @@ const MAX_PER_TASK: usize = 5_000;
 const ROLLBACK_TIMEOUT: Duration = Duration::from_secs(30);
 const AFTER_ROLLBACK: usize = 100;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-
-async fn events_of_kind(stack: &TestStack, kind: &str) -> Vec<Value> {
-    let (code, body) = stack
-        .proxy
-        .admin(Method::GET, "/events?limit=1000", None)
-        .await;
-    assert_eq!(code, StatusCode::OK, "GET /events: {body}");
-    body["events"]
-        .as_array()
-        .map(|events| {
-            events
-                .iter()
-                .filter(|e| e["kind"] == kind)
-                .cloned()
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_switched_release_that_fails_during_the_bake_is_rolled_back_by_the_guard() {
@@ -137,7 +119,7 @@ async fn a_switched_release_that_fails_during_the_bake_is_rolled_back_by_the_gua
             .collect::<Vec<_>>()
     );
 
-    let rollbacks = events_of_kind(&stack, "guard_rollback").await;
+    let rollbacks = stack.proxy.events_of_kind("guard_rollback").await;
     assert_eq!(rollbacks.len(), 1, "{rollbacks:?}");
     let event = &rollbacks[0];
     assert_eq!(event["from"], "green", "{event}");

@@ -1,6 +1,6 @@
 //! Failover: when the active slot dies, users go to the other slot if (and only if) its
 //! release passed the gate, without seeing an error; the recorded active slot never changes
-//! by itself, and users go back once the active slot is up again. (`active_slot.rs` covers a
+//! by itself, and users go back once the active slot is up again. (`active_slot` covers a
 //! slow active with an ungated green.)
 
 use std::path::Path;
@@ -40,7 +40,6 @@ async fn serving(stack: &TestStack) -> String {
         .to_owned()
 }
 
-/// The kinds of the events about `slot` so far, oldest first.
 /// `n` user requests for /healthz through the proxy: each one's status and release.
 async fn health_answers(stack: &TestStack, n: usize) -> Vec<(StatusCode, String)> {
     let client = http_client(REQUEST_TIMEOUT);
@@ -56,6 +55,7 @@ async fn health_answers(stack: &TestStack, n: usize) -> Vec<(StatusCode, String)
     answers
 }
 
+/// The kind and the target slot (`to`) of every event so far, oldest first.
 async fn event_kinds(stack: &TestStack) -> Vec<(String, String)> {
     let (code, body) = stack
         .proxy

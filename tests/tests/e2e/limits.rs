@@ -4,17 +4,13 @@
 
 use std::time::Duration;
 
-use e2e::client::{h2_connect, raw_exchange};
+use e2e::client::{h2_connect, raw_exchange, raw_get};
 use e2e::recorder::{RawConnection, RecorderStack};
 use e2e::{Proxy, Shortener};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 /// Bounds every wait for an answer: far above any limit set here, so that only a hang fails.
 const TIMEOUT: Duration = Duration::from_secs(10);
-
-fn get(path: &str) -> String {
-    format!("GET {path} HTTP/1.1\r\nHost: shop.example\r\n\r\n")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_sending_its_headers_slowly_is_closed() {
@@ -70,7 +66,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     let mut conn = RawConnection::connect(stack.proxy.public_addr())
         .await
         .expect("the proxy accepts");
-    conn.send(get("/before-idle").as_bytes())
+    conn.send(raw_get("/before-idle").as_bytes())
         .await
         .expect("the request is written");
     let answer = conn.read_answer(TIMEOUT).await.expect("an answer");
@@ -96,7 +92,7 @@ async fn an_idle_keep_alive_connection_outlives_the_header_read_timeout() {
     let mut conn = RawConnection::connect(stack.proxy.public_addr())
         .await
         .expect("the proxy accepts");
-    conn.send(get("/first").as_bytes())
+    conn.send(raw_get("/first").as_bytes())
         .await
         .expect("the request is written");
     let first = conn.read_answer(TIMEOUT).await.expect("a first answer");
@@ -104,7 +100,7 @@ async fn an_idle_keep_alive_connection_outlives_the_header_read_timeout() {
     // Act: idle for several header timeouts, well within the idle timeout. The passing time
     // is what is under test.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    conn.send(get("/second").as_bytes())
+    conn.send(raw_get("/second").as_bytes())
         .await
         .expect("the connection is still open for writing");
     let second = conn.read_answer(TIMEOUT).await;
@@ -290,7 +286,7 @@ async fn past_the_connection_limit_a_client_waits_and_is_served_when_one_closes(
         let mut conn = RawConnection::connect(addr)
             .await
             .expect("the proxy accepts");
-        conn.send(get(&format!("/held-{n}")).as_bytes())
+        conn.send(raw_get(&format!("/held-{n}")).as_bytes())
             .await
             .expect("the request is written");
         let answer = conn
@@ -306,7 +302,7 @@ async fn past_the_connection_limit_a_client_waits_and_is_served_when_one_closes(
         .await
         .expect("the kernel's backlog takes the connection: it is not refused");
     third
-        .send(get("/third").as_bytes())
+        .send(raw_get("/third").as_bytes())
         .await
         .expect("the request is written");
     // Not served while both permits are held: an absence, so a bounded look.

@@ -1,4 +1,4 @@
-//! Graceful shutdown on SIGTERM, beyond `shutdown.rs` (a request in flight completes): new
+//! Graceful shutdown on SIGTERM, beyond `shutdown` (a request in flight completes): new
 //! connections are refused at once, keep-alive answers during the drain say
 //! `Connection: close`, HTTP/2 clients get GOAWAY, the process exits and frees its port, and a
 //! request still waiting when the grace period ends is answered 504 and counted in the log.
@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use e2e::Proxy;
-use e2e::client::h2_connect;
+use e2e::client::{h2_connect, raw_get};
 use e2e::eventually;
 use e2e::recorder::{RawConnection, RecorderStack};
 use http_body_util::{BodyExt as _, Empty};
@@ -19,10 +19,6 @@ use tokio::task::JoinHandle;
 const SLOW: &str = "/slow/3000";
 /// Far above anything the proxy should take, so that only a hang fails.
 const TIMEOUT: Duration = Duration::from_secs(20);
-
-fn get(path: &str) -> String {
-    format!("GET {path} HTTP/1.1\r\nHost: shop.example\r\n\r\n")
-}
 
 /// Sends SIGTERM and waits for the exit in the background; the proxy comes back with it.
 fn terminate(mut proxy: Proxy) -> JoinHandle<(Proxy, ExitStatus)> {
@@ -58,14 +54,18 @@ async fn on_sigterm_new_connections_are_refused_and_keep_alive_answers_say_close
     let mut busy = RawConnection::connect(public)
         .await
         .expect("the proxy accepts");
-    busy.send(get("/first").as_bytes()).await.expect("written");
+    busy.send(raw_get("/first").as_bytes())
+        .await
+        .expect("written");
     let first = busy.read_answer(TIMEOUT).await.expect("a first answer");
     let mut idle = RawConnection::connect(public)
         .await
         .expect("the proxy accepts");
-    idle.send(get("/idle").as_bytes()).await.expect("written");
+    idle.send(raw_get("/idle").as_bytes())
+        .await
+        .expect("written");
     let idle_answer = idle.read_answer(TIMEOUT).await.expect("an answer");
-    busy.send(get(SLOW).as_bytes()).await.expect("written");
+    busy.send(raw_get(SLOW).as_bytes()).await.expect("written");
     wait_in_flight(&stack, SLOW).await;
     let RecorderStack {
         proxy,
@@ -204,7 +204,7 @@ async fn a_request_still_waiting_when_the_grace_period_ends_is_cut_with_504_and_
     let mut conn = RawConnection::connect(public)
         .await
         .expect("the proxy accepts");
-    conn.send(get("/slow/10000").as_bytes())
+    conn.send(raw_get("/slow/10000").as_bytes())
         .await
         .expect("written");
     wait_in_flight(&stack, "/slow/10000").await;

@@ -48,24 +48,6 @@ fn most_within(green: &[&Sample], span: Duration) -> usize {
     most
 }
 
-async fn events_of_kind(stack: &TestStack, kind: &str) -> Vec<Value> {
-    let (code, body) = stack
-        .proxy
-        .admin(Method::GET, "/events?limit=1000", None)
-        .await;
-    assert_eq!(code, StatusCode::OK, "GET /events: {body}");
-    body["events"]
-        .as_array()
-        .map(|events| {
-            events
-                .iter()
-                .filter(|e| e["kind"] == kind)
-                .cloned()
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_canary_that_fails_under_user_load_is_aborted_by_the_guard_within_its_bounds() {
     // Arrange: links made on blue for the users to follow, then green at 20%.
@@ -174,7 +156,7 @@ async fn a_canary_that_fails_under_user_load_is_aborted_by_the_guard_within_its_
             .take(10)
             .collect::<Vec<_>>()
     );
-    let abort_events = events_of_kind(&stack, "guard_abort").await;
+    let abort_events = stack.proxy.events_of_kind("guard_abort").await;
     assert_eq!(abort_events.len(), 1, "{abort_events:?}");
     let counted = abort_events[0]["detail"]["failed_requests"]
         .as_u64()

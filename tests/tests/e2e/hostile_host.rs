@@ -1,7 +1,7 @@
 //! Hostile headers and hostile callers: a bad `Host` is refused, a client's forwarding claims
 //! are not trusted unless configured, hop-by-hop names cannot strip what the proxy sets, and
 //! the admin API is neither reachable through the public listener nor usable without its
-//! token. (`headers.rs` covers the ordinary hop-by-hop list and the trusted `X-Forwarded-For`.)
+//! token. (`headers` covers the ordinary hop-by-hop list and the trusted `X-Forwarded-For`.)
 
 use std::time::Duration;
 
@@ -396,7 +396,7 @@ async fn every_admin_endpoint_refuses_a_request_without_the_token() {
 async fn mutating_admin_endpoints_refuse_get() {
     // Arrange
     let stack = stack("").await;
-    // GET /switch is covered by admin.rs.
+    // GET /switch is covered by `admin`.
     let mutating = [
         "/rollback",
         "/slots/green",
