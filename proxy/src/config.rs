@@ -31,6 +31,7 @@ pub mod defaults {
     pub const CONNECT_MS: u64 = 1_000;
     pub const RESPONSE_HEADER_MS: u64 = 30_000;
     pub const UPSTREAM_IDLE_MS: u64 = 90_000;
+    pub const UPSTREAM_READ_MS: u64 = 60_000;
     pub const SHUTDOWN_GRACE_MS: u64 = 10_000;
     pub const GATE_PASSES: u32 = 3;
     pub const GATE_DEADLINE_MS: u64 = 10_000;
@@ -104,6 +105,9 @@ pub struct Timeouts {
     pub connect: Duration,
     pub response_header: Duration,
     pub upstream_idle: Duration,
+    /// The longest a response body may go without a byte from the upstream
+    /// (nginx's `proxy_read_timeout`).
+    pub upstream_read: Duration,
     pub shutdown_grace: Duration,
 }
 

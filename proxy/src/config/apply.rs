@@ -92,6 +92,7 @@ impl Config {
             connect,
             response_header,
             upstream_idle,
+            upstream_read,
             shutdown_grace,
         } = timeouts;
         let Health {
@@ -199,6 +200,12 @@ impl Config {
                     RESTART,
                     &run.timeouts.upstream_idle,
                     upstream_idle,
+                ),
+                upstream_read: d.key(
+                    "timeouts.upstream_read_ms",
+                    RESTART,
+                    &run.timeouts.upstream_read,
+                    upstream_read,
                 ),
                 shutdown_grace: d.key(
                     "timeouts.shutdown_grace_ms",
@@ -470,6 +477,7 @@ mod tests {
         ("timeouts.connect_ms", "7", RESTART),
         ("timeouts.response_header_ms", "7", LIVE),
         ("timeouts.upstream_idle_ms", "7", RESTART),
+        ("timeouts.upstream_read_ms", "7", RESTART),
         ("timeouts.shutdown_grace_ms", "7", RESTART),
         ("health.path", "\"/up\"", RESTART),
         ("health.interval_ms", "7", RESTART),

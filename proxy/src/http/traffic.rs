@@ -2,52 +2,18 @@
 //! (count, 5xx answers, upstream failures, latency) for the guard, and
 //! cumulative totals that the incident and budget accounting sample. Lock
 //! free: the request path does a few atomic adds. Probe requests never pass
-//! through here (they go straight to the upstreams).
+//! through here (they go straight to the upstreams), nor do requests that
+//! failed by the client's doing or the proxy's (`Outcome::counts`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::http::outcome::Outcome;
 use crate::slot::Slot;
 
 /// Seconds of history kept; the guard's window may not be longer.
 pub const MAX_WINDOW_SECS: u64 = 600;
 const BUCKETS: usize = MAX_WINDOW_SECS as usize + 1;
-
-/// How a user request ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// The upstream answered with this status.
-    Answered(u16),
-    /// No usable answer from the upstream; the proxy answered 502 or 504.
-    Failed(FailureKind),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum FailureKind {
-    Connect,
-    Timeout,
-    Reset,
-}
-
-impl FailureKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FailureKind::Connect => "connect",
-            FailureKind::Timeout => "timeout",
-            FailureKind::Reset => "reset",
-        }
-    }
-}
-
-impl Outcome {
-    /// A failure from the user's point of view: a 5xx of any origin.
-    pub fn is_failure(self) -> bool {
-        match self {
-            Outcome::Answered(status) => status >= 500,
-            Outcome::Failed(_) => true,
-        }
-    }
-}
 
 #[derive(Default)]
 struct Bucket {
@@ -130,7 +96,11 @@ impl Traffic {
 
     /// Records one user request's outcome, which came `at` (the caller's
     /// reading of the clock for the latency: one read fewer per request).
+    /// Outcomes that do not judge the slot are not recorded.
     pub fn record(&self, slot: Slot, outcome: Outcome, latency: Duration, at: Instant) {
+        if !outcome.counts() {
+            return;
+        }
         let s = &self.slots[slot.index()];
         s.requests.fetch_add(1, Ordering::Relaxed);
         if outcome.is_failure() {
@@ -139,6 +109,12 @@ impl Traffic {
         let now = self.second_of(at);
         let bucket = &s.buckets[(now % BUCKETS as u64) as usize];
         let seen = bucket.second.load(Ordering::Acquire);
+        if seen > now {
+            // A request whose body outlived the whole history (its outcome
+            // is recorded for the second of its head): its bucket holds a
+            // later second now, and the window has long moved past it.
+            return;
+        }
         if seen != now
             && bucket
                 .second
@@ -199,6 +175,7 @@ impl Traffic {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::outcome::FailureKind;
 
     #[test]
     fn counts_outcomes_per_slot_in_the_window() {
@@ -240,6 +217,39 @@ mod tests {
             Totals {
                 requests: 10,
                 failures: 2
+            }
+        );
+    }
+
+    #[test]
+    fn the_clients_faults_and_the_proxys_are_not_the_slots() {
+        let t = Traffic::new();
+        for kind in [
+            FailureKind::ClientTimeout,
+            FailureKind::TooLarge,
+            FailureKind::ClientBody,
+            FailureKind::ShuttingDown,
+        ] {
+            t.record(
+                Slot::Blue,
+                Outcome::Failed(kind),
+                Duration::ZERO,
+                Instant::now(),
+            );
+        }
+        t.record(
+            Slot::Blue,
+            Outcome::Failed(FailureKind::Body),
+            Duration::ZERO,
+            Instant::now(),
+        );
+        let blue = t.window(Slot::Blue, Duration::from_secs(30));
+        assert_eq!((blue.count, blue.upstream_failures), (1, 1));
+        assert_eq!(
+            t.totals(Slot::Blue),
+            Totals {
+                requests: 1,
+                failures: 1
             }
         );
     }
