@@ -9,6 +9,8 @@
 //! - `hostile_host`: a bad `Host` refused, forwarding claims trusted only from configured
 //!   hops, `Connection` unable to strip what the proxy sets, the admin API out of reach.
 //! - `smuggling`: ambiguous or malformed framing refused or passed on with one clean framing.
+//! - `upstream_conformance`: hostile and sloppy upstreams (raw sockets), one test per row of
+//!   issue 19: what the client gets, what reached the upstream, reuse, and who is blamed.
 //! - `tls`: HTTPS end to end: HTTP/1.1 and HTTP/2 over TLS, SNI, certificates swapped and
 //!   refused by reload and check-config, the http-to-https redirect, handshake timeouts, https
 //!   webhooks.
@@ -68,6 +70,7 @@ mod limits;
 mod shutdown;
 mod smuggling;
 mod tls;
+mod upstream_conformance;
 
 // Control plane.
 mod admin;
