@@ -16,5 +16,6 @@ pub mod https;
 pub mod outcome;
 pub mod routing;
 pub mod server;
+pub mod tally;
 pub mod traffic;
 pub mod upstream;

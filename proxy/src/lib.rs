@@ -3,7 +3,7 @@
 //! ```text
 //!  data plane (http/)
 //!  user ──> server ──> forward: routing::Snapshot (one ArcSwap load) ──> upstream (pool, conn) ──> release
-//!                        │ outcome                     ▲ new snapshots
+//!                        │ outcome (tally)             ▲ new snapshots
 //!                        ▼                             │
 //!                     traffic (windows, totals)  ──────┼─────────────────────────────┐
 //!                        │                             │                             │

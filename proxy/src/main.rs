@@ -82,12 +82,10 @@ fn main() -> ExitCode {
 }
 
 /// Task polls between two looks for new socket events on a current-thread
-/// runtime (tokio's default is 61). A proxied request took about four when
-/// the upstream connection was a task of its own (two since the sixth pass:
-/// its client connection's task, twice), so 61 cut the work of 50 busy
-/// connections into pieces and let new requests in between; 256 finishes
-/// what is ready first, which narrowed p99 in the benchmark
-/// (docs/performance.md, third pass).
+/// runtime (tokio's default is 61). A proxied request takes two polls of its
+/// client connection's task, so 61 would cut the work of 50 busy connections
+/// into pieces and let new requests in between; 256 finishes what is ready
+/// first, which keeps p99 narrow under load.
 const EVENT_INTERVAL: u32 = 256;
 
 /// One thread: a current-thread runtime, cheaper per request than a

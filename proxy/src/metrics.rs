@@ -12,8 +12,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::http::outcome::{FailureKind, Outcome, Source};
-use crate::http::server::tls::HandshakeFailure;
 use crate::slot::Slot;
+use crate::tls::HandshakeFailure;
 
 type Labels = Vec<(&'static str, String)>;
 

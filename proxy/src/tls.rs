@@ -18,3 +18,36 @@ pub use certs::Certificates;
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
+
+/// Why a handshake did not complete: the `reason` label of `tls_handshake_failures`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// Not done within the timeout: a client that connected and sent nothing, or too little.
+    Timeout,
+    /// The first byte was not a TLS handshake record (plain HTTP, answered 400).
+    NotTls,
+    /// The client closed the connection before the end.
+    Closed,
+    /// TLS refused: no protocol version or cipher in common, a malformed message, the
+    /// client refused the certificate.
+    Failed,
+}
+
+impl HandshakeFailure {
+    /// In the order of their discriminants (`metrics` indexes by them).
+    pub const ALL: [HandshakeFailure; 4] = [
+        HandshakeFailure::Timeout,
+        HandshakeFailure::NotTls,
+        HandshakeFailure::Closed,
+        HandshakeFailure::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HandshakeFailure::Timeout => "timeout",
+            HandshakeFailure::NotTls => "not_tls",
+            HandshakeFailure::Closed => "closed",
+            HandshakeFailure::Failed => "failed",
+        }
+    }
+}

@@ -14,7 +14,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 
-use crate::http::outcome::{FailureKind, Outcome, Tally};
+use crate::http::outcome::{FailureKind, Outcome};
+use crate::http::tally::Tally;
 use crate::http::upstream::{InFlight, ResponseBody, ResponseBodyError};
 
 pub enum ProxyBody {

@@ -2,16 +2,9 @@
 //! went wrong (`FailureKind`), who caused it (`Source`: the client, the
 //! upstream or the proxy, as pingora's errors carry their source) and
 //! whether the request may be sent again (`Retry`); every request ends in
-//! one `Outcome`, which `Tally` counts in the guard's windows and the totals
+//! one `Outcome`, which `tally` counts in the guard's windows and the totals
 //! (`traffic`) and in the metrics. Those, and passive health, read these
 //! and nothing else, so a client's fault never counts against a release.
-
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use crate::http::traffic::Traffic;
-use crate::metrics::Metrics;
-use crate::slot::Slot;
 
 /// Who caused a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,22 +166,6 @@ impl Outcome {
             Outcome::Answered(status) => status >= 500,
             Outcome::Failed(kind) => kind.source() == Source::Upstream,
         }
-    }
-}
-
-/// Where a request's one outcome is counted: the guard's windows and the
-/// totals, and the metrics, from one call so they cannot disagree.
-pub struct Tally {
-    pub traffic: Arc<Traffic>,
-    pub metrics: Arc<Metrics>,
-}
-
-impl Tally {
-    /// Counts a request's outcome on `slot`; `latency` is the time to the
-    /// response head (zero without one), `at` when the outcome was known.
-    pub fn request(&self, slot: Slot, outcome: Outcome, latency: Duration, at: Instant) {
-        self.traffic.record(slot, outcome, latency, at);
-        self.metrics.record(slot, outcome, latency.as_secs_f64());
     }
 }
 

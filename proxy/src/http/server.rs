@@ -79,8 +79,7 @@ pub async fn serve(
         // HAProxy does by default. Without it hyper reads the socket while
         // each request is in flight, to notice the client leaving, and that
         // read makes it allocate a new 8 KiB buffer per request while the
-        // request's headers still point into the old one (-850 instructions
-        // per request, docs/performance.md).
+        // request's headers still point into the old one.
         .half_close(true);
     builder
         .http2()

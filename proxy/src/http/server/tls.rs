@@ -16,6 +16,7 @@ use tokio_rustls::server::TlsStream;
 
 use crate::http::routing::Router;
 use crate::metrics::Metrics;
+use crate::tls::HandshakeFailure;
 
 /// The first byte of a TLS record that carries a handshake message, as a ClientHello does.
 const HANDSHAKE_RECORD: u8 = 0x16;
@@ -43,39 +44,6 @@ pub struct Handshake {
     pub router: Arc<Router>,
     pub metrics: Arc<Metrics>,
     pub timeout: Duration,
-}
-
-/// Why a handshake did not complete: the `reason` label of `tls_handshake_failures`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HandshakeFailure {
-    /// Not done within the timeout: a client that connected and sent nothing, or too little.
-    Timeout,
-    /// The first byte was not a TLS handshake record (plain HTTP, answered 400).
-    NotTls,
-    /// The client closed the connection before the end.
-    Closed,
-    /// TLS refused: no protocol version or cipher in common, a malformed message, the
-    /// client refused the certificate.
-    Failed,
-}
-
-impl HandshakeFailure {
-    /// In the order of their discriminants (`metrics` indexes by them).
-    pub const ALL: [HandshakeFailure; 4] = [
-        HandshakeFailure::Timeout,
-        HandshakeFailure::NotTls,
-        HandshakeFailure::Closed,
-        HandshakeFailure::Failed,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HandshakeFailure::Timeout => "timeout",
-            HandshakeFailure::NotTls => "not_tls",
-            HandshakeFailure::Closed => "closed",
-            HandshakeFailure::Failed => "failed",
-        }
-    }
 }
 
 impl Handshake {

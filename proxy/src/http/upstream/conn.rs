@@ -6,7 +6,7 @@
 //! Hand-written over tokio's socket rather than hyper's client connection:
 //! the whole exchange runs in the task of the client connection that asked
 //! for it, so a request costs no channel send, no second task to wake and
-//! no body channel between two tasks (docs/performance.md, "Sixth pass").
+//! no body channel between two tasks.
 //! hyper still serves the client side.
 
 use std::future::Future as _;
