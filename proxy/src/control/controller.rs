@@ -309,6 +309,10 @@ impl Controller {
             .await?;
         }
         let before = current.canary.map_or(0, |c| c.percent);
+        if change == CanaryChange::Start {
+            // Armed before the first request can reach the canary.
+            self.arm_tripwire(slot);
+        }
         let next = self.router.update(|snap| {
             let mut next = snap.to_builder();
             next.canary = Some(Canary { slot, percent });
@@ -403,14 +407,39 @@ impl Controller {
         self.config.store(Arc::new(config));
     }
 
-    /// One evaluation of the guard, applied.
+    /// One evaluation of the guard, applied. Also ends the tripwire once the
+    /// guard watches nothing (a bake ends by the clock), gives it the
+    /// current limits, and re-arms it when it woke the guard for nothing to
+    /// act on.
     pub async fn guard_tick(&self) {
         let cfg = self.guard_config();
         let snap = self.router.load_full();
-        let verdict = self
-            .lock_guard()
-            .evaluate(&snap, &*self.traffic, &cfg, Instant::now());
+        let now = Instant::now();
+        let (verdict, watching) = {
+            let guard = self.lock_guard();
+            (
+                guard.evaluate(&snap, &*self.traffic, &cfg, now),
+                guard.view(&snap, now).watching,
+            )
+        };
+        if verdict == Verdict::Fine {
+            if watching.is_none() {
+                self.traffic.unwatch();
+            } else {
+                // The limits are live settings.
+                self.traffic
+                    .watch_limits(cfg.min_requests, cfg.max_failure_ratio);
+            }
+            self.traffic.rearm();
+        }
         self.enforce(verdict).await;
+    }
+
+    /// Watches `slot`'s user outcomes from now against the guard's limit.
+    fn arm_tripwire(&self, slot: Slot) {
+        let cfg = self.guard_config();
+        self.traffic
+            .watch(slot, cfg.min_requests, cfg.max_failure_ratio);
     }
 
     /// Applies a verdict of the guard. A verdict about a canary or a bake
@@ -504,6 +533,9 @@ impl Controller {
             next
         });
         self.lock_guard().canary_ended();
+        if self.traffic.watched() == Some(canary.slot) {
+            self.traffic.unwatch();
+        }
         self.metrics.set_routing(next.active, 0);
         (next, cleared)
     }
@@ -630,6 +662,12 @@ impl Controller {
         )
         .await?;
         let config = self.config.load_full();
+        // Armed before the first request reaches the new active slot.
+        if cutover.bakes() && !config.guard.bake.is_zero() {
+            self.arm_tripwire(to);
+        } else {
+            self.traffic.unwatch();
+        }
         let next = self.router.update(|snap| {
             let mut next = snap.to_builder();
             next.active = to;
@@ -686,10 +724,21 @@ impl Controller {
     }
 }
 
-/// Evaluates the guard every interval until `shutdown` changes.
+/// Evaluates the guard every interval, and at once when a request crosses
+/// the watched slot's limit, until `shutdown` changes.
 pub async fn run_guard(controller: Arc<Controller>, shutdown: tokio::sync::watch::Receiver<bool>) {
     let mut ticker = Ticker::new(controller.guard_config().interval, shutdown);
-    while ticker.tick().await {
+    let traffic = Arc::clone(&controller.traffic);
+    loop {
+        tokio::select! {
+            biased;
+            alive = ticker.tick() => {
+                if !alive {
+                    return;
+                }
+            }
+            () = traffic.tripped() => {}
+        }
         controller.guard_tick().await;
     }
 }

@@ -8,5 +8,7 @@
 //!
 //! - `canary_guard`: a canary failing under user load is aborted within its bounds, blocked
 //!   until an override; a promote or a switch the guard overtakes during its gate is refused.
+//! - `canary_tripwire`: the guard trips on the request that crosses its limit, not on its tick.
 
 mod canary_guard;
+mod canary_tripwire;
