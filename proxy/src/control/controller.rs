@@ -456,6 +456,7 @@ impl Controller {
     /// Ends the canary without waiting for `ops`: users must not wait for
     /// an operator's gate to be protected.
     fn guard_abort(&self, canary: Canary, breach: Breach) {
+        let watched = self.traffic.watch_counts();
         let (next, cleared) = self.clear_canary(canary);
         if !cleared {
             return;
@@ -474,7 +475,11 @@ impl Controller {
             .slot_from(canary.slot)
             .slot_to(next.active)
             .releases([self.release(canary.slot), self.release(next.active)])
-            .detail(serde_json::json!({ "percent": canary.percent, "failed_requests": failed })),
+            .detail(serde_json::json!({
+                "percent": canary.percent,
+                "failed_requests": failed,
+                "since_start": watched,
+            })),
         );
     }
 
@@ -485,6 +490,7 @@ impl Controller {
             return;
         }
         let Breach { reason, failed } = breach;
+        let watched = self.traffic.watch_counts();
         let pulled = self.deployment(bad, &current);
         if !self
             .lock_guard()
@@ -510,7 +516,7 @@ impl Controller {
             return;
         }
         let why = format!("the guard rolled back: {reason}");
-        let detail = serde_json::json!({ "failed_requests": failed });
+        let detail = serde_json::json!({ "failed_requests": failed, "since_switch": watched });
         if let Ok(next) = self
             .commit_switch(to, Cutover::GuardRollback, why, detail, None)
             .await

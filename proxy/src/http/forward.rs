@@ -1,7 +1,9 @@
 //! The request path of the public listener: load the routing snapshot once,
 //! pick the slot, rewrite the headers, send through the slot's pooled
 //! client, and stream the answer back; retry once on the other slot when
-//! that is safe. Nothing here blocks or buffers a body.
+//! that is safe, and send a failed request of the release the guard watches
+//! (a canary, a new active slot in its bake) once to the stable one, which
+//! answers the user. Nothing here blocks or buffers a body.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -66,6 +68,10 @@ struct Clock<'a> {
 /// there is none and whether the request may go to the other slot.
 enum Attempt {
     Answered(Response<ResponseBody>, InFlight),
+    /// A 5xx of the watched release that may be sent to the stable one:
+    /// nothing of it has passed to the client, and its request body is
+    /// here to send again.
+    ServerError(Response<ResponseBody>, InFlight, Resend),
     Failed {
         error: UpstreamError,
         kind: Option<FailureKind>,
@@ -147,9 +153,14 @@ impl Forwarder {
         let route = snap.route(&parts.headers);
         let upstream = snap.upstream(route.slot);
         let other = route.slot.other();
-        let alternate =
-            (snap.policy.retry && snap.can_take_over(other)).then(|| snap.upstream(other));
         let policy = &*snap.policy;
+        // The release the guard watches is judged by its own answers, but a
+        // user gets the stable release's when it fails.
+        let answer_for = policy.answer_from_stable
+            && self.traffic.watched() == Some(route.slot)
+            && snap.can_take_over(other);
+        let alternate = ((policy.retry || answer_for) && snap.can_take_over(other))
+            .then(|| snap.upstream(other));
         if seen.content_length()
             && let Some(length) = content_length(&parts)
             && length > policy.max_body_bytes
@@ -187,6 +198,8 @@ impl Forwarder {
         // Kept only when a retry is possible: the attempt consumes `parts`.
         let retry_parts = alternate.as_ref().map(|_| parts.clone());
         let can_retry = retry_parts.is_some();
+        let replay_safe = parts.method.is_idempotent() || policy.retry_writes;
+        let answer_5xx = answer_for && can_retry && replay_safe;
 
         let (result, answered_by) = match self
             .attempt(
@@ -194,7 +207,10 @@ impl Forwarder {
                 parts,
                 Resend::Unsent(body),
                 policy,
-                can_retry,
+                Resending {
+                    may: can_retry,
+                    server_error: answer_5xx,
+                },
                 Clock {
                     alarm,
                     began: started,
@@ -203,11 +219,31 @@ impl Forwarder {
             .await
         {
             Attempt::Answered(response, in_flight) => (Ok((response, in_flight)), upstream),
+            Attempt::ServerError(response, in_flight, body) => match (alternate, retry_parts) {
+                (Some(other), Some(parts)) => {
+                    let status = response.status().as_u16();
+                    // Its answer is dropped unread: the user gets the stable one's.
+                    drop((response, in_flight));
+                    self.charge_watched(upstream.slot, Outcome::Answered(status), started);
+                    tracing::info!(from = %upstream.slot, to = %other.slot, status, "the stable release answers for the watched one");
+                    Box::pin(self.answer_for(other, parts, body, policy, alarm)).await
+                }
+                _ => (Ok((response, in_flight)), upstream),
+            },
             Attempt::Failed { error, kind, body } => {
                 self.record_failure(upstream, kind, &error);
                 match (alternate, retry_parts, body) {
                     (Some(other), Some(parts), Some(body))
-                        if may_retry(&parts.method, &error, policy) =>
+                        if answer_for && replay_safe_or_unsent(replay_safe, &error) =>
+                    {
+                        if let Some(kind) = kind {
+                            self.charge_watched(upstream.slot, Outcome::Failed(kind), started);
+                        }
+                        tracing::info!(from = %upstream.slot, to = %other.slot, error = %error, "the stable release answers for the watched one");
+                        Box::pin(self.answer_for(other, parts, body, policy, alarm)).await
+                    }
+                    (Some(other), Some(parts), Some(body))
+                        if policy.retry && may_retry(&parts.method, &error, policy) =>
                     {
                         tracing::info!(from = %upstream.slot, to = %other.slot, error = %error, "retrying on the other slot");
                         self.metrics.retried();
@@ -219,14 +255,15 @@ impl Forwarder {
                             parts,
                             body,
                             policy,
-                            false,
+                            Resending::NEVER,
                             Clock {
                                 alarm,
                                 began: Instant::now(),
                             },
                         );
                         match Box::pin(retry).await {
-                            Attempt::Answered(response, in_flight) => {
+                            Attempt::Answered(response, in_flight)
+                            | Attempt::ServerError(response, in_flight, _) => {
                                 (Ok((response, in_flight)), other)
                             }
                             Attempt::Failed { error, kind, .. } => {
@@ -246,7 +283,9 @@ impl Forwarder {
             Ok((response, in_flight)) => {
                 let (mut parts, body) = response.into_parts();
                 let outcome = Outcome::Answered(parts.status.as_u16());
-                self.traffic.record(slot, outcome, latency, finished);
+                if self.traffic.record(slot, outcome, latency, finished) {
+                    self.metrics.watched_failure();
+                }
                 self.metrics.record(slot, outcome, latency.as_secs_f64());
                 // The upstream client's parser kept the hop-by-hop headers out of the map.
                 parts.headers.insert(&X_REQUEST_ID, request_id);
@@ -255,8 +294,12 @@ impl Forwarder {
             Err((error, kind)) => {
                 // A refused client body is the client's doing: not an upstream failure.
                 if let Some(kind) = kind {
-                    self.traffic
-                        .record(slot, Outcome::Failed(kind), latency, finished);
+                    if self
+                        .traffic
+                        .record(slot, Outcome::Failed(kind), latency, finished)
+                    {
+                        self.metrics.watched_failure();
+                    }
                     self.metrics
                         .record(slot, Outcome::Failed(kind), latency.as_secs_f64());
                 }
@@ -267,15 +310,63 @@ impl Forwarder {
         https::with_hsts(answer, conn.transport, https)
     }
 
+    /// Charges the watched slot with a failed attempt the user does not
+    /// see: the guard judges it all the same. Counted as the watched
+    /// release's failure even when the guard stopped watching meanwhile:
+    /// the request went to it while watched, and the stable release's
+    /// answer is counted too.
+    fn charge_watched(&self, slot: crate::slot::Slot, outcome: Outcome, started: Instant) {
+        let now = Instant::now();
+        self.traffic
+            .charge(slot, outcome, now.saturating_duration_since(started), now);
+        self.metrics.watched_failure();
+    }
+
+    /// Sends a failed request of the watched release once to the stable
+    /// one, `stable`; whatever it answers (a 5xx too) is the user's answer.
+    async fn answer_for<'a>(
+        &self,
+        stable: &'a Arc<Upstream>,
+        parts: Parts,
+        body: Resend,
+        policy: &Policy,
+        alarm: &Alarm,
+    ) -> (
+        Result<(Response<ResponseBody>, InFlight), (UpstreamError, Option<FailureKind>)>,
+        &'a Arc<Upstream>,
+    ) {
+        self.metrics.retried();
+        let clock = Clock {
+            alarm,
+            began: Instant::now(),
+        };
+        match self
+            .attempt(stable, parts, body, policy, Resending::NEVER, clock)
+            .await
+        {
+            Attempt::Answered(response, in_flight)
+            | Attempt::ServerError(response, in_flight, _) => {
+                self.metrics.answered_by_stable();
+                self.traffic.answered_by_stable(stable.slot.other());
+                (Ok((response, in_flight)), stable)
+            }
+            Attempt::Failed { error, kind, .. } => {
+                self.record_failure(stable, kind, &error);
+                (Err((error, kind)), stable)
+            }
+        }
+    }
+
     async fn attempt(
         &self,
         upstream: &Arc<Upstream>,
         parts: Parts,
         body: Resend,
         policy: &Policy,
-        may_resend: bool,
+        resending: Resending,
         clock: Clock<'_>,
     ) -> Attempt {
+        let may_resend = resending.may;
         let limits = BodyLimits {
             max_bytes: policy.max_body_bytes,
             timeout: policy.body_timeout,
@@ -302,13 +393,24 @@ impl Forwarder {
         match sent {
             Waited::Done(Ok(response)) => {
                 upstream.passive_success();
+                if resending.server_error
+                    && response.status().is_server_error()
+                    && let Some(body) = shared.take_for_resend()
+                {
+                    return Attempt::ServerError(response, in_flight, body);
+                }
                 Attempt::Answered(response, in_flight)
             }
             Waited::Done(Err(e)) => classify(&e, &shared),
+            // The send was dropped: the body, if whole, may go elsewhere.
             Waited::TimedOut => Attempt::Failed {
                 error: UpstreamError::Timeout,
                 kind: Some(FailureKind::Timeout),
-                body: None,
+                body: if may_resend {
+                    shared.take_for_resend()
+                } else {
+                    None
+                },
             },
             Waited::Cut => Attempt::Failed {
                 error: UpstreamError::ShuttingDown,
@@ -377,6 +479,33 @@ fn classify(e: &SendError, shared: &BodyShared) -> Attempt {
             kind: Some(FailureKind::Reset),
             body,
         },
+    }
+}
+
+/// What an attempt may leave to send again.
+#[derive(Clone, Copy)]
+struct Resending {
+    /// Its body is kept (within `REPLAY_LIMIT`) for a resend.
+    may: bool,
+    /// A 5xx is not answered but handed back with the body to send again.
+    server_error: bool,
+}
+
+impl Resending {
+    const NEVER: Resending = Resending {
+        may: false,
+        server_error: false,
+    };
+}
+
+/// Whether a failed attempt of the watched release may go to the stable
+/// one: a refused connection never reached it; after a reset or a timeout
+/// the release may have acted on the request, so only a replay-safe one.
+fn replay_safe_or_unsent(replay_safe: bool, error: &UpstreamError) -> bool {
+    match error {
+        UpstreamError::Connect(_) => true,
+        UpstreamError::Failed(_) | UpstreamError::Timeout => replay_safe,
+        _ => false,
     }
 }
 

@@ -122,6 +122,9 @@ struct Tripwire {
     min_requests: AtomicU64,
     /// `max_failure_ratio` as `f64` bits.
     max_ratio: AtomicU64,
+    /// Of `failures`, those the stable release answered for (the user got
+    /// its answer instead).
+    answered_by_stable: AtomicU64,
     /// Set by the request that crossed the limit, so that one wake is sent
     /// per crossing; cleared by the guard when it found nothing to act on.
     tripped: AtomicBool,
@@ -135,6 +138,7 @@ impl Tripwire {
             watched: AtomicU8::new(UNWATCHED),
             count: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            answered_by_stable: AtomicU64::new(0),
             min_requests: AtomicU64::new(u64::MAX),
             max_ratio: AtomicU64::new(f64::INFINITY.to_bits()),
             tripped: AtomicBool::new(false),
@@ -143,11 +147,12 @@ impl Tripwire {
     }
 
     /// One outcome of `slot`: counted if `slot` is watched; the request
-    /// that crosses the limit wakes the guard.
-    fn record(&self, slot: Slot, failed: bool) {
+    /// that crosses the limit wakes the guard. `true` for a failure of the
+    /// watched slot.
+    fn record(&self, slot: Slot, failed: bool) -> bool {
         // The one check every request pays while nothing is watched.
         if self.watched.load(Ordering::Acquire) != slot.index() as u8 + 1 {
-            return;
+            return false;
         }
         let count = self.count.fetch_add(1, Ordering::AcqRel) + 1;
         let failures = if failed {
@@ -162,7 +167,17 @@ impl Tripwire {
         {
             self.wake.notify_one();
         }
+        failed
     }
+}
+
+/// What the watched slot did since the watch began, for the guard's event.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct WatchCounts {
+    pub requests: u64,
+    pub failures: u64,
+    /// Failures the stable release answered for.
+    pub answered_by_stable: u64,
 }
 
 impl Default for Traffic {
@@ -193,6 +208,7 @@ impl Traffic {
         t.watched.store(UNWATCHED, Ordering::Release);
         t.count.store(0, Ordering::Relaxed);
         t.failures.store(0, Ordering::Relaxed);
+        t.answered_by_stable.store(0, Ordering::Relaxed);
         self.watch_limits(min_requests, max_failure_ratio);
         t.tripped.store(false, Ordering::Relaxed);
         t.watched.store(slot.index() as u8 + 1, Ordering::Release);
@@ -219,6 +235,24 @@ impl Traffic {
         }
     }
 
+    /// The counts of the current (or last) watch.
+    pub fn watch_counts(&self) -> WatchCounts {
+        let t = &self.tripwire;
+        WatchCounts {
+            requests: t.count.load(Ordering::Acquire),
+            failures: t.failures.load(Ordering::Acquire),
+            answered_by_stable: t.answered_by_stable.load(Ordering::Acquire),
+        }
+    }
+
+    /// The stable release answered for a failed request of `watched`.
+    pub fn answered_by_stable(&self, watched: Slot) {
+        let t = &self.tripwire;
+        if t.watched.load(Ordering::Acquire) == watched.index() as u8 + 1 {
+            t.answered_by_stable.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Waits until a request crosses the watched slot's limit (at once if
     /// one did since the last wait). Cancel-safe.
     pub async fn tripped(&self) {
@@ -242,12 +276,26 @@ impl Traffic {
 
     /// Records one user request's outcome, which came `at` (the caller's
     /// reading of the clock for the latency: one read fewer per request).
-    pub fn record(&self, slot: Slot, outcome: Outcome, latency: Duration, at: Instant) {
+    /// `true` for a failure of the slot the guard watches.
+    pub fn record(&self, slot: Slot, outcome: Outcome, latency: Duration, at: Instant) -> bool {
         let s = &self.slots[slot.index()];
         s.requests.fetch_add(1, Ordering::Relaxed);
         if outcome.is_failure() {
             s.failures.fetch_add(1, Ordering::Relaxed);
         }
+        self.judge(slot, outcome, latency, at)
+    }
+
+    /// Charges `slot` with an attempt whose failure the user did not see
+    /// (another slot answered): the guard judges it, the totals of what
+    /// users saw (incidents, budget) do not count it.
+    pub fn charge(&self, slot: Slot, outcome: Outcome, latency: Duration, at: Instant) -> bool {
+        self.judge(slot, outcome, latency, at)
+    }
+
+    /// The window and the tripwire: what the guard judges.
+    fn judge(&self, slot: Slot, outcome: Outcome, latency: Duration, at: Instant) -> bool {
+        let s = &self.slots[slot.index()];
         let now = self.second_of(at);
         let bucket = &s.buckets[(now % BUCKETS as u64) as usize];
         let seen = bucket.second.load(Ordering::Acquire);
@@ -280,7 +328,7 @@ impl Traffic {
             Ordering::Relaxed,
         );
         // Last: the window holds this outcome when the guard wakes to it.
-        self.tripwire.record(slot, outcome.is_failure());
+        self.tripwire.record(slot, outcome.is_failure())
     }
 
     /// The last `window` (whole seconds, the current one included) of `slot`.
