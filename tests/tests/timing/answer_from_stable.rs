@@ -36,8 +36,8 @@ struct Seen {
     created: Option<String>,
 }
 
-/// Users with a cookie jar each, following links and creating through the form and the API
-/// in turn, until `stop` or `max` requests each.
+/// Users with a cookie jar each (bucket `task * 100 / TASKS`), following links and creating
+/// through the form and the API in turn, until `stop` or `MAX_PER_TASK` requests each.
 fn users(
     base: &str,
     links: &[(String, String)],
@@ -49,9 +49,14 @@ fn users(
             let links = links.to_vec();
             let stop = Arc::clone(stop);
             tokio::spawn(async move {
+                // Buckets spread evenly over the users, so that a 20% canary has its users
+                // (two of eight) whatever the draw; the proxy's cookie is kept from there.
+                let jar = Arc::new(reqwest::cookie::Jar::default());
+                let url = base.parse().expect("the proxy's base URL parses");
+                jar.add_cookie_str(&format!("bg_bucket={}; Path=/", task * 100 / TASKS), &url);
                 let client = reqwest::Client::builder()
                     .no_proxy()
-                    .cookie_store(true)
+                    .cookie_provider(jar)
                     .redirect(Policy::none())
                     .timeout(REQUEST_TIMEOUT)
                     .build()
