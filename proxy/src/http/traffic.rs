@@ -497,4 +497,35 @@ mod tests {
 
         assert!(!woken(&t).await, "1 of 1 since the watch began");
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_charged_attempt_is_judged_but_not_counted_as_what_users_saw() {
+        // Arrange: green is watched; blue answered for its failure.
+        let t = Traffic::new();
+        t.watch(Slot::Green, 1, 0.02);
+
+        // Act
+        let watched = t.charge(
+            Slot::Green,
+            Outcome::Answered(500),
+            Duration::ZERO,
+            Instant::now(),
+        );
+        t.answered_by_stable(Slot::Green);
+        t.answered_by_stable(Slot::Blue);
+
+        // Assert: the guard sees it (window, tripwire), incidents and budget do not.
+        assert!(watched);
+        assert_eq!(t.window(Slot::Green, Duration::from_secs(30)).failures(), 1);
+        assert_eq!(t.totals(Slot::Green), Totals::default());
+        assert!(woken(&t).await);
+        assert_eq!(
+            t.watch_counts(),
+            WatchCounts {
+                requests: 1,
+                failures: 1,
+                answered_by_stable: 1
+            }
+        );
+    }
 }
