@@ -62,6 +62,7 @@ pub mod defaults {
     pub const GUARD_MARGIN: f64 = 0.01;
     pub const GUARD_MIN_REQUESTS: u64 = 20;
     pub const GUARD_BAKE_MS: u64 = 60_000;
+    pub const GUARD_ANSWER_FROM_STABLE: bool = true;
     pub const INCIDENT_FAILURES: u64 = 5;
     pub const INCIDENT_QUIET_MS: u64 = 60_000;
     pub const SLA_ALLOWED: &str = "20m";
@@ -168,6 +169,9 @@ pub struct GuardCfg {
     pub min_requests: u64,
     /// How long the new active slot is watched after a switch or promote.
     pub bake: Duration,
+    /// A failed request of the watched release (a canary, or the new active
+    /// slot in its bake) is sent once to the stable one, when it may be.
+    pub answer_from_stable: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

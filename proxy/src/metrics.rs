@@ -35,6 +35,11 @@ pub struct Metrics {
     /// one turned out closed.
     reconnects: [Counter; 2],
     retries: Counter,
+    /// Failed requests of the release the guard watches (a canary, or the
+    /// new active slot in its bake), the user's or charged only.
+    watched_failures: Counter,
+    /// Of those, the ones the stable release answered for.
+    answered_by_stable: Counter,
     latency: [Histogram; 2],
     active: Family<Labels, Gauge>,
     canary_percent: Gauge,
@@ -129,6 +134,18 @@ impl Metrics {
             "User requests retried on the other slot",
             retries.clone(),
         );
+        let watched_failures = Counter::default();
+        registry.register(
+            "guard_watched_failures",
+            "Failed requests of the release the guard watches (canary, or new active slot in its bake)",
+            watched_failures.clone(),
+        );
+        let answered_by_stable = Counter::default();
+        registry.register(
+            "guard_answered_by_stable",
+            "Failed requests of the watched release that the stable release answered instead",
+            answered_by_stable.clone(),
+        );
         let active = Family::<Labels, Gauge>::default();
         registry.register(
             "active_slot",
@@ -201,6 +218,8 @@ impl Metrics {
             client_failures,
             reconnects,
             retries,
+            watched_failures,
+            answered_by_stable,
             latency,
             active,
             canary_percent,
@@ -254,6 +273,16 @@ impl Metrics {
 
     pub fn retried(&self) {
         self.retries.inc();
+    }
+
+    /// A request of the watched release failed.
+    pub fn watched_failure(&self) {
+        self.watched_failures.inc();
+    }
+
+    /// The stable release answered for a failed request of the watched one.
+    pub fn answered_by_stable(&self) {
+        self.answered_by_stable.inc();
     }
 
     pub fn set_routing(&self, active: Slot, canary_percent: u8) {

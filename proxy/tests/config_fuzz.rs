@@ -64,6 +64,7 @@ const KEYS: &[&str] = &[
     "margin",
     "min_requests",
     "bake_ms",
+    "answer_from_stable",
     "failure_threshold",
     "quiet_ms",
     "allowed_downtime",

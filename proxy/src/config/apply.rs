@@ -130,6 +130,7 @@ impl Config {
             margin,
             min_requests,
             bake,
+            answer_from_stable,
         } = guard;
         let IncidentsCfg {
             failure_threshold,
@@ -345,6 +346,13 @@ impl Config {
                     min_requests,
                 ),
                 bake: d.key("guard.bake_ms", LIVE, &run.guard.bake, bake),
+                // Read per request from the routing policy.
+                answer_from_stable: d.key(
+                    "guard.answer_from_stable",
+                    LIVE,
+                    &run.guard.answer_from_stable,
+                    answer_from_stable,
+                ),
             },
             // The incident detector, the budget and the notifier are started
             // with their settings.
@@ -505,6 +513,7 @@ mod tests {
         ("guard.margin", "0.5", LIVE),
         ("guard.min_requests", "7", LIVE),
         ("guard.bake_ms", "7", LIVE),
+        ("guard.answer_from_stable", "false", LIVE),
         ("incidents.failure_threshold", "7", RESTART),
         ("incidents.quiet_ms", "7", RESTART),
         ("sla.allowed_downtime", "\"7m\"", RESTART),

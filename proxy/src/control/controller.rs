@@ -371,6 +371,10 @@ impl Controller {
                 .with_canary(Some(PersistedCanary { slot, percent })),
         )
         .await?;
+        if change == CanaryChange::Start {
+            // Armed before the first request can reach the canary.
+            self.arm_tripwire(slot);
+        }
         let next = self.router.update(|snap| {
             let mut next = snap.to_builder();
             next.canary = Some(Canary { slot, percent });
@@ -466,14 +470,39 @@ impl Controller {
         self.config.store(Arc::new(config));
     }
 
-    /// One evaluation of the guard, applied.
+    /// One evaluation of the guard, applied. Also ends the tripwire once the
+    /// guard watches nothing (a bake ends by the clock), gives it the
+    /// current limits, and re-arms it when it woke the guard for nothing to
+    /// act on.
     pub async fn guard_tick(&self) {
         let cfg = self.guard_config();
         let snap = self.router.load_full();
-        let verdict = self
-            .lock_guard()
-            .evaluate(&snap, &*self.traffic, &cfg, Instant::now());
+        let now = Instant::now();
+        let (verdict, watching) = {
+            let guard = self.lock_guard();
+            (
+                guard.evaluate(&snap, &*self.traffic, &cfg, now),
+                guard.view(&snap, now).watching,
+            )
+        };
+        if verdict == Verdict::Fine {
+            if watching.is_none() {
+                self.traffic.unwatch();
+            } else {
+                // The limits are live settings.
+                self.traffic
+                    .watch_limits(cfg.min_requests, cfg.max_failure_ratio);
+            }
+            self.traffic.rearm();
+        }
         self.enforce(verdict).await;
+    }
+
+    /// Watches `slot`'s user outcomes from now against the guard's limit.
+    fn arm_tripwire(&self, slot: Slot) {
+        let cfg = self.guard_config();
+        self.traffic
+            .watch(slot, cfg.min_requests, cfg.max_failure_ratio);
     }
 
     /// Applies a verdict of the guard. A verdict about a canary or a bake
@@ -490,6 +519,7 @@ impl Controller {
     /// Ends the canary without waiting for `ops`: users must not wait for
     /// an operator's gate to be protected.
     async fn guard_abort(&self, canary: Canary, breach: Breach) {
+        let watched = self.traffic.watch_counts();
         let (next, cleared) = self.clear_canary(canary).await;
         if !cleared {
             return;
@@ -509,7 +539,11 @@ impl Controller {
             .slot_from(canary.slot)
             .slot_to(next.active)
             .releases([self.release(canary.slot), self.release(next.active)])
-            .detail(serde_json::json!({ "percent": canary.percent, "failed_requests": failed })),
+            .detail(serde_json::json!({
+                "percent": canary.percent,
+                "failed_requests": failed,
+                "since_start": watched,
+            })),
         );
     }
 
@@ -522,6 +556,7 @@ impl Controller {
             return;
         }
         let Breach { reason, failed } = breach;
+        let watched = self.traffic.watch_counts();
         let pulled = self.deployment(bad, &current);
         if !self
             .lock_guard()
@@ -547,7 +582,7 @@ impl Controller {
             return;
         }
         let why = format!("the guard rolled back: {reason}");
-        let detail = serde_json::json!({ "failed_requests": failed });
+        let detail = serde_json::json!({ "failed_requests": failed, "since_switch": watched });
         if let Ok(next) = self
             .commit_switch(to, Cutover::GuardRollback, why, detail, None)
             .await
@@ -570,6 +605,9 @@ impl Controller {
             next
         });
         self.lock_guard().canary_ended();
+        if self.traffic.watched() == Some(canary.slot) {
+            self.traffic.unwatch();
+        }
         self.save_state().await;
         self.metrics.set_routing(next.active, 0);
         (next, cleared)
@@ -698,6 +736,12 @@ impl Controller {
         )
         .await?;
         let config = self.config.load_full();
+        // Armed before the first request reaches the new active slot.
+        if cutover.bakes() && !config.guard.bake.is_zero() {
+            self.arm_tripwire(to);
+        } else {
+            self.traffic.unwatch();
+        }
         let next = self.router.update(|snap| {
             let mut next = snap.to_builder();
             next.active = to;
@@ -781,10 +825,21 @@ impl Controller {
     }
 }
 
-/// Evaluates the guard every interval until `shutdown` changes.
+/// Evaluates the guard every interval, and at once when a request crosses
+/// the watched slot's limit, until `shutdown` changes.
 pub async fn run_guard(controller: Arc<Controller>, shutdown: tokio::sync::watch::Receiver<bool>) {
     let mut ticker = Ticker::new(controller.guard_config().interval, shutdown);
-    while ticker.tick().await {
+    let traffic = Arc::clone(&controller.traffic);
+    loop {
+        tokio::select! {
+            biased;
+            alive = ticker.tick() => {
+                if !alive {
+                    return;
+                }
+            }
+            () = traffic.tripped() => {}
+        }
         controller.guard_tick().await;
     }
 }

@@ -75,7 +75,7 @@ pub enum Cutover {
 
 impl Cutover {
     /// A release users have not all seen yet: watched through a bake.
-    fn bakes(self) -> bool {
+    pub fn bakes(self) -> bool {
         matches!(self, Cutover::Switch | Cutover::Promote)
     }
 

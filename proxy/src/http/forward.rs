@@ -3,8 +3,10 @@
 //! client, and stream the answer back. A failed attempt says who caused it
 //! and whether it may go again (`outcome::Failure`): once more on a new
 //! connection when a pooled one turned out closed, once to the other slot
-//! when nothing of an answer came back and a replay is safe. Nothing here
-//! blocks or buffers a body.
+//! when nothing of an answer came back and a replay is safe. A request of
+//! the release the guard watches (a canary, a new active slot in its bake)
+//! that the upstream failed is charged to it and sent once to the stable
+//! release, which answers the user. Nothing here blocks or buffers a body.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -73,7 +75,40 @@ struct Clock<'a> {
 /// there is none.
 enum Attempt {
     Answered(Response<ResponseBody>, InFlight),
+    /// A 5xx head of the watched release, handed back unanswered (nothing of
+    /// it has passed to the client) with its request body to send again.
+    ServerError(Response<ResponseBody>, InFlight, Resend),
     Failed(AttemptFailed),
+}
+
+/// How an attempt is sent.
+#[derive(Clone, Copy)]
+struct Sending {
+    /// On a new connection, not a pooled one.
+    fresh: bool,
+    /// To the watched release, for a request the stable one may answer: a
+    /// 5xx head is handed back (`Attempt::ServerError`) and a timed-out
+    /// request keeps its body, when it is whole.
+    answering: bool,
+}
+
+impl Sending {
+    const POOLED: Sending = Sending {
+        fresh: false,
+        answering: false,
+    };
+}
+
+/// The request went to the release the guard watches, and the stable one
+/// may answer for it when the upstream fails it.
+struct Watched<'a> {
+    /// The other slot, which can take over.
+    stable: &'a Arc<Upstream>,
+    /// The request's head, for a resend after a 5xx or a timeout (which give
+    /// none back); kept only when a replay is safe.
+    parts: Option<Box<Parts>>,
+    /// When the request came in: the charged attempt's latency counts from it.
+    started: Instant,
 }
 
 /// A failed attempt: what the client would be told, what went wrong and
@@ -180,6 +215,12 @@ impl Forwarder {
         let alternate =
             (snap.policy.retry && snap.can_take_over(other)).then(|| snap.upstream(other));
         let policy = &*snap.policy;
+        // The release the guard watches is judged by its own answers, but a
+        // user gets the stable release's when the upstream fails it.
+        let stable = (policy.answer_from_stable
+            && self.tally.traffic.watched() == Some(route.slot)
+            && snap.can_take_over(other))
+        .then(|| snap.upstream(other));
         if seen.content_length()
             && let Some(length) = content_length(&parts)
             && length > policy.max_body_bytes
@@ -217,6 +258,12 @@ impl Forwarder {
             join_cookies(&mut parts.headers);
         }
         parts.version = Version::HTTP_11;
+        let answering = stable.is_some() && (parts.method.is_idempotent() || policy.retry_writes);
+        let watched = stable.map(|stable| Watched {
+            stable,
+            parts: answering.then(|| Box::new(parts.clone())),
+            started,
+        });
 
         let first = self
             .attempt(
@@ -228,7 +275,10 @@ impl Forwarder {
                     alarm,
                     began: started,
                 },
-                false,
+                Sending {
+                    fresh: false,
+                    answering,
+                },
             )
             .await;
         let (result, answered_by): Ended<'_> = match first {
@@ -236,8 +286,19 @@ impl Forwarder {
             // Boxed: inline, the rare resend's state would make every
             // request's future larger, and hyper moves that into place for
             // each request.
+            Attempt::ServerError(response, in_flight, body) => {
+                Box::pin(self.answer_5xx(
+                    upstream,
+                    (response, in_flight),
+                    body,
+                    watched,
+                    policy,
+                    alarm,
+                ))
+                .await
+            }
             Attempt::Failed(failed) => {
-                Box::pin(self.resend(upstream, alternate, failed, policy, alarm)).await
+                Box::pin(self.resend(upstream, alternate, watched, failed, policy, alarm)).await
             }
         };
         let finished = Instant::now();
@@ -266,27 +327,112 @@ impl Forwarder {
         https::with_hsts(answer, conn.transport, https)
     }
 
+    /// The watched release answered a replay-safe request with a 5xx head:
+    /// the release is charged with it, its answer dropped unread, and the
+    /// stable release answers the user (a 5xx included).
+    async fn answer_5xx<'a>(
+        &self,
+        at: &'a Arc<Upstream>,
+        (response, in_flight): (Response<ResponseBody>, InFlight),
+        body: Resend,
+        watched: Option<Watched<'a>>,
+        policy: &Policy,
+        alarm: &Alarm,
+    ) -> Ended<'a> {
+        // A 5xx is handed back only when the request is watched and its head kept.
+        let Some(Watched {
+            stable,
+            parts: Some(parts),
+            started,
+        }) = watched
+        else {
+            return (Ok((response, in_flight)), at);
+        };
+        let status = response.status().as_u16();
+        drop((response, in_flight));
+        self.charge_watched(at.slot, Outcome::Answered(status), started);
+        tracing::info!(from = %at.slot, to = %stable.slot, status, "the stable release answers for the watched one");
+        self.tally.metrics.retried();
+        let clock = Clock {
+            alarm,
+            began: Instant::now(),
+        };
+        match self
+            .attempt(stable, *parts, body, policy, clock, Sending::POOLED)
+            .await
+        {
+            Attempt::Answered(response, in_flight)
+            | Attempt::ServerError(response, in_flight, _) => {
+                self.answered_by_stable(at.slot);
+                (Ok((response, in_flight)), stable)
+            }
+            // It may yet go once more on a new connection to the stable slot.
+            Attempt::Failed(failed) => self.resend(stable, None, None, failed, policy, alarm).await,
+        }
+    }
+
     /// After a failed first attempt on `at`: sends the request again as the
-    /// failure allows (once more on a new connection to the same slot, once
-    /// to `alternate`), until it is answered or may not go again.
+    /// failure allows (to the stable release when `at` is watched and the
+    /// upstream failed it, once more on a new connection to the same slot,
+    /// once to `alternate`), until it is answered or may not go again.
     async fn resend<'a>(
         &self,
         mut at: &'a Arc<Upstream>,
         alternate: Option<&'a Arc<Upstream>>,
+        mut watched: Option<Watched<'a>>,
         mut failed: AttemptFailed,
         policy: &Policy,
         alarm: &Alarm,
     ) -> Ended<'a> {
         let mut reconnected = false;
         let mut moved = false;
+        // Set once the request left the watched release for the stable one.
+        let mut answering_for = None;
         // Each turn sends again or returns; a turn sets `reconnected` (once
         // per slot) or `moved` (once), so there are four attempts at most.
         loop {
             let replay_safe = failed
                 .parts
                 .as_ref()
+                .or(watched.as_ref().and_then(|w| w.parts.as_ref()))
                 .is_some_and(|parts| parts.method.is_idempotent())
                 || policy.retry_writes;
+            if !moved
+                && let Some(w) = watched.as_mut()
+                && to_stable(&failed.failure, replay_safe)
+                && let (Some(parts), Some(body)) = (
+                    failed.parts.take().or_else(|| w.parts.take()),
+                    failed.body.take(),
+                )
+            {
+                self.record_failure(at, &failed);
+                self.charge_watched(at.slot, Outcome::Failed(failed.failure.kind), w.started);
+                tracing::info!(from = %at.slot, to = %w.stable.slot, error = %failed.error, "the stable release answers for the watched one");
+                self.tally.metrics.retried();
+                answering_for = Some(at.slot);
+                moved = true;
+                reconnected = false;
+                at = w.stable;
+                watched = None;
+                let clock = Clock {
+                    alarm,
+                    began: Instant::now(),
+                };
+                match self
+                    .attempt(at, *parts, body, policy, clock, Sending::POOLED)
+                    .await
+                {
+                    Attempt::Answered(response, in_flight)
+                    | Attempt::ServerError(response, in_flight, _) => {
+                        self.answered_by_stable(at.slot.other());
+                        return (Ok((response, in_flight)), at);
+                    }
+                    Attempt::Failed(next_failed) => {
+                        failed = next_failed;
+                        continue;
+                    }
+                }
+            }
             let (next, fresh) = match failed.failure.retry {
                 Retry::Reconnect if replay_safe && !reconnected => (Some(at), true),
                 Retry::Unsent if !moved => (alternate, false),
@@ -317,11 +463,43 @@ impl Forwarder {
                 alarm,
                 began: Instant::now(),
             };
-            match self.attempt(at, *parts, body, policy, clock, fresh).await {
-                Attempt::Answered(response, in_flight) => return (Ok((response, in_flight)), at),
+            let sending = Sending {
+                fresh,
+                answering: false,
+            };
+            match self.attempt(at, *parts, body, policy, clock, sending).await {
+                Attempt::Answered(response, in_flight)
+                | Attempt::ServerError(response, in_flight, _) => {
+                    if let Some(watched) = answering_for {
+                        self.answered_by_stable(watched);
+                    }
+                    return (Ok((response, in_flight)), at);
+                }
                 Attempt::Failed(next_failed) => failed = next_failed,
             }
         }
+    }
+
+    /// Charges the watched slot with a failed attempt the user does not
+    /// see: the guard judges it all the same. Counted as the watched
+    /// release's failure even when the guard stopped watching meanwhile:
+    /// the request went to it while watched, and the stable release's
+    /// answer is counted too.
+    fn charge_watched(&self, slot: crate::slot::Slot, outcome: Outcome, started: Instant) {
+        if !outcome.counts() {
+            return;
+        }
+        let now = Instant::now();
+        self.tally
+            .traffic
+            .charge(slot, outcome, now.saturating_duration_since(started), now);
+        self.tally.metrics.watched_failure();
+    }
+
+    /// The stable release answered for a failed request of `watched`.
+    fn answered_by_stable(&self, watched: crate::slot::Slot) {
+        self.tally.metrics.answered_by_stable();
+        self.tally.traffic.answered_by_stable(watched);
     }
 
     async fn attempt(
@@ -331,7 +509,7 @@ impl Forwarder {
         body: Resend,
         policy: &Policy,
         clock: Clock<'_>,
-        fresh: bool,
+        sending: Sending,
     ) -> Attempt {
         let limits = BodyLimits {
             max_bytes: policy.max_body_bytes,
@@ -351,7 +529,7 @@ impl Forwarder {
             Request::from_parts(parts, body),
             clock.began,
             &progress,
-            fresh
+            sending.fresh
         ));
         let sent = self
             .deadlines
@@ -366,13 +544,27 @@ impl Forwarder {
         match sent {
             Waited::Done(Ok(response)) => {
                 upstream.passive_success();
+                if sending.answering
+                    && response.status().is_server_error()
+                    && let Some(body) = shared.take_for_resend()
+                {
+                    return Attempt::ServerError(response, in_flight, body);
+                }
                 Attempt::Answered(response, in_flight)
             }
             Waited::Done(Err(e)) => Attempt::Failed(classify(e, &shared)),
-            Waited::TimedOut => Attempt::Failed(AttemptFailed::without_resend(
-                UpstreamError::Timeout,
-                FailureKind::Timeout,
-            )),
+            Waited::TimedOut => Attempt::Failed(AttemptFailed {
+                error: UpstreamError::Timeout,
+                failure: Failure::never(FailureKind::Timeout),
+                // The send was given up: its body, if whole, may go to the
+                // stable release.
+                body: if sending.answering {
+                    shared.take_for_resend()
+                } else {
+                    None
+                },
+                parts: None,
+            }),
             Waited::Cut => Attempt::Failed(AttemptFailed::without_resend(
                 UpstreamError::ShuttingDown,
                 FailureKind::ShuttingDown,
@@ -399,6 +591,25 @@ impl Forwarder {
                 &failed.error.to_string(),
             );
         }
+    }
+}
+
+/// Whether a failed attempt of the watched release may go to the stable
+/// one: only a failure the upstream caused, and nothing of an answer came
+/// back (a response that started is never sent again). A refused
+/// connection never reached it; after a reset or a timeout the release may
+/// have acted on the request, so only when a replay is safe. A pooled
+/// connection found closed is first sent again on a new one (no failure of
+/// the release).
+fn to_stable(failure: &Failure, replay_safe: bool) -> bool {
+    if failure.kind.source() != Source::Upstream {
+        return false;
+    }
+    match failure.retry {
+        Retry::Unsent => true,
+        Retry::Replayable => replay_safe,
+        Retry::Never => failure.kind == FailureKind::Timeout && replay_safe,
+        Retry::Reconnect => false,
     }
 }
 

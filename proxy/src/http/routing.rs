@@ -39,6 +39,8 @@ pub struct Policy {
     pub body_timeout: Duration,
     /// The TLS listener's certificates, the redirect and HSTS; none without TLS.
     pub https: Option<Arc<Https>>,
+    /// The stable release answers for a failed request of the watched one.
+    pub answer_from_stable: bool,
 }
 
 impl Policy {
@@ -52,6 +54,7 @@ impl Policy {
             max_body_bytes: config.limits.max_body_bytes,
             body_timeout: config.limits.body_timeout,
             https: Https::from_config(config),
+            answer_from_stable: config.guard.answer_from_stable,
         }
     }
 }

@@ -19,7 +19,9 @@ impl Tally {
     /// Counts a request's outcome on `slot`; `latency` is the time to the
     /// response head (zero without one), `at` when the outcome was known.
     pub fn request(&self, slot: Slot, outcome: Outcome, latency: Duration, at: Instant) {
-        self.traffic.record(slot, outcome, latency, at);
+        if self.traffic.record(slot, outcome, latency, at) {
+            self.metrics.watched_failure();
+        }
         self.metrics.record(slot, outcome, latency.as_secs_f64());
     }
 }
