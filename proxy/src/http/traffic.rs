@@ -513,6 +513,27 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_clients_fault_is_never_charged_to_the_watched_slot() {
+        // Arrange: green is watched, one request enough to judge.
+        let t = Traffic::new();
+        t.watch(Slot::Green, 1, 0.02);
+
+        // Act
+        let watched = t.charge(
+            Slot::Green,
+            Outcome::Failed(FailureKind::ClientTimeout),
+            Duration::ZERO,
+            Instant::now(),
+        );
+
+        // Assert: neither the window nor the tripwire saw it.
+        assert!(!watched);
+        assert_eq!(t.window(Slot::Green, Duration::from_secs(30)).count, 0);
+        assert_eq!(t.watch_counts(), WatchCounts::default());
+        assert!(!woken(&t).await);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_charged_attempt_is_judged_but_not_counted_as_what_users_saw() {
         // Arrange: green is watched; blue answered for its failure.
         let t = Traffic::new();
