@@ -25,6 +25,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const HEALTH_SCENARIO: &str = "[[scenario]]\nname = \"health\"\n[[scenario.step]]\nname = \"healthz\"\npath = \"/healthz\"\nexpect_status = 200\n";
 /// No checks after the first (only user requests move the health verdict), no bake.
 const QUIET: &str = "[health]\ninterval_ms = 600000\n\n[guard]\nbake_ms = 0\n";
+/// As `QUIET`, but blue is watched in a bake for the whole test, with the stable release
+/// (green) answering for it, and its tick far away.
+const BAKING: &str = "[health]\ninterval_ms = 600000\n\n[guard]\nbake_ms = 600000\n\
+                      interval_ms = 600000\nmin_requests = 1000\nanswer_from_stable = true\n";
 
 /// A hostile blue, a vetted recorder on green, and a proxy in front; fields drop in order.
 struct Setup {
@@ -37,6 +41,15 @@ struct Setup {
 impl Setup {
     /// Blue answers user request `n` with `script(n)`; `toml` is added to the config.
     async fn start(toml: &str, script: impl Fn(usize) -> Reply + Send + Sync + 'static) -> Setup {
+        Setup::start_with(QUIET, toml, script).await
+    }
+
+    /// As `start`, with `base` in place of `QUIET`.
+    async fn start_with(
+        base: &str,
+        toml: &str,
+        script: impl Fn(usize) -> Reply + Send + Sync + 'static,
+    ) -> Setup {
         let blue = Hostile::start(script).await;
         let green = Recorder::start().await;
         let dir = tempfile::Builder::new()
@@ -48,7 +61,7 @@ impl Setup {
             .green(green.addr())
             .gate(1, 10_000)
             .scenarios(HEALTH_SCENARIO)
-            .extra_toml(&format!("{QUIET}\n{toml}"))
+            .extra_toml(&format!("{base}\n{toml}"))
             .start(dir.path())
             .await;
         // Both releases pass the gate, so green could take a resend.
@@ -581,6 +594,56 @@ async fn row04_a_client_too_slow_for_the_body_timeout_gets_408_never_charged_to_
         "the client's fault, not the slot's: {counted:?}"
     );
     assert!(setup.blue_healthy().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_too_slow_for_a_baking_release_is_neither_resent_to_the_stable_one_nor_charged() {
+    // Arrange: blue bakes (the guard watches it) and answers 500; green may answer for it,
+    // and writes may be resent.
+    let setup = Setup::start_with(
+        BAKING,
+        "[forwarding]\nretry_writes = true\n\n[timeouts]\nresponse_header_ms = 30000\n\n\
+         [limits]\nbody_timeout_ms = 1000\n",
+        |_| {
+            Reply::bytes(
+                "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 4\r\n\r\nfail",
+                Then::KeepOpen,
+            )
+        },
+    )
+    .await;
+    let watched = |m: &Samples| m.get("bluegreen_guard_watched_failures_total", &[]);
+    let before = watched(&Samples::scrape(&setup.proxy).await);
+
+    // Act: a whole upload first (blue's 500 is the upstream's fault), then one whose client
+    // stops mid-body.
+    let whole = slow_upload(
+        setup.proxy.public_addr(),
+        2,
+        b"01",
+        Duration::from_millis(10),
+    )
+    .await;
+    let answered_for = setup.green_requests();
+    let slow = slow_upload(
+        setup.proxy.public_addr(),
+        10,
+        b"01234",
+        Duration::from_millis(400),
+    )
+    .await;
+    let charged = watched(&Samples::scrape(&setup.proxy).await) - before;
+
+    // Assert: the stable release answered for the upstream's failure, and for it alone.
+    assert_eq!(whole, Ok(200), "green answers for blue's 500");
+    assert_eq!(answered_for, 1, "blue's 500 went to green once");
+    assert_eq!(slow, Ok(408));
+    assert_eq!(
+        setup.green_requests(),
+        1,
+        "a client's fault is never resent to the stable release"
+    );
+    assert_eq!(charged, 1.0, "only blue's 500 is charged to it");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
