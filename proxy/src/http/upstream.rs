@@ -382,6 +382,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_refused_body_costs_its_connection_and_a_refused_get_does_not() {
+        // Arrange: an upstream that answers 413 to everything and says
+        // nothing about closing, as hyper's server does before it closes.
+        let answer = b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 0\r\n\r\n";
+        let (addr, accepted) = scripted_server(answer, usize::MAX).await;
+        let upstream = upstream(addr, Duration::from_secs(60));
+        let post = || request(Method::POST, vec![Bytes::from_static(b"{}")]);
+
+        // Act
+        for req in [post(), post(), get(), get()] {
+            let (status, _) = exchange_with(&upstream, req).await.expect("an answer");
+            assert_eq!(status, http::StatusCode::PAYLOAD_TOO_LARGE);
+        }
+
+        // Assert: each refused POST left its connection; the GETs shared one.
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
     async fn a_chunked_response_is_decoded_and_its_connection_reused() {
         let answer = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1\r\no\r\n1;x=y\r\nk\r\n0\r\n\r\n";
         assert_eq!(connections_for_two(answer, usize::MAX, "ok").await, 1);

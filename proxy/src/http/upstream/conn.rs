@@ -201,8 +201,15 @@ impl Conn {
                 });
             }
         };
+        // An upstream that refuses a request with a body (a 413, a 401) often
+        // closes without reading the rest of the body and without saying
+        // `Connection: close` (hyper's server does): kept, the connection
+        // would take the next request just as the close arrives, and a write
+        // cannot be resent. The rare refusal costs one new connection.
+        let refused_body = head.status.as_u16() >= 400
+            && matches!(out.sending, Sending::Length(_) | Sending::Chunked);
         let mut response = Response::new(ResponseBody {
-            keep_alive: head.keep_alive && !out.failed,
+            keep_alive: head.keep_alive && !out.failed && !refused_body,
             stall: None,
             progressed: false,
             conn: Some(self),
