@@ -182,12 +182,13 @@ pub async fn run(
     let forwarder = Arc::new(Forwarder::new(
         Arc::clone(&router),
         traffic,
-        metrics,
+        Arc::clone(&metrics),
         monitor,
     ));
     let drain = http::server::serve(
         listeners.public,
         forwarder,
+        &metrics,
         config.limits,
         config.timeouts.shutdown_grace,
         shutdown,

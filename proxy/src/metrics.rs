@@ -40,6 +40,11 @@ pub struct Metrics {
     probe_results: Family<Labels, Counter>,
     pub budget_used_minutes: Gauge<f64, AtomicU64>,
     pub budget_left_minutes: Gauge<f64, AtomicU64>,
+    /// Client connections of the public listener open; the listener counts them.
+    pub client_connections: Gauge,
+    /// Of those, the parked ones (idle HTTP/1.1, holding no buffer); the
+    /// listener counts them.
+    pub parked_connections: Gauge,
 }
 
 impl Default for Metrics {
@@ -151,6 +156,18 @@ impl Metrics {
             "Minutes of downtime the SLA still allows this year",
             budget_left_minutes.clone(),
         );
+        let client_connections = Gauge::default();
+        registry.register(
+            "client_connections",
+            "Client connections open on the public listener",
+            client_connections.clone(),
+        );
+        let parked_connections = Gauge::default();
+        registry.register(
+            "parked_connections",
+            "Idle HTTP/1.1 client connections parked: a bare socket, no buffer",
+            parked_connections.clone(),
+        );
 
         Metrics {
             registry,
@@ -167,6 +184,8 @@ impl Metrics {
             probe_results,
             budget_used_minutes,
             budget_left_minutes,
+            client_connections,
+            parked_connections,
         }
     }
 

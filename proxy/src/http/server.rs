@@ -1,23 +1,23 @@
 //! The public listener: accepts connections (bounded in number), serves
-//! HTTP/1.1 and HTTP/2 on each through hyper-util (with the header and idle
-//! deadlines of `idle`), and on shutdown stops accepting and drains
-//! connections within the grace period.
+//! HTTP/1.1 and HTTP/2 on each through hyper (`conn`, which parks idle
+//! HTTP/1.1 connections, with the header and idle deadlines of `idle`), and
+//! on shutdown stops accepting and drains connections within the grace
+//! period.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::config::Limits;
 use crate::http::forward::Forwarder;
+use crate::metrics::Metrics;
 
+mod conn;
 mod idle;
 
 /// How long the 504s of a forced drain get to reach their clients.
@@ -39,13 +39,13 @@ pub enum Drain {
 pub async fn serve(
     listener: TcpListener,
     forwarder: Arc<Forwarder>,
+    metrics: &Metrics,
     limits: Limits,
     grace: Duration,
     shutdown: impl Future<Output = ()>,
 ) -> Drain {
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+    let mut http1 = http1::Builder::new();
+    http1
         .timer(TokioTimer::new())
         // Both the header and the idle deadline are `idle::TimedIo`'s: hyper's
         // would start at the end of the previous response and cut idle
@@ -62,12 +62,18 @@ pub async fn serve(
         // request's headers still point into the old one (-850 instructions
         // per request, docs/performance.md).
         .half_close(true);
-    builder
-        .http2()
+    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    http2
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
-    let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
+    let settings = Arc::new(conn::Settings {
+        http1,
+        http2,
+        limits,
+        open: metrics.client_connections.clone(),
+        parked: metrics.parked_connections.clone(),
+    });
+    let graceful = conn::Drain::new();
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     tokio::pin!(shutdown);
 
@@ -91,30 +97,15 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let activity = Arc::new(idle::Activity::new());
-        let io = idle::TimedIo::new(
+        let conn = conn::serve(
             stream,
-            Arc::clone(&activity),
-            limits.idle_timeout,
-            limits.header_read_timeout,
+            peer,
+            forwarder.client_conn(peer),
+            Arc::clone(&settings),
+            graceful.watcher(),
         );
-        let client = Arc::new(forwarder.client_conn(peer));
-        let service = service_fn(move |req| {
-            let client = Arc::clone(&client);
-            let busy = activity.start();
-            async move {
-                let response = client.handle(req).await;
-                Ok::<_, Infallible>(response.map(|body| idle::Tracked::new(body, busy)))
-            }
-        });
-        let conn = builder
-            .serve_connection(TokioIo::new(io), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
+            conn.await;
             drop(permit);
         });
     }
