@@ -111,15 +111,21 @@ async fn pipelined_requests_that_arrive_while_parked_are_answered_in_order() {
     let (third_start, third_rest) = third.split_at(20);
 
     // Act: two whole requests and the start of a third in one write; the rest of the
-    // third once the first two are answered.
+    // third once the first two are answered and the connection, with the start of the
+    // third read and waiting, is parked again.
     let burst = format!("{}{}{third_start}", raw_get("/p1"), raw_get("/p2"));
     conn.send(burst.as_bytes()).await.expect("send");
     let first = conn.read_answer(TIMEOUT).await;
     let second = conn.read_answer(TIMEOUT).await;
+    let parked_with_a_head_begun = parked(&stack.proxy, 1).await;
     conn.send(third_rest.as_bytes()).await.expect("send");
     let third = conn.read_answer(TIMEOUT).await;
 
     // Assert
+    assert!(
+        parked_with_a_head_begun,
+        "not parked with the start of a head unread"
+    );
     for answer in [first, second, third] {
         let answer = answer.expect("an answer to each pipelined request");
         assert_eq!(answer.status, 200, "{answer:?}");

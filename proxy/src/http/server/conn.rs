@@ -223,19 +223,23 @@ pub async fn serve(
         let parts = conn.into_parts();
         service = parts.service;
         io = parts.io.into_inner().into_inner();
-        io.put_back(parts.read_buf);
-        if !io.unread.is_empty() {
-            // The start of a request was read before the connection went
-            // idle: a fresh connection reads it now, its head due from now.
-            continue;
-        }
-        let due = idle::later(activity.ended(), limits.idle_timeout);
+        io.put_back(&parts.read_buf);
+        drop(parts.read_buf);
+        let due = if io.unread.is_empty() {
+            idle::later(activity.ended(), limits.idle_timeout)
+        } else {
+            // The start of a request head, read with the last request (which
+            // hyper parses first) and idle since: due as a head is, counted
+            // from when it could first be read.
+            idle::later(activity.ended(), limits.header_read_timeout)
+        };
         let mut probe = [0u8; 1];
         let _parked = Counted::new(&settings.parked);
         tokio::select! {
             _ = drain.rx.changed() => return,
             woken = tokio::time::timeout_at(due, io.stream.peek(&mut probe)) => match woken {
-                // Bytes, or the client's end: hyper reads either.
+                // New bytes, or the client's end: hyper reads either, after
+                // any unread ones.
                 Ok(Ok(_)) => {}
                 // The idle timeout, or a failed socket.
                 Ok(Err(_)) | Err(_) => return,
@@ -294,17 +298,14 @@ pub struct Prefixed {
 }
 
 impl Prefixed {
-    /// Puts `bytes` in front of the unread ones, if any are left.
-    fn put_back(&mut self, bytes: Bytes) {
+    /// Puts a copy of `bytes` in front of the unread ones: a copy, so that
+    /// the buffer hyper read them into (8 KiB) is not kept while parked.
+    fn put_back(&mut self, bytes: &[u8]) {
         if bytes.is_empty() {
             return;
         }
-        if self.unread.is_empty() {
-            self.unread = bytes;
-            return;
-        }
         let mut joined = BytesMut::with_capacity(bytes.len() + self.unread.len());
-        joined.extend_from_slice(&bytes);
+        joined.extend_from_slice(bytes);
         joined.extend_from_slice(&self.unread);
         self.unread = joined.freeze();
     }
