@@ -8,9 +8,11 @@
 //! the bare socket waits until its next bytes arrive; a fresh hyper
 //! connection serves them, after any bytes hyper had read and not used. A
 //! just-accepted connection holds no hyper connection either until its first
-//! bytes arrive. An idle HTTP/1.1 client costs its socket and this task's
-//! state, about 1 KiB; HTTP/2 connections are never parked (their header
-//! compression state lives as long as they do).
+//! bytes arrive. A parked client costs this task (under 1 KiB), its socket's
+//! registration and what the forwarder keeps per connection: 2.6 KiB of
+//! resident memory in all (docs/performance.md). HTTP/2 connections are never
+//! parked: h2 keeps its buffers, and the header compression state that must
+//! outlive them, for as long as the connection lives.
 
 use std::convert::Infallible;
 use std::future::poll_fn;
@@ -22,8 +24,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
+use http_body::Body;
+use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
-use hyper::service::service_fn;
+use hyper::service::{HttpService, service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
@@ -37,9 +41,10 @@ use crate::http::forward::ClientConn;
 
 /// How long an HTTP/1.1 connection with nothing in flight keeps its hyper
 /// connection before it is parked. A client under load sends its next
-/// request well within it, so a busy connection is never parked; one that
-/// comes back after a longer pause pays for a new hyper connection (a few
-/// hundred instructions and two allocations) and one `recvfrom` more.
+/// request well within it, so a busy connection is never parked, and pays
+/// only for its socket wrapper's alarm ringing once a second; one that comes
+/// back after a longer pause pays for a new hyper connection (its
+/// allocations) and one `recvfrom` more (the peek that wakes it).
 pub const PARK_AFTER: Duration = Duration::from_secs(1);
 
 /// The first bytes of every HTTP/2 prior-knowledge connection.
@@ -113,6 +118,10 @@ impl Drain {
 }
 
 /// Serves `stream` until it closes.
+///
+/// The task's state is what a parked connection keeps, so everything that
+/// lives only while a connection is new or served is in a boxed future of
+/// its own: a task is sized for the largest state its future can be in.
 pub async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
@@ -121,10 +130,13 @@ pub async fn serve(
     mut drain: Watcher,
 ) {
     let _open = Counted::new(&settings.open);
-    let limits = settings.limits;
+    let Some((mut io, http2)) = Box::pin(first_bytes(stream, &settings.limits, &mut drain)).await
+    else {
+        return;
+    };
     let activity = Arc::new(Activity::new());
     let client = Arc::new(client);
-    let service = {
+    let mut service = {
         let activity = Arc::clone(&activity);
         service_fn(move |req| {
             let client = Arc::clone(&client);
@@ -135,132 +147,189 @@ pub async fn serve(
             }
         })
     };
-
-    // Nothing but the socket until the first bytes, due with a request head.
-    let due = idle::later(Instant::now(), limits.header_read_timeout);
-    let mut stream = stream;
-    let first = tokio::select! {
-        _ = drain.rx.changed() => return,
-        first = tokio::time::timeout_at(due, first_bytes(&mut stream)) => first,
-    };
-    let (http2, unread) = match first {
-        Ok(Ok(Some(first))) => first,
-        // Closed before a byte, failed, or silent until its head was due.
-        Ok(Ok(None) | Err(_)) | Err(_) => return,
-    };
-    let mut io = Prefixed { unread, stream };
-
     if http2 {
-        let timed = TimedIo::new(
-            io,
-            Arc::clone(&activity),
-            limits.idle_timeout,
-            limits.header_read_timeout,
-            None,
-        );
-        let conn = settings
-            .http2
-            .serve_connection(TokioIo::new(timed), service);
-        let mut conn = pin!(conn);
-        let mut changed = pin!(drain.rx.changed());
-        let mut draining = false;
-        let ended = poll_fn(|cx| {
-            if !draining && changed.as_mut().poll(cx).is_ready() {
-                draining = true;
-                conn.as_mut().graceful_shutdown();
-            }
-            conn.as_mut().poll(cx)
-        })
-        .await;
+        let ended = Box::pin(serve_http2(io, service, &activity, &settings, &mut drain)).await;
         if let Err(e) = ended {
             tracing::debug!(%peer, error = %e, "connection ended with an error");
         }
         return;
     }
-
-    let mut service = service;
     loop {
-        let timed = TimedIo::new(
-            io,
-            Arc::clone(&activity),
-            limits.idle_timeout,
-            limits.header_read_timeout,
-            Some(PARK_AFTER),
-        );
-        // Boxed, so that a parked connection's task is small: the
-        // connection and its buffers exist only while it is served.
-        let mut conn = Box::new(
-            settings
-                .http1
-                .serve_connection(TokioIo::new(timed), service),
-        );
-        let served = {
-            let mut changed = pin!(drain.rx.changed());
-            let mut draining = false;
-            poll_fn(|cx| {
-                if !draining && changed.as_mut().poll(cx).is_ready() {
-                    draining = true;
-                    Pin::new(&mut *conn).graceful_shutdown();
-                }
-                match Pin::new(&mut *conn).poll(cx) {
-                    Poll::Ready(ended) => Poll::Ready(Served::Ended(ended)),
-                    // Asked for during this poll, which left hyper waiting
-                    // for bytes with none unread and nothing left to write.
-                    Poll::Pending if activity.take_park() && !draining => Poll::Ready(Served::Idle),
-                    Poll::Pending => Poll::Pending,
-                }
-            })
-            .await
-        };
-        match served {
+        let served = Box::pin(serve_http1(io, service, &activity, &settings, &mut drain)).await;
+        (io, service) = match served {
+            Served::Idle(io, service) => (io, service),
             Served::Ended(Ok(())) => return,
             Served::Ended(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
                 return;
             }
-            Served::Idle => {}
-        }
-        let parts = conn.into_parts();
-        service = parts.service;
-        io = parts.io.into_inner().into_inner();
-        io.put_back(&parts.read_buf);
-        drop(parts.read_buf);
+        };
         let due = if io.unread.is_empty() {
-            idle::later(activity.ended(), limits.idle_timeout)
+            idle::later(activity.ended(), settings.limits.idle_timeout)
         } else {
             // The start of a request head, read with the last request (which
             // hyper parses first) and idle since: due as a head is, counted
             // from when it could first be read.
-            idle::later(activity.ended(), limits.header_read_timeout)
+            idle::later(activity.ended(), settings.limits.header_read_timeout)
         };
-        let mut probe = [0u8; 1];
         let _parked = Counted::new(&settings.parked);
-        tokio::select! {
-            _ = drain.rx.changed() => return,
-            woken = tokio::time::timeout_at(due, io.stream.peek(&mut probe)) => match woken {
-                // New bytes, or the client's end: hyper reads either, after
-                // any unread ones.
-                Ok(Ok(_)) => {}
-                // The idle timeout, or a failed socket.
-                Ok(Err(_)) | Err(_) => return,
-            },
+        if !wait_parked(&io.stream, due, &mut drain).await {
+            return;
         }
     }
 }
 
+/// Waits, parked, for new bytes or the client's end (true: hyper reads
+/// either, after any unread ones); false at `due`, on a failed socket, or
+/// when the drain starts. Polled by hand, so that the wait holds a timer
+/// and the drain's watch and no more: a peek future would keep a waiter of
+/// its own.
+async fn wait_parked(stream: &TcpStream, due: Instant, drain: &mut Watcher) -> bool {
+    let mut changed = pin!(drain.rx.changed());
+    let mut deadline = pin!(tokio::time::sleep_until(due));
+    let mut probe = [0u8; 1];
+    poll_fn(|cx| {
+        if changed.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(false);
+        }
+        if let Poll::Ready(peeked) = stream.poll_peek(cx, &mut ReadBuf::new(&mut probe)) {
+            return Poll::Ready(peeked.is_ok());
+        }
+        if deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(false);
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// A new connection's first bytes, due with a request head: the socket with
+/// the bytes taken from it, and whether it is HTTP/2; `None` if it closed,
+/// failed or stayed silent first, or the drain began.
+async fn first_bytes(
+    mut stream: TcpStream,
+    limits: &Limits,
+    drain: &mut Watcher,
+) -> Option<(Prefixed, bool)> {
+    let due = idle::later(Instant::now(), limits.header_read_timeout);
+    let first = tokio::select! {
+        _ = drain.rx.changed() => return None,
+        first = tokio::time::timeout_at(due, sniff(&mut stream)) => first,
+    };
+    match first {
+        Ok(Ok(Some((http2, unread)))) => Some((Prefixed { unread, stream }, http2)),
+        Ok(Ok(None) | Err(_)) | Err(_) => None,
+    }
+}
+
+/// Serves an HTTP/2 connection to its end; the drain sends it GOAWAY.
+async fn serve_http2<S, B>(
+    io: Prefixed,
+    service: S,
+    activity: &Arc<Activity>,
+    settings: &Settings,
+    drain: &mut Watcher,
+) -> Result<(), hyper::Error>
+where
+    S: HttpService<Incoming, ResBody = B>,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let limits = &settings.limits;
+    let timed = TimedIo::new(
+        io,
+        Arc::clone(activity),
+        limits.idle_timeout,
+        limits.header_read_timeout,
+        None,
+    );
+    let conn = settings
+        .http2
+        .serve_connection(TokioIo::new(timed), service);
+    let mut conn = pin!(conn);
+    let mut changed = pin!(drain.rx.changed());
+    let mut draining = false;
+    poll_fn(|cx| {
+        if !draining && changed.as_mut().poll(cx).is_ready() {
+            draining = true;
+            conn.as_mut().graceful_shutdown();
+        }
+        conn.as_mut().poll(cx)
+    })
+    .await
+}
+
 /// How a served HTTP/1.1 connection stopped being served.
-enum Served {
+enum Served<S> {
     /// Closed; with the error that closed it.
     Ended(Result<(), hyper::Error>),
-    /// Idle, to be parked.
-    Idle,
+    /// Idle, to be parked: the socket with the bytes hyper had read and not
+    /// used in front, and the service.
+    Idle(Prefixed, S),
+}
+
+/// Serves an HTTP/1.1 connection until it ends or `TimedIo` says it may be
+/// parked, then takes hyper's connection apart. The drain, when it comes,
+/// ends keep-alive (or closes the connection if idle).
+async fn serve_http1<S, B>(
+    io: Prefixed,
+    service: S,
+    activity: &Arc<Activity>,
+    settings: &Settings,
+    drain: &mut Watcher,
+) -> Served<S>
+where
+    S: HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let limits = &settings.limits;
+    let timed = TimedIo::new(
+        io,
+        Arc::clone(activity),
+        limits.idle_timeout,
+        limits.header_read_timeout,
+        Some(PARK_AFTER),
+    );
+    let mut conn = settings
+        .http1
+        .serve_connection(TokioIo::new(timed), service);
+    let idle = {
+        let mut changed = pin!(drain.rx.changed());
+        let mut draining = false;
+        poll_fn(|cx| {
+            if !draining && changed.as_mut().poll(cx).is_ready() {
+                draining = true;
+                Pin::new(&mut conn).graceful_shutdown();
+            }
+            match Pin::new(&mut conn).poll(cx) {
+                Poll::Ready(ended) => Poll::Ready(Some(ended)),
+                // Asked for during this poll, which left hyper waiting for
+                // bytes with none unread and nothing left to write.
+                Poll::Pending if activity.take_park() && !draining => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
+    };
+    if let Some(ended) = idle {
+        return Served::Ended(ended);
+    }
+    let parts = conn.into_parts();
+    let mut io = parts.io.into_inner().into_inner();
+    io.put_back(&parts.read_buf);
+    Served::Idle(io, parts.service)
 }
 
 /// Reads just enough of a new connection to tell HTTP/2 with prior
 /// knowledge ("PRI ") from HTTP/1.1: whether it is HTTP/2, and the bytes
 /// taken from the socket to tell (none, usually: a peek tells). `None` if
 /// the client closed first.
-async fn first_bytes(stream: &mut TcpStream) -> io::Result<Option<(bool, Bytes)>> {
+async fn sniff(stream: &mut TcpStream) -> io::Result<Option<(bool, Bytes)>> {
     let mut head = [0u8; 4];
     let peeked = stream.peek(&mut head).await?;
     if peeked == 0 {

@@ -594,4 +594,93 @@ mod tests {
         let waited = time_to_error(&mut io).await;
         assert!(waited >= IDLE, "HTTP/2 has no heads to time: {waited:?}");
     }
+
+    /// How long a connection idles before it asks to be parked, in the
+    /// parking tests, whose deadlines are both `IDLE`, far longer: none
+    /// interferes.
+    const PARK: Duration = Duration::from_millis(50);
+
+    fn parking_pair() -> (
+        TimedIo<tokio::io::DuplexStream>,
+        tokio::io::DuplexStream,
+        Arc<Activity>,
+    ) {
+        let (server, client) = tokio::io::duplex(1024);
+        let activity = Arc::new(Activity::new());
+        let io = TimedIo::new(server, Arc::clone(&activity), IDLE, IDLE, Some(PARK));
+        (io, client, activity)
+    }
+
+    /// Keeps a read waiting (as hyper does between requests) for `within`;
+    /// when the wrapper asked for the connection to be parked, if it did.
+    async fn asked_to_park(
+        io: &mut TimedIo<tokio::io::DuplexStream>,
+        activity: &Activity,
+        within: Duration,
+    ) -> Option<Instant> {
+        let until = Instant::now() + within;
+        let mut buf = [0u8; 64];
+        while Instant::now() < until {
+            let read = tokio::time::timeout(Duration::from_millis(5), io.read(&mut buf)).await;
+            assert!(read.is_err(), "the client sends nothing here");
+            if activity.take_park() {
+                return Some(Instant::now());
+            }
+        }
+        None
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_asks_to_be_parked_once_idle_for_park_after() {
+        let (mut io, mut client, activity) = parking_pair();
+        receive_head(&mut io, &mut client).await;
+        let busy = activity.start();
+        assert_eq!(
+            asked_to_park(&mut io, &activity, PARK * 3).await,
+            None,
+            "while busy"
+        );
+        let ended = Instant::now();
+        drop(busy);
+        let asked = asked_to_park(&mut io, &activity, HANG).await;
+        let asked = asked.expect("an idle connection asks to be parked");
+        assert!(
+            asked - ended >= PARK,
+            "asked {:?} after the end",
+            asked - ended
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connection_with_a_head_begun_is_not_parked() {
+        let (mut io, mut client, activity) = parking_pair();
+        receive_head(&mut io, &mut client).await;
+        drop(activity.start());
+        client.write_all(b"GE").await.expect("write");
+        let mut buf = [0u8; 64];
+        let _ = io.read(&mut buf).await.expect("the start of a head");
+        assert_eq!(asked_to_park(&mut io, &activity, PARK * 3).await, None);
+    }
+
+    #[tokio::test]
+    async fn a_connection_with_bytes_left_to_write_is_parked_only_once_they_are_out() {
+        let (mut io, mut client, activity) = parking_pair();
+        receive_head(&mut io, &mut client).await;
+        drop(activity.start());
+        // More than the pipe holds: the last write finds it full.
+        let answer = vec![b'x'; 4096];
+        let written = tokio::time::timeout(PARK, io.write_all(&answer)).await;
+        assert!(written.is_err(), "the pipe holds only 1024 bytes");
+        assert_eq!(
+            asked_to_park(&mut io, &activity, PARK * 3).await,
+            None,
+            "while blocked"
+        );
+        let mut drained = vec![0u8; 4096];
+        let n = client.read(&mut drained).await.expect("the client reads");
+        assert!(n > 0);
+        io.write_all(b"x").await.expect("room again");
+        let asked = asked_to_park(&mut io, &activity, HANG).await;
+        assert!(asked.is_some(), "once written out, the connection parks");
+    }
 }
