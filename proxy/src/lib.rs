@@ -20,7 +20,8 @@
 //! Shared leaves: `config` (raw -> validated -> typed), `error`, `slot`,
 //! `atomic_file` and `persist` (the files in `data_dir`), `ticker` (the
 //! background tasks' clock), `secret`, `metrics`. `run` wires the parts
-//! together; `main.rs` only parses arguments and binds. Everything but
+//! together; `main.rs` only parses arguments, restarts itself with the
+//! allocator's options and binds. Everything but
 //! `run`, `Listeners`, the config and the admin token is private to the
 //! crate.
 

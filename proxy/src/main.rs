@@ -1,4 +1,5 @@
-//! The `proxy` binary: arguments, tracing, configuration, bind, run.
+//! The `proxy` binary: arguments, the allocator's options, tracing, configuration,
+//! bind, run.
 
 use std::io::Write;
 use std::num::NonZeroUsize;

@@ -73,7 +73,7 @@ pub async fn serve(
         open: metrics.client_connections.clone(),
         parked: metrics.parked_connections.clone(),
     });
-    let graceful = conn::Drain::new();
+    let graceful = conn::DrainSignal::new();
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     tokio::pin!(shutdown);
 

@@ -80,18 +80,18 @@ impl Drop for Counted<'_> {
 /// Tells every connection that the listener is draining, and counts those
 /// still open: what hyper-util's `GracefulShutdown` does for a hyper
 /// connection, for a connection that is sometimes a bare socket.
-pub struct Drain {
+pub struct DrainSignal {
     tx: watch::Sender<()>,
 }
 
-/// A connection's end of `Drain`: held from its accept to its close.
+/// A connection's end of `DrainSignal`: held from its accept to its close.
 pub struct Watcher {
     rx: watch::Receiver<()>,
 }
 
-impl Drain {
-    pub fn new() -> Drain {
-        Drain {
+impl DrainSignal {
+    pub fn new() -> DrainSignal {
+        DrainSignal {
             tx: watch::channel(()).0,
         }
     }
