@@ -861,11 +861,12 @@ if ((${#MEMORY_ROWS[@]})); then
   cat <<EOF
 ## Memory with idle clients (RSS, MiB; nginx counts master and worker)
 
-Each proxy started afresh for each row; the connections held ${HOLD_SETTLE}s after the
-last one opened. KiB per connection: (held - idle) / connections. After they
-close: the first reading within 20% of idle (every second), or the reading at 60s.
+Each proxy started afresh for each row; idle: once one request has been
+served; the connections held ${HOLD_SETTLE}s after the last one opened. KiB per
+connection: (held - idle) / connections. After they close: the first reading
+within 20% of idle (every second), or the reading at 60s.
 
-| proxy | protocol | connections | idle at start | held | KiB per connection | after they close |
+| proxy | protocol | connections | idle | held | KiB per connection | after they close |
 |---|---|---:|---:|---:|---:|---:|
 EOF
   printf '%s\n' "${MEMORY_ROWS[@]}"
