@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Measures our proxy side by side with nginx and HAProxy on this machine:
-# throughput and latency, memory with many idle keep-alive clients, and what
-# clients see while the admin API switches slots under load. Markdown on stdout,
+# throughput and latency, memory with many idle keep-alive clients, what
+# clients see while the admin API switches slots under load, and while each
+# proxy is upgraded the way its documentation recommends. Markdown on stdout,
 # progress on stderr.
 set -euo pipefail
 
@@ -27,7 +28,9 @@ HOLD=10000,50000
 # ours to park them (idle for a second).
 HOLD_SETTLE=3
 SWITCH_SECONDS=10
-SECTIONS=nginx,shortener,memory,switch
+UPGRADES=10
+UPGRADE_SECONDS=20
+SECTIONS=nginx,shortener,memory,switch,tls,upgrade
 BIN_DIR=$ROOT/target/release
 BASELINE_HEADERS=same
 # Extra builds of our proxy measured beside it, "name=/path/to/proxy" each.
@@ -75,6 +78,22 @@ Sections (--sections, default $SECTIONS):
              green) while the admin API switches slots every half second; tallies
              which release answered (x-release) and every error kind
              (scripts/bench/tally.lua).
+  tls        ours, nginx and HAProxy terminating TLS (the same self-signed ECDSA
+             P-256 certificate, made with openssl; each with its default session
+             resumption) in front of the nginx upstream, GET /: keep-alive
+             (requests/s, p50, p99), and a new connection, so a new handshake, per
+             request ("Connection: close": requests/s are handshakes/s); same
+             rounds and ratios as above. wrk speaks TLS 1.2 and resumes its
+             sessions, so these handshakes are mostly abbreviated ones.
+             --compare builds are not measured here.
+  upgrade    wrk through each proxy (in front of the nginx upstream) while it
+             is upgraded --upgrades times, as its documentation recommends:
+             ours by a takeover (a second proxy on the same data directory
+             takes the listening sockets over; the old one drains and exits),
+             nginx by its binary upgrade (USR2 to the master, then QUIT to the
+             old master), HAProxy by a master-worker reload (USR2) whose new
+             worker takes the listeners over from the old one (expose-fd
+             listeners); tallies every error kind and status.
 
 Pinning: wrk (and the connection holder) on CPU 0; the proxy under test and
 its upstream on CPU 1. Every proxy runs one worker thread: nginx
@@ -97,6 +116,8 @@ Options:
   --sections LIST     which sections, comma-separated (default $SECTIONS)
   --hold N,...        client connections held for the memory section (default $HOLD)
   --switch-seconds S  length of the switch-under-load run (default $SWITCH_SECONDS)
+  --upgrades N        upgrades of each proxy in the upgrade run (default $UPGRADES)
+  --upgrade-seconds S length of each proxy's upgrade run (default $UPGRADE_SECONDS)
   --no-pin            do not pin anything to a CPU
   --no-build          use target/release as it is (default: cargo build --release first)
   --bin-dir DIR       take proxy and shortener from DIR, not target/release (implies --no-build)
@@ -118,7 +139,7 @@ while (($#)); do
     usage
     exit 0
     ;;
-  --rounds | --duration | --connections | --warmup | --paths | --sections | --hold | --switch-seconds | --bin-dir | --baseline-headers | --compare)
+  --rounds | --duration | --connections | --warmup | --paths | --sections | --hold | --switch-seconds | --upgrades | --upgrade-seconds | --bin-dir | --baseline-headers | --compare)
     take_value "$@"
     case $1 in
     --rounds) ROUNDS=$VALUE ;;
@@ -129,6 +150,8 @@ while (($#)); do
     --sections) SECTIONS=$VALUE ;;
     --hold) HOLD=$VALUE ;;
     --switch-seconds) SWITCH_SECONDS=$VALUE ;;
+    --upgrades) UPGRADES=$VALUE ;;
+    --upgrade-seconds) UPGRADE_SECONDS=$VALUE ;;
     --bin-dir)
       BIN_DIR=$(abs_path "$VALUE")
       BUILD=0
@@ -154,7 +177,7 @@ while (($#)); do
   esac
 done
 
-for n in ROUNDS DURATION CONNECTIONS SWITCH_SECONDS; do
+for n in ROUNDS DURATION CONNECTIONS SWITCH_SECONDS UPGRADES UPGRADE_SECONDS; do
   [[ ${!n} =~ ^[1-9][0-9]*$ ]] || die "--$(tr 'A-Z_' 'a-z-' <<<"$n") must be a positive whole number"
 done
 [[ $WARMUP =~ ^[0-9]+$ ]] || die "--warmup must be a whole number of seconds"
@@ -163,8 +186,8 @@ HOLD_MAX=0
 for n in ${HOLD//,/ }; do ((n > HOLD_MAX)) && HOLD_MAX=$n; done
 for section in ${SECTIONS//,/ }; do
   case $section in
-  nginx | shortener | memory | switch) ;;
-  *) die "unknown section '$section' (nginx, shortener, memory, switch)" ;;
+  nginx | shortener | memory | switch | tls | upgrade) ;;
+  *) die "unknown section '$section' (nginx, shortener, memory, switch, tls, upgrade)" ;;
   esac
 done
 want() { [[ ,$SECTIONS, == *,$1,* ]]; }
@@ -197,6 +220,7 @@ done
 require_cmd python3 "apt-get install -y python3"
 require_cmd curl "apt-get install -y curl"
 require_cmd taskset "apt-get install -y util-linux"
+! want tls || require_cmd openssl "apt-get install -y openssl"
 require_cmd ps "apt-get install -y procps"
 
 if ((PIN)) && (($(nproc) < 2)); then
@@ -273,7 +297,7 @@ forget_pid() {
   PIDS=("${PIDS[@]}")
 }
 
-mapfile -t PORTS < <(free_ports $((13 + 3 * ${#COMPARE[@]})))
+mapfile -t PORTS < <(free_ports $((14 + 3 * ${#COMPARE[@]} + 5)))
 UPSTREAM_PORT=${PORTS[0]}
 OURS_PORT=${PORTS[1]}
 OURS_ADMIN_PORT=${PORTS[2]}
@@ -285,12 +309,24 @@ SWITCH_PORT=${PORTS[7]}
 SWITCH_ADMIN_PORT=${PORTS[8]}
 STATUS_PORT=${PORTS[9]}
 SWITCH_STATUS_PORT=${PORTS[10]}
-# HTTP/2 with prior knowledge: nginx and HAProxy on a port of its own.
-NGINX_H2_PORT=${PORTS[11]}
-HAPROXY_H2_PORT=${PORTS[12]}
+OURS_TLS_PORT=${PORTS[11]}
+# What the tls section changes for every target: https URLs, extra wrk
+# arguments (Connection: close), and our proxy's TLS listener and certificate.
+SCHEME=http
+WRK_EXTRA=()
+OURS_LISTEN_EXTRA=''
+OURS_TABLES_EXTRA=''
+TLS_DIR=$WORK/tls
+# The upgrade section's, after those of the --compare builds.
+UPGRADE_PORTS=("${PORTS[@]: -5}")
+# HTTP/2 with prior knowledge in the memory section: nginx and HAProxy on a
+# port of its own.
+NGINX_H2_PORT=${PORTS[12]}
+HAPROXY_H2_PORT=${PORTS[13]}
 
 # The memory section's settings of every proxy (empty: the defaults): its
-# connection limit and idle timeout in seconds.
+# connection limit and idle timeout in seconds; nginx and HAProxy then also
+# take HTTP/2 with prior knowledge on the ports above.
 MEM_CONNS=''
 MEM_IDLE_S=300
 
@@ -333,11 +369,18 @@ start_upstream_nginx() {
   wait_port "127.0.0.1:$1" "$BG_PID" "the upstream nginx"
 }
 
-# start_nginx_proxy PORT UPSTREAM_ADDR [H2_PORT]: nginx as a reverse proxy,
-# with a keep-alive pool to the upstream; HTTP/2 with prior knowledge on
-# H2_PORT, if given.
+# start_nginx_proxy PORT UPSTREAM_ADDR [tls]: nginx as a reverse proxy, with a
+# keep-alive pool to the upstream; with "tls", its listener terminates TLS
+# with the certificate of TLS_DIR.
 start_nginx_proxy() {
-  local dir=$WORK/nginx-proxy h2_port=${3:-}
+  local dir=$WORK/nginx-proxy ssl='' ssl_conf=''
+  if [[ ${3:-} == tls ]]; then
+    ssl=' ssl'
+    # Its default resumption (session tickets), as each proxy here.
+    ssl_conf="    ssl_certificate $TLS_DIR/cert.pem;
+    ssl_certificate_key $TLS_DIR/key.pem;
+    ssl_protocols TLSv1.2 TLSv1.3;"
+  fi
   mkdir -p "$dir"
   {
     NGINX_WORKER_CONNECTIONS=${MEM_CONNS:-8192} nginx_common "$dir"
@@ -352,8 +395,9 @@ $(if [[ -n $MEM_CONNS ]]; then echo "  keepalive_timeout ${MEM_IDLE_S}s;"; fi)
     keepalive_requests 1000000;
   }
   server {
-    listen 127.0.0.1:$1 backlog=4096;
-$(if [[ -n $h2_port ]]; then echo "    listen 127.0.0.1:$h2_port http2 backlog=4096;"; fi)
+    listen 127.0.0.1:$1$ssl backlog=4096;
+$ssl_conf
+$(if [[ -n $MEM_CONNS ]]; then echo "    listen 127.0.0.1:$NGINX_H2_PORT http2 backlog=4096;"; fi)
     location / {
       proxy_pass http://backend;
       proxy_http_version 1.1;
@@ -378,11 +422,17 @@ EOF
   wait_port "127.0.0.1:$1" "$BG_PID" "nginx (proxy)"
 }
 
-# start_haproxy PORT UPSTREAM_ADDR [H2_PORT]: HAProxy, one thread, reusing
-# upstream connections across clients; HTTP/2 with prior knowledge on H2_PORT,
-# if given.
+# start_haproxy PORT UPSTREAM_ADDR [tls]: HAProxy, one thread, reusing upstream
+# connections across clients; with "tls", its listener terminates TLS with the
+# certificate of TLS_DIR.
 start_haproxy() {
-  local dir=$WORK/haproxy h2_port=${3:-}
+  local dir=$WORK/haproxy bind_ssl='' proto=http
+  if [[ ${3:-} == tls ]]; then
+    # Its default resumption (session cache and tickets), as each proxy here.
+    bind_ssl=" ssl crt $TLS_DIR/combined.pem ssl-min-ver TLSv1.2"
+    # shellcheck disable=SC2034 # read in the heredoc of the config below
+    proto=https
+  fi
   local client_timeout=60s
   [[ -n $MEM_CONNS ]] && client_timeout=${MEM_IDLE_S}s
   mkdir -p "$dir"
@@ -405,13 +455,13 @@ defaults
   http-reuse always
 
 frontend public
-  bind 127.0.0.1:$1
-$(if [[ -n $h2_port ]]; then echo "  bind 127.0.0.1:$h2_port proto h2"; fi)
+  bind 127.0.0.1:$1$bind_ssl
+$(if [[ -n $MEM_CONNS ]]; then echo "  bind 127.0.0.1:$HAPROXY_H2_PORT proto h2"; fi)
   default_backend upstream
 $(if [[ $BASELINE_HEADERS == same ]]; then
-    cat <<'HAPROXY'
+    cat <<HAPROXY
   option forwardfor
-  http-request set-header X-Forwarded-Proto http
+  http-request set-header X-Forwarded-Proto $proto
   http-request set-header X-Forwarded-Host %[req.hdr(host)]
   unique-id-format %[uuid()]
   unique-id-header X-Request-Id
@@ -444,6 +494,7 @@ data_dir = "$dir/data"
 public = "127.0.0.1:$port"
 admin = "127.0.0.1:$admin_port"
 status = "127.0.0.1:$status_port"
+$OURS_LISTEN_EXTRA
 
 [slots]
 active = "blue"
@@ -454,6 +505,7 @@ addr = "$blue"
 [slots.green]
 addr = "$green"
 
+$OURS_TABLES_EXTRA
 EOF
     cat "$scenarios"
     if [[ -n $MEM_CONNS ]]; then
@@ -519,7 +571,7 @@ run_wrk() {
   [[ -n $pid ]] && before=$(cpu_ticks "$pid")
   [[ -n $up_pid ]] && up_before=$(cpu_ticks "$up_pid")
   out=$(timeout $((DURATION + 30)) "${PIN_LOAD[@]}" wrk -t1 -c "$CONNECTIONS" -d "${DURATION}s" \
-    -s "$BENCH_DIR/report.lua" "$url" 2>&1) || die "wrk failed against $target ($url): $out"
+    "${WRK_EXTRA[@]}" -s "$BENCH_DIR/report.lua" "$url" 2>&1) || die "wrk failed against $target ($url): $out"
   [[ -n $pid ]] && after=$(cpu_ticks "$pid")
   [[ -n $up_pid ]] && up_after=$(cpu_ticks "$up_pid")
   local line
@@ -554,7 +606,7 @@ measure() {
     log "$title: warm-up, ${WARMUP}s per target"
     for target in "$@"; do
       timeout $((WARMUP + 30)) "${PIN_LOAD[@]}" wrk -t1 -c "$CONNECTIONS" -d "${WARMUP}s" \
-        "http://${target#*=}$path" >/dev/null 2>&1 || die "warm-up failed against ${target%%=*}"
+        "${WRK_EXTRA[@]}" "$SCHEME://${target#*=}$path" >/dev/null 2>&1 || die "warm-up failed against ${target%%=*}"
     done
   fi
   # Each round starts one target later (A B C D, then B C D A, ...): the run
@@ -565,7 +617,7 @@ measure() {
     log "$title: round $round/$ROUNDS"
     for ((i = 0; i < ${#targets[@]}; i++)); do
       target=${targets[(i + round - 1) % ${#targets[@]}]}
-      run_wrk "$table" "${target%%=*}" "$round" "http://${target#*=}$path"
+      run_wrk "$table" "${target%%=*}" "$round" "$SCHEME://${target#*=}$path"
       sleep 1
     done
   done
@@ -637,7 +689,7 @@ start_compared() {
   COMPARE_TARGETS=()
   COMPARE_PIDS=()
   for i in "${!COMPARE_NAMES[@]}"; do
-    base=$((13 + 3 * i))
+    base=$((14 + 3 * i))
     start_ours "ours-${COMPARE_NAMES[i]}-$3" "${PORTS[base]}" "${PORTS[base + 1]}" "${PORTS[base + 2]}" \
       "$1" "$1" "$2" "${COMPARE_BINS[i]}"
     COMPARE_PIDS+=("$BG_PID")
@@ -694,23 +746,23 @@ if want memory; then
       hold_and_measure ours "$OURS_PID" "127.0.0.1:$OURS_PORT" "$protocol" "$count"
       forget_pid "$OURS_PID"
       for i in "${!COMPARE_NAMES[@]}"; do
-        start_ours "mem-${COMPARE_NAMES[i]}" "${PORTS[13 + 3 * i]}" "${PORTS[14 + 3 * i]}" \
-          "${PORTS[15 + 3 * i]}" "$UP" "$UP" "$HEALTH_SCENARIO" "${COMPARE_BINS[i]}"
+        start_ours "mem-${COMPARE_NAMES[i]}" "${PORTS[14 + 3 * i]}" "${PORTS[15 + 3 * i]}" \
+          "${PORTS[16 + 3 * i]}" "$UP" "$UP" "$HEALTH_SCENARIO" "${COMPARE_BINS[i]}"
         pid=$BG_PID
-        switch_to "${PORTS[14 + 3 * i]}" green
+        switch_to "${PORTS[15 + 3 * i]}" green
         sleep 1
-        hold_and_measure "${COMPARE_NAMES[i]}" "$pid" "127.0.0.1:${PORTS[13 + 3 * i]}" "$protocol" "$count"
+        hold_and_measure "${COMPARE_NAMES[i]}" "$pid" "127.0.0.1:${PORTS[14 + 3 * i]}" "$protocol" "$count"
         forget_pid "$pid"
       done
       port=$NGINX_PORT
       [[ $protocol == h2 ]] && port=$NGINX_H2_PORT
-      start_nginx_proxy "$NGINX_PORT" "$UP" "$NGINX_H2_PORT"
+      start_nginx_proxy "$NGINX_PORT" "$UP"
       sleep 1
       hold_and_measure nginx "$NGINX_PID" "127.0.0.1:$port" "$protocol" "$count"
       forget_pid "$NGINX_PID"
       port=$HAPROXY_PORT
       [[ $protocol == h2 ]] && port=$HAPROXY_H2_PORT
-      start_haproxy "$HAPROXY_PORT" "$UP" "$HAPROXY_H2_PORT"
+      start_haproxy "$HAPROXY_PORT" "$UP"
       sleep 1
       hold_and_measure haproxy "$HAPROXY_PID" "127.0.0.1:$port" "$protocol" "$count"
       forget_pid "$HAPROXY_PID"
@@ -831,6 +883,241 @@ PY
   )
 fi
 
+# --- Section: terminating TLS -----------------------------------------------
+if want tls; then
+  log "tls: one ECDSA P-256 certificate; the nginx upstream and the three proxies terminating TLS in front of it"
+  mkdir -p "$TLS_DIR"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
+    -subj /CN=bench.test -addext 'subjectAltName=DNS:bench.test,IP:127.0.0.1' \
+    -keyout "$TLS_DIR/key.pem" -out "$TLS_DIR/cert.pem" 2>"$TLS_DIR/openssl.log" ||
+    die "openssl could not make the certificate: $(cat "$TLS_DIR/openssl.log")"
+  cat "$TLS_DIR/cert.pem" "$TLS_DIR/key.pem" >"$TLS_DIR/combined.pem"
+  start_upstream_nginx "$UPSTREAM_PORT"
+  UP=127.0.0.1:$UPSTREAM_PORT
+  OURS_LISTEN_EXTRA="public_tls = \"127.0.0.1:$OURS_TLS_PORT\""
+  OURS_TABLES_EXTRA="[[tls.certificate]]
+cert = \"$TLS_DIR/cert.pem\"
+key = \"$TLS_DIR/key.pem\"
+"
+  start_ours ours-tls "$OURS_PORT" "$OURS_ADMIN_PORT" "$STATUS_PORT" "$UP" "$UP" "$HEALTH_SCENARIO"
+  OURS_PID=$BG_PID
+  OURS_LISTEN_EXTRA='' OURS_TABLES_EXTRA=''
+  wait_listening "$OURS_PID" "$WORK/ours-tls/proxy.log" "public_tls listening on" "" 30 "our proxy (tls)"
+  switch_to "$OURS_ADMIN_PORT" green
+  start_nginx_proxy "$NGINX_PORT" "$UP" tls
+  start_haproxy "$HAPROXY_PORT" "$UP" tls
+  TARGET_PID=([upstream]=$UPSTREAM_PID [ours]=$OURS_PID [nginx]=$NGINX_PID [haproxy]=$HAPROXY_PID)
+  SCHEME=https
+  TLS_TARGETS=("ours=127.0.0.1:$OURS_TLS_PORT" "nginx=127.0.0.1:$NGINX_PORT" "haproxy=127.0.0.1:$HAPROXY_PORT")
+  for target in "${TLS_TARGETS[@]}"; do
+    curl -sS -o /dev/null --max-time 5 --cacert "$TLS_DIR/cert.pem" "https://${target#*=}/" ||
+      die "${target%%=*} does not answer over TLS (logs in $WORK; rerun with --keep)"
+  done
+  measure tls-keepalive "Terminating TLS, keep-alive: GET / (HTTP/1.1 over TLS 1.2, as wrk speaks it)" / "${TLS_TARGETS[@]}"
+  WRK_EXTRA=(-H 'Connection: close')
+  measure tls-handshake "Terminating TLS, a new connection (a handshake, resumed as wrk does) per request: GET /" / "${TLS_TARGETS[@]}"
+  WRK_EXTRA=()
+  SCHEME=http
+  for pid in "$HAPROXY_PID" "$NGINX_PID" "$OURS_PID" "$UPSTREAM_PID"; do
+    forget_pid "$pid"
+  done
+fi
+
+# --- Section: upgrades under load -------------------------------------------
+# wait_gone PID WHAT: true once PID has exited (bounded).
+wait_gone() {
+  local deadline=$((SECONDS + 30))
+  while ! pid_gone "$1" && ((SECONDS < deadline)); do sleep 0.05; done
+  pid_gone "$1" || {
+    log "$2 (pid $1) did not exit"
+    return 1
+  }
+}
+
+# upgrade_ours N: a takeover, a second proxy on the same config and data
+# directory; UP_PID is the serving process, before and after.
+upgrade_ours() {
+  local old=$UP_PID dir=$WORK/ours-upgrade
+  PROXY_ADMIN_TOKEN=$TOKEN TOKIO_WORKER_THREADS=1 RUST_LOG=${BENCH_RUST_LOG:-warn} \
+    start_server "$dir/proxy-$1.log" "$PROXY_BIN" --config "$dir/proxy.toml"
+  local new=$BG_PID
+  wait_gone "$old" "our old proxy" || return 1
+  pid_gone "$new" && return 1
+  forget_pid "$old"
+  UP_PID=$new
+}
+
+# upgrade_nginx N: nginx's binary upgrade (its documentation, "Upgrading
+# Executable on the Fly"): USR2 makes the master start a new master of the
+# binary, which renames the pid file nginx.pid.oldbin and writes its own;
+# QUIT then stops the old master gracefully. UP_PID is the master.
+upgrade_nginx() {
+  local old=$UP_PID dir=$WORK/nginx-upgrade new='' deadline
+  kill -USR2 "$old" 2>/dev/null || return 1
+  deadline=$((SECONDS + 15))
+  while ((SECONDS < deadline)); do
+    if [[ -s $dir/nginx.pid.oldbin && -s $dir/nginx.pid ]]; then
+      new=$(<"$dir/nginx.pid")
+      [[ $new != "$old" ]] && break
+    fi
+    sleep 0.05
+  done
+  [[ -n $new && $new != "$old" ]] || return 1
+  PIDS+=("$new")
+  kill -QUIT "$old" 2>/dev/null || return 1
+  wait_gone "$old" "the old nginx master" || return 1
+  forget_pid "$old"
+  UP_PID=$new
+}
+
+# upgrade_haproxy N: a master-worker reload (USR2 to the master): the new
+# worker takes the listening sockets over from the old one (expose-fd
+# listeners), which finishes its connections and exits. UP_PID is the master.
+upgrade_haproxy() {
+  local master=$UP_PID before after deadline
+  before=$(pgrep -P "$master" | tr '\n' ' ')
+  kill -USR2 "$master" 2>/dev/null || return 1
+  deadline=$((SECONDS + 30))
+  while ((SECONDS < deadline)); do
+    after=$(pgrep -P "$master" | tr -d '\n')
+    # One worker left, and not one from before.
+    if [[ $after =~ ^[0-9]+$ && " $before " != *" $after "* ]]; then
+      return 0
+    fi
+    sleep 0.05
+  done
+  return 1
+}
+
+UPGRADE_ROWS=()
+# upgrade_run NAME PORT HOW: wrk through 127.0.0.1:PORT for UPGRADE_SECONDS
+# while upgrade_NAME runs UPGRADES times, spread over the run; a table row.
+upgrade_run() {
+  local name=$1 port=$2 how=$3
+  local out=$WORK/upgrade-$name.txt
+  timeout $((UPGRADE_SECONDS + 30)) "${PIN_LOAD[@]}" wrk -t1 -c "$CONNECTIONS" \
+    -d "${UPGRADE_SECONDS}s" -s "$BENCH_DIR/tally.lua" "http://127.0.0.1:$port/" >"$out" 2>&1 &
+  local wrk_pid=$! completed=0 i gap
+  PIDS+=("$wrk_pid")
+  # None in the run's first or last second.
+  gap=$(awk -v s="$UPGRADE_SECONDS" -v n="$UPGRADES" 'BEGIN { printf "%.2f", (s - 2) / (n + 1) }')
+  sleep 1
+  for ((i = 1; i <= UPGRADES; i++)); do
+    sleep "$gap"
+    if "upgrade_$name" "$i"; then
+      completed=$((completed + 1))
+    else
+      log "$name: upgrade $i did not complete"
+    fi
+  done
+  wait "$wrk_pid" || die "wrk failed in the upgrade run of $name: $(cat "$out")"
+  forget_pid "$wrk_pid"
+  local row
+  row=$(
+    python3 - "$out" "$name" "$how" "$completed" "$UPGRADES" <<'PY'
+import sys
+out, name, how, done, wanted = sys.argv[1:6]
+st, err = {}, {}
+for line in open(out):
+    kind, *kvs = line.split() or [""]
+    f = dict(kv.split("=", 1) for kv in kvs if "=" in kv)
+    if kind == "STATUS":
+        st[f["code"]] = int(f["count"])
+    elif kind == "ERRORS":
+        err = {k: int(v) for k, v in f.items()}
+if not err:
+    sys.exit(f"no ERRORS line in {out}")
+bad = sum(n for c, n in st.items() if c.isdigit() and int(c) >= 400)
+kinds = ["connect", "read", "write", "timeout"]
+failed = sum(err.get(k, 0) for k in kinds) + bad
+cells = [name, how, f"{done}/{wanted}", f"{err.get('requests', 0):,}"]
+cells += [f"{err.get(k, 0):,}" for k in kinds] + [f"{bad:,}", f"{failed:,}"]
+print("| " + " | ".join(cells) + " |")
+PY
+  ) || die "cannot read the upgrade run of $name: $(cat "$out")"
+  UPGRADE_ROWS+=("$row")
+  log "  $row"
+}
+
+if want upgrade; then
+  log "upgrades under load: each proxy upgraded $UPGRADES times in ${UPGRADE_SECONDS}s of wrk"
+  start_upstream_nginx "${UPGRADE_PORTS[0]}"
+  UPGRADE_UPSTREAM_PID=$BG_PID
+  UP=127.0.0.1:${UPGRADE_PORTS[0]}
+
+  start_ours ours-upgrade "${UPGRADE_PORTS[1]}" "${UPGRADE_PORTS[2]}" "${UPGRADE_PORTS[3]}" \
+    "$UP" "$UP" "$HEALTH_SCENARIO"
+  UP_PID=$BG_PID
+  upgrade_run ours "${UPGRADE_PORTS[1]}" "takeover (a second proxy on its data directory)"
+  forget_pid "$UP_PID"
+
+  # nginx upgrades its binary only as a daemon: a master in the foreground
+  # ignores USR2 while its parent (this script) runs.
+  dir=$WORK/nginx-upgrade
+  mkdir -p "$dir"
+  {
+    nginx_common "$dir" | sed 's/^daemon off;/daemon on;/'
+    cat <<EOF
+http {
+$(nginx_temp_paths "$dir")
+  upstream backend {
+    server $UP;
+    keepalive $((CONNECTIONS > 64 ? CONNECTIONS : 64));
+    keepalive_requests 1000000;
+  }
+  server {
+    listen 127.0.0.1:${UPGRADE_PORTS[4]} backlog=4096;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+EOF
+  } >"$dir/nginx.conf"
+  # By its absolute path: the binary upgrade executes argv[0] again.
+  "${PIN_SERVER[@]}" "$(command -v nginx)" -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf" \
+    </dev/null >"$dir/stderr.log" 2>&1 ||
+    die "nginx did not start: $(cat "$dir/stderr.log" "$dir/error.log" 2>/dev/null)"
+  UP_PID=$(<"$dir/nginx.pid")
+  PIDS+=("$UP_PID")
+  wait_port "127.0.0.1:${UPGRADE_PORTS[4]}" "$UP_PID" "nginx (upgrade)"
+  upgrade_run nginx "${UPGRADE_PORTS[4]}" "binary upgrade (USR2, then QUIT to the old master)"
+  forget_pid "$UP_PID"
+
+  dir=$WORK/haproxy-upgrade
+  mkdir -p "$dir"
+  cat >"$dir/haproxy.cfg" <<EOF
+global
+  nbthread 1
+  maxconn 5000
+  # A reload's new worker takes the listeners over through this socket.
+  stats socket $dir/stats.sock mode 600 level admin expose-fd listeners
+
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 60s
+  timeout server 60s
+  option http-keep-alive
+  http-reuse always
+
+frontend public
+  bind 127.0.0.1:${UPGRADE_PORTS[4]}
+  default_backend upstream
+
+backend upstream
+  server upstream $UP
+EOF
+  start_server "$dir/haproxy.log" haproxy -W -db -f "$dir/haproxy.cfg"
+  UP_PID=$BG_PID
+  wait_port "127.0.0.1:${UPGRADE_PORTS[4]}" "$UP_PID" "HAProxy (upgrade)"
+  upgrade_run haproxy "${UPGRADE_PORTS[4]}" "master-worker reload (USR2), listeners handed over"
+  forget_pid "$UP_PID"
+  forget_pid "$UPGRADE_UPSTREAM_PID"
+fi
+
 # --- Report -------------------------------------------------------------------
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -881,4 +1168,19 @@ while POST /switch alternates every 0.5 s.
 
 $SWITCH_REPORT
 EOF
+fi
+if ((${#UPGRADE_ROWS[@]})); then
+  cat <<EOF
+## Upgrades under load
+
+wrk ($CONNECTIONS keep-alive connections) through each proxy to GET / of the
+nginx upstream for ${UPGRADE_SECONDS} s, while the proxy is upgraded $UPGRADES
+times as its documentation recommends. A failed request is a wrk error of any
+kind or a status of 400 and above.
+
+| proxy | upgrade | done | requests | connect | read | write | timeout | status >= 400 | failed |
+|---|---|---:|---:|---:|---:|---:|---:|---:|---:|
+EOF
+  printf '%s\n' "${UPGRADE_ROWS[@]}"
+  echo
 fi

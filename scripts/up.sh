@@ -14,10 +14,12 @@ RELEASE=v1
 BUILD=1
 POSTGRES=0
 PG_PORT=55432
+TLS=0
+TLS_ADDR=127.0.0.1:8443
 
 usage() {
   cat <<EOF
-Usage: scripts/up.sh [--config FILE] [--release LABEL] [--postgres] [--postgres-port PORT]
+Usage: scripts/up.sh [--config FILE] [--release LABEL] [--tls] [--postgres] [--postgres-port PORT]
                      [--no-build] [--ready-timeout S]
 
 Builds the workspace in release mode (cargo build --release), starts a
@@ -25,7 +27,10 @@ shortener (release v1, database data/links.db) on the config's active slot
 (blue: 127.0.0.1:8081 in config/proxy.toml), then the proxy with
 config/proxy.toml, and prints the public URL, the admin URL and where the
 admin token is. Runs until Ctrl-C (or SIGTERM), then stops the proxy and every
-shortener it or scripts/deploy.sh started (data/run/<slot>.pid).
+shortener it or scripts/deploy.sh started (data/run/<slot>.pid). When another
+proxy takes over (a second "proxy --config FILE" on the same data directory,
+or a reload that changed what only a start reads), it follows the new process
+(DATA_DIR/proxy.pid) and still stops it on Ctrl-C.
 
 With --postgres the database is PostgreSQL instead: a server of Debian's
 postgresql package (apt-get install -y postgresql), its cluster in
@@ -39,6 +44,11 @@ Logs: data/logs/. Works from any directory.
 Options:
   --config FILE         the proxy's config (default config/proxy.toml)
   --release LABEL       the first release's label (default v1)
+  --tls                 also serve HTTPS on $TLS_ADDR: makes a self-signed ECDSA P-256
+                        certificate for localhost and 127.0.0.1 under data/tls/ (kept, and
+                        made again when it ends within 14 days) with openssl, and runs the
+                        proxy with a copy of the config that adds listen.public_tls and the
+                        certificate (data/tls/proxy.toml)
   --postgres            run the shortener on a PostgreSQL server started here
   --postgres-port PORT  that server's port on 127.0.0.1 (default 55432)
   --no-build            use target/release as it is
@@ -85,6 +95,10 @@ while (($#)); do
     PG_PORT=$VALUE
     shift 2
     ;;
+  --tls)
+    TLS=1
+    shift
+    ;;
   *) die "unknown argument '$1' (see --help)" ;;
   esac
 done
@@ -123,6 +137,7 @@ print(c.get("listen", {}).get("admin", "127.0.0.1:8099"))
 print(c.get("admin", {}).get("token_file", ""))
 print(active)
 print(slots.get(active, {}).get("addr", default_addr.get(active, "")))
+print(c.get("listen", {}).get("public_tls", ""))
 PY
 ) || die "cannot read $CONFIG"
 mapfile -t cfg <<<"$config_values"
@@ -132,6 +147,7 @@ ADMIN_ADDR=${cfg[2]}
 CONFIG_TOKEN_FILE=${cfg[3]}
 SLOT=${cfg[4]}
 SLOT_ADDR=${cfg[5]}
+CONFIG_TLS_ADDR=${cfg[6]:-}
 [[ $SLOT == blue || $SLOT == green ]] || die "$CONFIG: slots.active must be blue or green, not '$SLOT'"
 
 RUN_DIR=$ROOT/data/run
@@ -161,9 +177,16 @@ if ((POSTGRES)); then
   [[ -n $PG_BIN ]] || die "PostgreSQL is not installed (no /usr/lib/postgresql/<version>/bin/initdb): apt-get install -y postgresql"
   ((EUID != 0)) || require_cmd runuser "apt-get install -y util-linux"
 fi
+if ((TLS)); then
+  [[ -z $CONFIG_TLS_ADDR ]] ||
+    die "$CONFIG already sets listen.public_tls ($CONFIG_TLS_ADDR): run without --tls"
+  require_cmd openssl "apt-get install -y openssl"
+fi
 
 # Refuse to start next to an earlier run rather than fail half-way.
-for addr in "$PUBLIC" "$ADMIN_ADDR" "$SLOT_ADDR"; do
+addrs=("$PUBLIC" "$ADMIN_ADDR" "$SLOT_ADDR")
+((TLS == 0)) || addrs+=("$TLS_ADDR")
+for addr in "${addrs[@]}"; do
   if addr_in_use "$addr"; then
     who=$(who_listens "$addr")
     die "$addr is already in use${who:+ by $who} (is scripts/up.sh already running?)"
@@ -292,6 +315,41 @@ start_slot() {
 
 start_slot "$SLOT" "$SLOT_ADDR"
 
+# tls_config: a self-signed certificate under data/tls (made again when it is
+# missing or ends within 14 days), and a copy of CONFIG that serves it on
+# TLS_ADDR; sets CONFIG to the copy.
+tls_config() {
+  local dir=$ROOT/data/tls
+  mkdir -p "$dir"
+  chmod 700 "$dir"
+  if ! openssl x509 -in "$dir/cert.pem" -noout -checkend $((14 * 86400)) >/dev/null 2>&1; then
+    log "making a self-signed certificate for localhost and 127.0.0.1: $dir/cert.pem"
+    (umask 077 && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+      -days 90 -subj /CN=localhost -addext 'subjectAltName=DNS:localhost,IP:127.0.0.1' \
+      -keyout "$dir/key.pem" -out "$dir/cert.pem" 2>"$dir/openssl.log") ||
+      die "openssl could not make the certificate: $(cat "$dir/openssl.log")"
+  fi
+  python3 - "$CONFIG" "$dir/proxy.toml" "$TLS_ADDR" "$dir/cert.pem" "$dir/key.pem" <<'PY' ||
+import re, sys
+src, dst, addr, cert, key = sys.argv[1:6]
+text = open(src).read()
+line = f'public_tls = "{addr}"\n'
+# Into the [listen] table, or a new one at the end (a table at the top would
+# take the root keys that follow it).
+listen = re.search(r'^\[listen\][ \t]*(#.*)?\n', text, re.M)
+if listen:
+    text = text[:listen.end()] + line + text[listen.end():]
+else:
+    text += f"\n[listen]\n{line}"
+text += (f'\n# Added by scripts/up.sh --tls.\n[[tls.certificate]]\n'
+         f'cert = "{cert}"\nkey = "{key}"\n')
+open(dst, "w").write(f"# Made by scripts/up.sh --tls from {src}.\n" + text)
+PY
+    die "cannot write $dir/proxy.toml"
+  CONFIG=$dir/proxy.toml
+}
+((TLS == 0)) || tls_config
+
 PROXY_LOG=$LOG_DIR/proxy.log
 setsid target/release/proxy --config "$CONFIG" </dev/null >"$PROXY_LOG" 2>&1 &
 PROXY_PID=$!
@@ -299,6 +357,7 @@ printf '%s\n' "$PROXY_PID" >"$RUN_DIR/proxy.pid"
 log "started the proxy (pid $PROXY_PID, config $CONFIG); log: $PROXY_LOG"
 wait_listening "$PROXY_PID" "$PROXY_LOG" "public listening on" "" "$READY_SECONDS" "the proxy"
 wait_listening "$PROXY_PID" "$PROXY_LOG" "admin listening on" "" "$READY_SECONDS" "the proxy"
+((TLS == 0)) || wait_listening "$PROXY_PID" "$PROXY_LOG" "public_tls listening on" "" "$READY_SECONDS" "the proxy"
 # The addresses it really bound (the config may say port 0).
 PUBLIC=$(grep -o 'public listening on [^[:space:]]*' "$PROXY_LOG" | head -n 1 | sed 's/.* //')
 ADMIN_ADDR=$(grep -o 'admin listening on [^[:space:]]*' "$PROXY_LOG" | head -n 1 | sed 's/.* //')
@@ -345,10 +404,15 @@ if [[ -n ${PROXY_ADMIN_TOKEN:-} || -s $TOKEN_FILE ]]; then
   fi
 fi
 
+HTTPS_LINE=''
+if ((TLS)); then
+  HTTPS_LINE="  https URL:   https://localhost:${TLS_ADDR##*:}/   (self-signed: curl --cacert data/tls/cert.pem)
+"
+fi
 cat <<EOF
 
   public URL:  http://$PUBLIC/
-  admin URL:   http://$ADMIN_ADDR/   (GET /status, POST /switch, POST /rollback)
+$HTTPS_LINE  admin URL:   http://$ADMIN_ADDR/   (GET /status, POST /switch, POST /rollback)
   admin token: $TOKEN_WHERE
   database:    $DB
   logs:        $LOG_DIR/
@@ -358,9 +422,63 @@ cat <<EOF
 
 EOF
 
-# Runs until a signal (the traps above) or the proxy exits on its own.
-rc=0
-wait "$PROXY_PID" || rc=$?
+# is_proxy PID: true when PID is a live proxy process (a pid file can outlive
+# its process and the pid be reused).
+is_proxy() {
+  local pid=$1
+  [[ $pid =~ ^[1-9][0-9]*$ && -r /proc/$pid/cmdline ]] || return 1
+  pid_gone "$pid" && return 1
+  local -a argv=()
+  mapfile -d '' -t argv <"/proc/$pid/cmdline" 2>/dev/null || return 1
+  [[ ${#argv[@]} -gt 0 && $(basename -- "${argv[0]}") == proxy ]]
+}
+
+# successor OLD_PID: the pid of the proxy that took over from OLD_PID, from
+# the pid file the serving proxy writes in its data directory; empty if none.
+successor() {
+  local old=$1 pid=''
+  [[ -f $PROXY_PID_FILE ]] || return 0
+  IFS= read -r pid <"$PROXY_PID_FILE" || true
+  if [[ $pid != "$old" ]] && is_proxy "$pid"; then
+    printf '%s' "$pid"
+  fi
+}
+
+# Runs until a signal (the traps above) or the proxy exits on its own. A
+# takeover (a second proxy on the data directory, or a reload that changed
+# what only a start reads) replaces the process: the old one exits 0 once the
+# new one serves, and supervision follows the new one.
+[[ $DATA_DIR == /* ]] || DATA_DIR=$ROOT/$DATA_DIR
+PROXY_PID_FILE=$DATA_DIR/proxy.pid
+FOLLOWED=''
+while :; do
+  rc=0
+  if [[ -z $FOLLOWED ]]; then
+    wait "$PROXY_PID" || rc=$?
+  else
+    # Not a child of this shell: `wait` cannot reap it, but it returns at
+    # once on a signal, so Ctrl-C still stops everything.
+    tail --pid="$PROXY_PID" -f /dev/null &
+    wait $! || true
+    pid_gone "$PROXY_PID" || continue
+  fi
+  # The new process writes its pid file as it starts serving, which can be
+  # a moment after the old one exited: a clean exit waits for it a little.
+  next=$(successor "$PROXY_PID")
+  deadline=$((SECONDS + 5))
+  while [[ -z $next && $rc == 0 ]] && ((SECONDS < deadline)); do
+    sleep 0.1
+    next=$(successor "$PROXY_PID")
+  done
+  if [[ -n $next ]]; then
+    log "the proxy (pid $PROXY_PID) handed over to pid $next: following it"
+    PROXY_PID=$next
+    FOLLOWED=1
+    printf '%s\n' "$PROXY_PID" >"$RUN_DIR/proxy.pid"
+    continue
+  fi
+  break
+done
 PROXY_PID=''
 printf '%s: --- last lines of %s ---\n' "$PROG" "$PROXY_LOG" >&2
 tail -n 20 -- "$PROXY_LOG" >&2 || true

@@ -6,6 +6,7 @@
 mod apply;
 mod locate;
 mod raw;
+mod tls;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,6 +18,7 @@ use crate::slot::Slot;
 
 pub(crate) use apply::{Apply, Change, Reconciled};
 pub use raw::RawConfig;
+pub use tls::{CertificateFiles, TlsCfg};
 
 /// Defaults, in one place so the reference config and the code cannot drift.
 pub mod defaults {
@@ -29,6 +31,7 @@ pub mod defaults {
     pub const CONNECT_MS: u64 = 1_000;
     pub const RESPONSE_HEADER_MS: u64 = 30_000;
     pub const UPSTREAM_IDLE_MS: u64 = 90_000;
+    pub const UPSTREAM_READ_MS: u64 = 60_000;
     pub const SHUTDOWN_GRACE_MS: u64 = 10_000;
     pub const GATE_PASSES: u32 = 3;
     pub const GATE_DEADLINE_MS: u64 = 10_000;
@@ -44,6 +47,7 @@ pub mod defaults {
     pub const MAX_HEADER_BYTES: usize = 64 * 1024;
     pub const MAX_BODY_BYTES: u64 = 100 * 1024 * 1024;
     pub const MAX_CONNECTIONS: usize = 10_000;
+    pub const TLS_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
     pub const STATUS: &str = "127.0.0.1:8098";
     pub const PASSIVE_FALL: u32 = 2;
     pub const TRUSTED_HOPS: &[&str] = &["127.0.0.1", "::1"];
@@ -58,6 +62,7 @@ pub mod defaults {
     pub const GUARD_MARGIN: f64 = 0.01;
     pub const GUARD_MIN_REQUESTS: u64 = 20;
     pub const GUARD_BAKE_MS: u64 = 60_000;
+    pub const GUARD_ANSWER_FROM_STABLE: bool = true;
     pub const INCIDENT_FAILURES: u64 = 5;
     pub const INCIDENT_QUIET_MS: u64 = 60_000;
     pub const SLA_ALLOWED: &str = "20m";
@@ -73,6 +78,8 @@ pub mod defaults {
 pub struct Config {
     pub data_dir: PathBuf,
     pub public: SocketAddr,
+    /// The TLS listener, beside the plain one; none when unset.
+    pub public_tls: Option<SocketAddr>,
     pub admin: SocketAddr,
     /// The public status page's listener.
     pub status: SocketAddr,
@@ -91,6 +98,7 @@ pub struct Config {
     pub health: Health,
     pub limits: Limits,
     pub scenarios: Vec<Scenario>,
+    pub tls: TlsCfg,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -98,6 +106,9 @@ pub struct Timeouts {
     pub connect: Duration,
     pub response_header: Duration,
     pub upstream_idle: Duration,
+    /// The longest a response body may go without a byte from the upstream
+    /// (nginx's `proxy_read_timeout`).
+    pub upstream_read: Duration,
     pub shutdown_grace: Duration,
 }
 
@@ -158,6 +169,9 @@ pub struct GuardCfg {
     pub min_requests: u64,
     /// How long the new active slot is watched after a switch or promote.
     pub bake: Duration,
+    /// A failed request of the watched release (a canary, or the new active
+    /// slot in its bake) is sent once to the stable one, when it may be.
+    pub answer_from_stable: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -189,6 +203,9 @@ pub struct Webhook {
     pub url: http::Uri,
     /// When set, bodies are signed with HMAC-SHA256 in a header.
     pub secret: Option<String>,
+    /// For an https:// URL: the CA file its certificate is verified against, instead of
+    /// the system's roots.
+    pub ca: Option<PathBuf>,
 }
 
 /// Limits on what a client may send to the public listener.
@@ -200,6 +217,8 @@ pub struct Limits {
     pub max_header_bytes: usize,
     pub max_body_bytes: u64,
     pub max_connections: usize,
+    /// A TLS client has this long from its accept to the end of its handshake.
+    pub tls_handshake_timeout: Duration,
 }
 
 /// A probe scenario: steps that do what users do, run in order.
@@ -286,7 +305,8 @@ fn render(file: &Path, problems: &[Problem]) -> String {
 }
 
 impl Config {
-    /// Reads and validates a file.
+    /// Reads and validates a file, then reads and checks the files it names (certificates,
+    /// keys, CA files).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: path.to_path_buf(),
@@ -296,7 +316,18 @@ impl Config {
                 message: format!("cannot read: {e}"),
             }],
         })?;
-        Config::parse(&text).map_err(|problems| ConfigError {
+        let mut config = Config::parse(&text).map_err(|problems| ConfigError {
+            file: path.to_path_buf(),
+            problems,
+        })?;
+        let mut problems = tls::read_files(&mut config);
+        if problems.is_empty() {
+            return Ok(config);
+        }
+        for p in &mut problems {
+            p.line = locate::line_of(&text, &p.key);
+        }
+        Err(ConfigError {
             file: path.to_path_buf(),
             problems,
         })

@@ -22,6 +22,8 @@ pub enum ProxyError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("takeover: {0}")]
+    Takeover(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }

@@ -3,14 +3,19 @@
 //! and parks it while idle, with `server::idle`'s deadlines); `forward` loads the routing snapshot once (`routing`), rewrites
 //! `headers`, waits within `deadline`, and sends it through the slot's pool
 //! (`upstream`: our HTTP/1.1 client, its request body and response parser);
-//! `body` streams the answer back and `traffic` records what happened, which
-//! the control plane and operations read.
+//! `body` streams the answer back, `outcome` says how each attempt and
+//! request ended and who caused a failure, and `traffic` records it, which
+//! the control plane and operations read. `https` holds what TLS changes on
+//! the way (the scheme, the redirect, HSTS).
 
 pub mod body;
 pub mod deadline;
 pub mod forward;
 pub mod headers;
+pub mod https;
+pub mod outcome;
 pub mod routing;
 pub mod server;
+pub mod tally;
 pub mod traffic;
 pub mod upstream;

@@ -1,7 +1,6 @@
 //! The `proxy` binary: arguments, the allocator's options, tracing, configuration,
-//! bind, run.
+//! systemd's sockets, run.
 
-use std::io::Write;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,9 +8,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use proxy::Config;
 use proxy::ProxyError;
+use proxy::run;
 use proxy::{AdminToken, TOKEN_ENV};
-use proxy::{Listeners, run};
-use tokio::net::TcpListener;
 
 // Every request allocates a few small buffers and frees them again (hyper's
 // read buffers, header maps, channels); mimalloc's per-thread free lists
@@ -76,6 +74,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
+    let systemd = systemd_sockets();
     let runtime = match build_runtime(args.threads) {
         Ok(rt) => rt,
         Err(e) => {
@@ -83,7 +82,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(start(args.config)) {
+    match runtime.block_on(start(args.config, systemd)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -117,12 +116,10 @@ fn restart_with_allocator_options() {
 }
 
 /// Task polls between two looks for new socket events on a current-thread
-/// runtime (tokio's default is 61). A proxied request took about four when
-/// the upstream connection was a task of its own (two since the sixth pass:
-/// its client connection's task, twice), so 61 cut the work of 50 busy
-/// connections into pieces and let new requests in between; 256 finishes
-/// what is ready first, which narrowed p99 in the benchmark
-/// (docs/performance.md, third pass).
+/// runtime (tokio's default is 61). A proxied request takes two polls of its
+/// client connection's task, so 61 would cut the work of 50 busy connections
+/// into pieces and let new requests in between; 256 finishes what is ready
+/// first, which keeps p99 narrow under load.
 const EVENT_INTERVAL: u32 = 256;
 
 /// One thread: a current-thread runtime, cheaper per request than a
@@ -143,42 +140,33 @@ fn build_runtime(threads: Option<NonZeroUsize>) -> std::io::Result<tokio::runtim
     }
 }
 
-async fn start(config_path: PathBuf) -> Result<(), ProxyError> {
+async fn start(
+    config_path: PathBuf,
+    systemd: Vec<std::net::TcpListener>,
+) -> Result<(), ProxyError> {
     let config = Config::load(&config_path)?;
     let token = AdminToken::resolve(&config, std::env::var(TOKEN_ENV).ok())?;
-    let public = bind("public listener", config.public).await?;
-    let admin = bind("admin listener", config.admin).await?;
-    let status = bind("status listener", config.status).await?;
     // Installed before the readiness lines, so a SIGTERM right after them
     // already drains instead of killing.
     let shutdown = shutdown_signal()?;
-    // Harnesses and scripts read these lines to learn the ports (readiness).
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "public listening on {}", public.local_addr()?)?;
-    writeln!(out, "admin listening on {}", admin.local_addr()?)?;
-    writeln!(out, "status listening on {}", status.local_addr()?)?;
-    writeln!(out, "admin token {}", token.describe())?;
-    out.flush()?;
-    drop(out);
-    tracing::info!(config = %config_path.display(), "proxy started");
-    run(
-        config,
-        config_path,
-        Listeners {
-            public,
-            admin,
-            status,
-        },
-        token,
-        shutdown,
-    )
-    .await
+    tracing::info!(config = %config_path.display(), "proxy starting");
+    run(config, config_path, token, systemd, shutdown).await
 }
 
-async fn bind(what: &'static str, addr: std::net::SocketAddr) -> Result<TcpListener, ProxyError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ProxyError::Bind { what, addr, source })
+/// The TCP sockets systemd passed (`LISTEN_FDS`), taken before the runtime
+/// starts threads: taking them clears the variables, and the environment is
+/// not for changing while other threads read it.
+fn systemd_sockets() -> Vec<std::net::TcpListener> {
+    let mut fds = listenfd::ListenFd::from_env();
+    (0..fds.len())
+        .filter_map(|at| match fds.take_tcp_listener(at) {
+            Ok(listener) => listener,
+            Err(e) => {
+                eprintln!("proxy: LISTEN_FDS socket {at} is not a TCP listener: {e}");
+                None
+            }
+        })
+        .collect()
 }
 
 /// A future that resolves on SIGTERM or SIGINT; the handlers are in place

@@ -11,25 +11,35 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::http::traffic::{FailureKind, Outcome};
+use crate::http::outcome::{FailureKind, Outcome, Source};
 use crate::slot::Slot;
+use crate::tls::HandshakeFailure;
 
 type Labels = Vec<(&'static str, String)>;
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-const KINDS: [FailureKind; 3] = [
-    FailureKind::Connect,
-    FailureKind::Timeout,
-    FailureKind::Reset,
-];
+const KINDS: usize = FailureKind::ALL.len();
 
 pub struct Metrics {
     registry: Registry,
-    /// `[slot][status class]`.
+    /// `[slot][status class]`: the requests that judge the slot, by the
+    /// class of the answer (a failure the upstream caused is a 5xx).
     requests: [[Counter; 5]; 2],
-    /// `[slot][failure kind]`.
-    upstream_failures: [[Counter; 3]; 2],
+    /// `[slot][failure kind]`: failed attempts, by the upstream's doing
+    /// (only those kinds are ever counted).
+    upstream_failures: [[Counter; KINDS]; 2],
+    /// `[slot][failure kind]`: requests the client's doing ended (only those
+    /// kinds are ever counted).
+    client_failures: [[Counter; KINDS]; 2],
+    /// `[slot]`: requests sent again on a new connection after a pooled
+    /// one turned out closed.
+    reconnects: [Counter; 2],
     retries: Counter,
+    /// Failed requests of the release the guard watches (a canary, or the
+    /// new active slot in its bake), the user's or charged only.
+    watched_failures: Counter,
+    /// Of those, the ones the stable release answered for.
+    answered_by_stable: Counter,
     latency: [Histogram; 2],
     active: Family<Labels, Gauge>,
     canary_percent: Gauge,
@@ -40,6 +50,8 @@ pub struct Metrics {
     probe_results: Family<Labels, Counter>,
     pub budget_used_minutes: Gauge<f64, AtomicU64>,
     pub budget_left_minutes: Gauge<f64, AtomicU64>,
+    /// Indexed by `HandshakeFailure as usize`.
+    tls_handshake_failures: [Counter; HandshakeFailure::ALL.len()],
     /// Client connections of the public listener open; the listener counts them.
     pub client_connections: Gauge,
     /// Of those, the parked ones (idle HTTP/1.1, holding no buffer); the
@@ -65,8 +77,20 @@ impl Metrics {
         let failures_family = Family::<Labels, Counter>::default();
         registry.register(
             "upstream_failures",
-            "User requests that got no upstream answer, by slot and kind",
+            "Attempts of user requests the upstream failed (retried or not), by slot and kind",
             failures_family.clone(),
+        );
+        let client_family = Family::<Labels, Counter>::default();
+        registry.register(
+            "client_failures",
+            "User requests ended by the client's doing (never counted against the slot), by slot and kind",
+            client_family.clone(),
+        );
+        let reconnects_family = Family::<Labels, Counter>::default();
+        registry.register(
+            "reconnects",
+            "User requests sent again on a new connection after a pooled one turned out closed",
+            reconnects_family.clone(),
         );
         let latency_family = Family::<Labels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
@@ -85,14 +109,27 @@ impl Metrics {
                 ])
             })
         });
-        let upstream_failures = Slot::ALL.map(|slot| {
-            KINDS.map(|kind| {
-                failures_family.get_or_create_owned(&vec![
-                    ("slot", slot.to_string()),
-                    ("kind", kind.as_str().to_string()),
-                ])
+        let by_kind = |family: &Family<Labels, Counter>, source: Source| {
+            Slot::ALL.map(|slot| {
+                FailureKind::ALL.map(|kind| {
+                    let labels = vec![
+                        ("slot", slot.to_string()),
+                        ("kind", kind.as_str().to_string()),
+                    ];
+                    // Only this source's kinds are shown; the others' stay
+                    // unregistered counters nothing increments.
+                    if kind.source() == source {
+                        family.get_or_create_owned(&labels)
+                    } else {
+                        Counter::default()
+                    }
+                })
             })
-        });
+        };
+        let upstream_failures = by_kind(&failures_family, Source::Upstream);
+        let client_failures = by_kind(&client_family, Source::Client);
+        let reconnects = Slot::ALL
+            .map(|slot| reconnects_family.get_or_create_owned(&vec![("slot", slot.to_string())]));
         let latency = Slot::ALL
             .map(|slot| latency_family.get_or_create_owned(&vec![("slot", slot.to_string())]));
 
@@ -101,6 +138,18 @@ impl Metrics {
             "retries",
             "User requests retried on the other slot",
             retries.clone(),
+        );
+        let watched_failures = Counter::default();
+        registry.register(
+            "guard_watched_failures",
+            "Failed requests of the release the guard watches (canary, or new active slot in its bake)",
+            watched_failures.clone(),
+        );
+        let answered_by_stable = Counter::default();
+        registry.register(
+            "guard_answered_by_stable",
+            "Failed requests of the watched release that the stable release answered instead",
+            answered_by_stable.clone(),
         );
         let active = Family::<Labels, Gauge>::default();
         registry.register(
@@ -169,11 +218,25 @@ impl Metrics {
             parked_connections.clone(),
         );
 
+        let handshake_family = Family::<Labels, Counter>::default();
+        registry.register(
+            "tls_handshake_failures",
+            "TLS connections closed before their handshake completed, by reason",
+            handshake_family.clone(),
+        );
+        let tls_handshake_failures = HandshakeFailure::ALL.map(|reason| {
+            handshake_family.get_or_create_owned(&vec![("reason", reason.as_str().to_string())])
+        });
+
         Metrics {
             registry,
             requests,
             upstream_failures,
+            client_failures,
+            reconnects,
             retries,
+            watched_failures,
+            answered_by_stable,
             latency,
             active,
             canary_percent,
@@ -184,12 +247,13 @@ impl Metrics {
             probe_results,
             budget_used_minutes,
             budget_left_minutes,
+            tls_handshake_failures,
             client_connections,
             parked_connections,
         }
     }
 
-    /// Counts one user request.
+    /// Counts one user request's outcome (`outcome::Tally` calls this).
     pub fn record(&self, slot: Slot, outcome: Outcome, latency_seconds: f64) {
         let s = slot.index();
         match outcome {
@@ -198,23 +262,46 @@ impl Metrics {
                 self.requests[s][class].inc();
                 self.latency[s].observe(latency_seconds);
             }
-            Outcome::Failed(_) => {
-                self.requests[s][4].inc();
-            }
+            Outcome::Failed(kind) => match kind.source() {
+                Source::Upstream => {
+                    self.requests[s][4].inc();
+                }
+                Source::Client => {
+                    self.client_failures[s][kind_index(kind)].inc();
+                }
+                Source::Proxy => {}
+            },
         };
     }
 
-    /// Counts one failed attempt on an upstream, retried or not.
+    /// Counts one attempt the upstream failed, retried or not.
     pub fn upstream_failure(&self, slot: Slot, kind: FailureKind) {
-        let k = KINDS
-            .iter()
-            .position(|x| *x == kind)
-            .expect("every kind is listed");
-        self.upstream_failures[slot.index()][k].inc();
+        if kind.source() == Source::Upstream {
+            self.upstream_failures[slot.index()][kind_index(kind)].inc();
+        }
+    }
+
+    /// Counts a request sent again on a new connection to the same slot.
+    pub fn reconnected(&self, slot: Slot) {
+        self.reconnects[slot.index()].inc();
+    }
+
+    pub fn tls_handshake_failed(&self, reason: HandshakeFailure) {
+        self.tls_handshake_failures[reason as usize].inc();
     }
 
     pub fn retried(&self) {
         self.retries.inc();
+    }
+
+    /// A request of the watched release failed.
+    pub fn watched_failure(&self) {
+        self.watched_failures.inc();
+    }
+
+    /// The stable release answered for a failed request of the watched one.
+    pub fn answered_by_stable(&self) {
+        self.answered_by_stable.inc();
     }
 
     pub fn set_routing(&self, active: Slot, canary_percent: u8) {
@@ -241,4 +328,11 @@ impl Metrics {
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
+}
+
+fn kind_index(kind: FailureKind) -> usize {
+    FailureKind::ALL
+        .iter()
+        .position(|k| *k == kind)
+        .unwrap_or_default()
 }

@@ -2,9 +2,10 @@
 //! append-only log every other part writes to; `incidents` turns failures and
 //! verdicts into incidents and hands them to `notify` (signed webhooks);
 //! `budget` counts the SLA's bad minutes; `status_page` shows all of it
-//! publicly.
+//! publicly; `cert_expiry` warns of TLS certificates about to expire.
 
 pub mod budget;
+pub mod cert_expiry;
 pub mod events;
 pub mod incidents;
 pub mod notify;

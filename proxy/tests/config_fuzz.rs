@@ -38,6 +38,7 @@ const KEYS: &[&str] = &[
     "connect_ms",
     "response_header_ms",
     "upstream_idle_ms",
+    "upstream_read_ms",
     "shutdown_grace_ms",
     "path",
     "interval_ms",
@@ -63,6 +64,7 @@ const KEYS: &[&str] = &[
     "margin",
     "min_requests",
     "bake_ms",
+    "answer_from_stable",
     "failure_threshold",
     "quiet_ms",
     "allowed_downtime",
@@ -174,9 +176,17 @@ fn boundary(text: &str, at: f64) -> usize {
     i
 }
 
+/// The line at the fraction `at` of `lines`; `None` when there is no line, since earlier
+/// mutations (a truncation, deleted bytes) may have emptied the text.
+fn line_at(at: f64, lines: &[String]) -> Option<usize> {
+    let last = lines.len().checked_sub(1)?;
+    Some((((lines.len() as f64) * at) as usize).min(last))
+}
+
+/// `mutation` applied to `text`; a line mutation of a text without lines adds the line it
+/// would write, or leaves the text as it is when it has nothing to write.
 fn apply(text: &str, mutation: &Mutation) -> String {
     let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
-    let line_at = |at: f64, len: usize| ((len as f64) * at) as usize % len.max(1);
     match mutation {
         Mutation::DeleteBytes { at, len } => {
             let start = boundary(text, *at);
@@ -188,24 +198,28 @@ fn apply(text: &str, mutation: &Mutation) -> String {
             format!("{}{insert}{}", &text[..i], &text[i..])
         }
         Mutation::ReplaceLine { at, with } => {
-            let i = line_at(*at, lines.len());
-            lines[i] = with.clone();
+            match line_at(*at, &lines) {
+                Some(i) => lines[i] = with.clone(),
+                None => lines.push(with.clone()),
+            }
             lines.join("\n")
         }
         Mutation::DuplicateLine { at } => {
-            let i = line_at(*at, lines.len());
-            let copy = lines[i].clone();
-            lines.insert(i, copy);
+            if let Some(i) = line_at(*at, &lines) {
+                let copy = lines[i].clone();
+                lines.insert(i, copy);
+            }
             lines.join("\n")
         }
         Mutation::SwapLines { a, b } => {
-            let (a, b) = (line_at(*a, lines.len()), line_at(*b, lines.len()));
-            lines.swap(a, b);
+            if let (Some(a), Some(b)) = (line_at(*a, &lines), line_at(*b, &lines)) {
+                lines.swap(a, b);
+            }
             lines.join("\n")
         }
         Mutation::ReplaceValue { at, with } => {
             // The value of the first `key = value` line at or after the position.
-            let start = line_at(*at, lines.len());
+            let start = line_at(*at, &lines).unwrap_or(lines.len());
             if let Some(i) = (start..lines.len()).find(|&i| {
                 let l = lines[i].trim_start();
                 !l.starts_with('#') && l.contains(" = ")
@@ -224,6 +238,7 @@ const NUMBERS: &[(&str, &str)] = &[
     ("timeouts", "connect_ms"),
     ("timeouts", "response_header_ms"),
     ("timeouts", "upstream_idle_ms"),
+    ("timeouts", "upstream_read_ms"),
     ("timeouts", "shutdown_grace_ms"),
     ("health", "interval_ms"),
     ("health", "timeout_ms"),
@@ -323,6 +338,37 @@ fn a_connection_limit_beyond_a_semaphore_is_refused_by_its_key() {
             .any(|p| p.key == "limits.max_connections" && p.line == Some(2)),
         "{problems:?}"
     );
+}
+
+/// Found by `mutations_of_the_reference_config_never_panic`: a truncation to nothing, then a
+/// line mutation, indexed a line of a text that had none.
+#[test]
+fn every_mutation_applies_to_a_text_emptied_by_an_earlier_one() {
+    let empty = apply(REFERENCE, &Mutation::Truncate { at: 0.0 });
+    let line = "[gate]".to_owned();
+    let mutations = [
+        Mutation::DeleteBytes { at: 0.5, len: 3 },
+        Mutation::InsertText {
+            at: 0.5,
+            text: line.clone(),
+        },
+        Mutation::ReplaceLine {
+            at: 0.5,
+            with: line.clone(),
+        },
+        Mutation::DuplicateLine { at: 0.5 },
+        Mutation::SwapLines { a: 0.2, b: 0.8 },
+        Mutation::ReplaceValue {
+            at: 0.5,
+            with: "1".to_owned(),
+        },
+        Mutation::Truncate { at: 0.5 },
+    ];
+
+    let mutated: Vec<String> = mutations.iter().map(|m| apply(&empty, m)).collect();
+
+    assert_eq!(empty, "");
+    assert_eq!(mutated, ["", "[gate]", "[gate]", "", "", "", ""]);
 }
 
 proptest! {

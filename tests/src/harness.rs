@@ -15,6 +15,13 @@ use crate::shortener::{Shortener, ShortenerBuilder};
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Re-checks `cond` every 50 ms until it holds (true) or `timeout` has passed (false).
+///
+/// The one way tests wait, for the shortener's tests as for the end-to-end ones. It answers
+/// instead of panicking so that the caller's assertion names what it waited for and shows
+/// what it saw: `assert!(eventually(|| .., TIMEOUT).await, "no notice arrived: {log}")`.
+/// The answer must be used; a wait that is not a precondition is discarded by name
+/// (`let _blue_marked_down = eventually(..)`), so that nobody reads it as one.
+#[must_use = "assert on it, naming what was awaited, or discard it by name"]
 pub async fn eventually<F, Fut>(mut cond: F, timeout: Duration) -> bool
 where
     F: FnMut() -> Fut,

@@ -12,6 +12,8 @@ use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 use tokio::time::{Instant, timeout, timeout_at};
 
+use crate::harness::eventually;
+
 /// How long a binary may take to print its listening lines (debug builds on a busy 2-core box).
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a process may take to exit after SIGTERM before it gets SIGKILL.
@@ -116,6 +118,41 @@ impl Process {
         Ok((Process { launch, child }, ready))
     }
 
+    /// Starts the program without waiting for it to be ready (its stdout is drained): for
+    /// tests that act while it starts.
+    ///
+    /// # Panics
+    /// When the program cannot start.
+    pub fn spawn_unready(launch: Launch) -> Process {
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&launch.log)
+            .unwrap_or_else(|e| panic!("cannot open log {}: {e}", launch.log.display()));
+        let _ = writeln!(log, "----- harness: starting {} -----", launch.name);
+        let mut child = Command::new(&launch.program)
+            .args(&launch.args)
+            .envs(launch.envs.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", launch.program.display()));
+        let stdout = child.stdout.take().expect("stdout was configured as piped");
+        let mut lines = BufReader::new(stdout).lines();
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Process { launch, child }
+    }
+
+    /// Waits up to `within` for the process to exit by itself; `None` if it still runs.
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        match timeout(within, self.child.wait()).await {
+            Ok(Ok(status)) => Some(status),
+            _ => None,
+        }
+    }
+
     /// The launch this process was started from, for restarts.
     pub fn launch(&self) -> &Launch {
         &self.launch
@@ -162,6 +199,44 @@ impl Process {
     /// The last lines of this process's log.
     pub fn log_tail(&self) -> String {
         read_tail(&self.launch.log)
+    }
+
+    /// Everything the process wrote to stderr, its earlier runs included (the log survives
+    /// restarts), or why the log cannot be read.
+    pub async fn log(&self) -> String {
+        tokio::fs::read_to_string(&self.launch.log)
+            .await
+            .unwrap_or_else(|e| format!("(cannot read {}: {e})", self.launch.log.display()))
+    }
+
+    /// Waits until the log holds `needle`; false when it does not within `timeout` (the
+    /// contract of [`eventually`]).
+    #[must_use = "assert on it, naming what was awaited"]
+    pub async fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        eventually(|| async { self.log().await.contains(needle) }, timeout).await
+    }
+
+    /// How many threads the process runs now.
+    ///
+    /// # Panics
+    /// When it has exited or its threads cannot be listed.
+    #[cfg(target_os = "linux")]
+    pub async fn threads(&self) -> usize {
+        let name = &self.launch.name;
+        let pid = self
+            .pid()
+            .unwrap_or_else(|| panic!("{name} has exited: it has no threads"));
+        let listed = async {
+            let mut tasks = tokio::fs::read_dir(format!("/proc/{pid}/task")).await?;
+            let mut threads = 0;
+            while tasks.next_entry().await?.is_some() {
+                threads += 1;
+            }
+            Ok::<_, std::io::Error>(threads)
+        };
+        listed
+            .await
+            .unwrap_or_else(|e| panic!("cannot list the threads of {name}: {e}"))
     }
 }
 

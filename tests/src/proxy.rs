@@ -348,9 +348,111 @@ impl Proxy {
         self.status = address_in(&lines[2]);
     }
 
+    /// Starts a second proxy on the same config and data dir, which takes over from this one:
+    /// waits until it is ready and this one has exited; returns this one's exit status. The
+    /// listeners are the very same sockets, so the addresses stay.
+    ///
+    /// # Panics
+    /// When the new one is not ready in time or the old one does not exit within the grace
+    /// period and more.
+    pub async fn take_over(&mut self) -> ExitStatus {
+        let launch = self.process.launch().clone();
+        let (process, lines) = Process::spawn(launch).await;
+        let mut old = std::mem::replace(&mut self.process, process);
+        assert_eq!(
+            (
+                address_in(&lines[0]),
+                address_in(&lines[1]),
+                address_in(&lines[2])
+            ),
+            (self.public, self.admin, self.status),
+            "the new process serves on the very sockets of the old one"
+        );
+        old.wait_exit(Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|| {
+                panic!(
+                    "the old proxy did not exit after the takeover:\n{}",
+                    old.log_tail()
+                )
+            })
+    }
+
+    /// Starts another proxy with `config` on this one's data dir, without waiting for it.
+    pub fn spawn_successor(&self, config: &Path) -> Process {
+        let mut launch = self.process.launch().clone();
+        launch.name = "proxy (successor)".into();
+        launch.args = vec!["--config".into(), config.into()];
+        Process::spawn_unready(launch)
+    }
+
+    /// SIGKILL, and waits for the exit.
+    pub async fn sigkill(&mut self) -> ExitStatus {
+        self.process.sigkill().await
+    }
+
+    /// Starts it again after it stopped: same config, data dir and token; new ports.
+    pub async fn start_again(&mut self) {
+        let launch = self.process.launch().clone();
+        let (process, lines) = Process::spawn(launch).await;
+        self.process = process;
+        self.public = address_in(&lines[0]);
+        self.admin = address_in(&lines[1]);
+        self.status = address_in(&lines[2]);
+    }
+
+    /// Whether its process has exited.
+    pub fn has_exited(&mut self) -> bool {
+        self.process.has_exited()
+    }
+
     /// The last lines of its stderr.
     pub fn log_tail(&self) -> String {
         self.process.log_tail()
+    }
+}
+
+/// A proxy the harness did not start: the process that took over through a reload, a child
+/// of the proxy it replaced. Dropping it kills it.
+#[derive(Debug)]
+pub struct Adopted {
+    pid: u32,
+}
+
+impl Adopted {
+    pub fn new(pid: u32) -> Adopted {
+        Adopted { pid }
+    }
+
+    /// Stops it with SIGTERM and waits until it is gone; `false` if it outlived the wait.
+    pub async fn stop(self) -> bool {
+        let pid = self.pid.to_string();
+        let _ = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await;
+        crate::harness::eventually(
+            || async {
+                // `kill -0` fails once the process is gone.
+                !tokio::process::Command::new("kill")
+                    .args(["-0", &pid])
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .await
+                    .is_ok_and(|s| s.success())
+            },
+            crate::process::STOP_TIMEOUT,
+        )
+        .await
+    }
+}
+
+impl Drop for Adopted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &self.pid.to_string()])
+            .stderr(std::process::Stdio::null())
+            .status();
     }
 }
 

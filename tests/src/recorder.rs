@@ -103,6 +103,10 @@ pub struct Recorder {
     log: Arc<Mutex<Log>>,
     /// The accept loop; it owns the connection tasks, so aborting it ends them all.
     server: JoinHandle<()>,
+    /// The listening socket (a second descriptor of it): shut down on drop, so that the port
+    /// refuses connections at once, not only once the aborted accept loop is next polled (a
+    /// connection accepted meanwhile would be reset, not refused).
+    listening: std::os::fd::OwnedFd,
 }
 
 impl Recorder {
@@ -129,6 +133,9 @@ impl Recorder {
         let addr = listener
             .local_addr()
             .expect("a bound listener has an address");
+        let listening = std::os::fd::AsFd::as_fd(&listener)
+            .try_clone_to_owned()
+            .expect("a listening socket's descriptor can be duplicated");
         let log = Arc::new(Mutex::new(Log::default()));
         let shared = Arc::clone(&log);
         let server = tokio::spawn(async move {
@@ -148,7 +155,12 @@ impl Recorder {
                 while connections.try_join_next().is_some() {}
             }
         });
-        Recorder { addr, log, server }
+        Recorder {
+            addr,
+            log,
+            server,
+            listening,
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -176,6 +188,7 @@ impl Recorder {
 
 impl Drop for Recorder {
     fn drop(&mut self) {
+        let _ = socket2::SockRef::from(&self.listening).shutdown(std::net::Shutdown::Both);
         self.server.abort();
     }
 }

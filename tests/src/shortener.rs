@@ -8,8 +8,9 @@ use std::time::Duration;
 use crate::binary::binary;
 use crate::process::{Launch, Process, address_in};
 
-/// The line the shortener prints once it accepts connections.
-const READY_PREFIX: &str = "shortener listening on ";
+/// The start of the line the shortener prints on stdout once it accepts connections; the
+/// line ends with the address ([`address_in`]).
+pub const READY_PREFIX: &str = "shortener listening on ";
 /// Restarting on the same port retries this many times, in case the old socket lingers.
 const RESTART_ATTEMPTS: u32 = 5;
 /// The pause between two restart attempts.

@@ -85,7 +85,9 @@ impl Traffic {
         self.requests.load(Ordering::Relaxed)
     }
 
-    /// Waits until the clients have sent `more` requests beyond the current count.
+    /// Waits until the clients have sent `more` requests beyond the current count; false
+    /// when they have not within `timeout` (the contract of [`eventually`]).
+    #[must_use = "assert on it, naming what was awaited"]
     pub async fn wait_for_more(&self, more: u64, timeout: Duration) -> bool {
         let target = self.requests() + more;
         eventually(|| async { self.requests() >= target }, timeout).await

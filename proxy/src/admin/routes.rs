@@ -23,6 +23,7 @@ use crate::http::routing::Snapshot;
 use crate::ops::budget::{Budget, BudgetView};
 use crate::ops::events::Event;
 use crate::slot::Slot;
+use crate::tls::certs::TlsView;
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -32,6 +33,8 @@ pub struct AdminState {
     pub config_path: Arc<std::path::PathBuf>,
     /// The SLA's error budget, shown in the status.
     pub budget: Arc<Budget>,
+    /// Starts the takeover of a reload that changed what only a start reads.
+    pub succession: Arc<crate::takeover::Succession>,
 }
 
 pub fn app(state: AdminState) -> Router {
@@ -119,6 +122,9 @@ impl From<ControlError> for ApiError {
                 body: json!({ "error": format!("probe failed: {failure}"), "failure": failure }),
             },
             ControlError::Conflict(why) => ApiError::new(StatusCode::CONFLICT, why),
+            e @ ControlError::HandedOver => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
             ControlError::Persist(e) => {
                 tracing::error!(error = %e, "could not persist the routing state; nothing changed");
                 ApiError::new(
@@ -183,6 +189,8 @@ pub struct StatusView {
     pub guard: GuardView,
     pub slots: SlotsView,
     pub error_budget: BudgetView,
+    /// The TLS listener's certificates; null without one.
+    pub tls: Option<TlsView>,
 }
 
 #[derive(Serialize)]
@@ -235,6 +243,11 @@ pub fn status_view(state: &AdminState, snap: &Snapshot) -> StatusView {
             green: slot(Slot::Green),
         },
         error_budget: state.budget.view(),
+        tls: snap
+            .policy
+            .https
+            .as_ref()
+            .map(|h| h.certificates.view(time::OffsetDateTime::now_utc())),
     }
 }
 
@@ -348,20 +361,40 @@ struct ReloadView {
     #[serde(flatten)]
     status: StatusView,
     changes: Vec<Change>,
+    /// The pid of the process that took over, when one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    took_over: Option<u32>,
 }
 
 async fn reload(State(state): State<AdminState>) -> Result<Json<ReloadView>, ApiError> {
-    let changes = reload::reload(&state.controller, &state.config_path).map_err(|e| ApiError {
+    // The file and its certificates are read off the runtime's threads (`reload::reload`).
+    let reloaded = reload::reload(&state.controller, &state.succession, &state.config_path)
+        .await
+        .map_err(|e| ApiError {
         status: StatusCode::BAD_REQUEST,
         body: json!({
             "error": e.to_string(),
             "problems": e.problems.iter().map(|p| json!({ "key": p.key, "line": p.line, "message": p.message })).collect::<Vec<_>>(),
         }),
     })?;
+    let took_over = match reloaded.takeover {
+        reload::Takeover::NotNeeded => None,
+        reload::Takeover::HandedOver(pid) => Some(pid),
+        reload::Takeover::Failed(why) => {
+            return Err(ApiError {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                body: json!({
+                    "error": format!("the live keys were applied, but the new process for the others did not take over: {why}"),
+                    "changes": reloaded.changes,
+                }),
+            });
+        }
+    };
     let snap = state.controller.router().load_full();
     Ok(Json(ReloadView {
         status: status_view(&state, &snap),
-        changes,
+        changes: reloaded.changes,
+        took_over,
     }))
 }
 

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::{
     CanaryCfg, Config, Forwarding, Gate, GuardCfg, Health, IncidentsCfg, Limits, NotifyCfg, SlaCfg,
-    Timeouts,
+    Timeouts, TlsCfg,
 };
 use crate::slot::Slot;
 
@@ -20,9 +20,12 @@ pub(crate) enum Apply {
     /// guard tick.
     Live,
     /// Read once when the proxy starts (a listener, a background task, the
-    /// upstream pools, the data directory): the running value stays until a
-    /// restart.
-    Restart,
+    /// upstream pools, the data directory): a reload applies it by a
+    /// takeover (`via`), a fresh process taking the listeners over.
+    Restart {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        via: Option<&'static str>,
+    },
     /// Seeds the routing state on a start without a state file only; from
     /// then on the state file decides, and `via` changes it.
     Seed { via: &'static str },
@@ -48,7 +51,7 @@ pub(crate) struct Reconciled {
 }
 
 const LIVE: Apply = Apply::Live;
-const RESTART: Apply = Apply::Restart;
+const RESTART: Apply = Apply::Restart { via: None };
 const SWITCH: Apply = Apply::Seed {
     via: "POST /switch",
 };
@@ -65,6 +68,7 @@ impl Config {
         let Config {
             data_dir,
             public,
+            public_tls,
             admin,
             status,
             forwarding,
@@ -81,12 +85,14 @@ impl Config {
             health,
             limits,
             scenarios,
+            tls,
         } = file;
         let [blue, green] = slot_addrs;
         let Timeouts {
             connect,
             response_header,
             upstream_idle,
+            upstream_read,
             shutdown_grace,
         } = timeouts;
         let Health {
@@ -104,6 +110,7 @@ impl Config {
             max_header_bytes,
             max_body_bytes,
             max_connections,
+            tls_handshake_timeout,
         } = limits;
         let Forwarding {
             trusted_hops,
@@ -123,6 +130,7 @@ impl Config {
             margin,
             min_requests,
             bake,
+            answer_from_stable,
         } = guard;
         let IncidentsCfg {
             failure_threshold,
@@ -138,6 +146,12 @@ impl Config {
             backoff,
             timeout: notify_timeout,
         } = notify;
+        let TlsCfg {
+            certificates,
+            redirect_http,
+            hsts_max_age,
+            loaded,
+        } = tls;
         let Gate {
             passes,
             deadline,
@@ -148,6 +162,7 @@ impl Config {
         let config = Config {
             data_dir: d.key("data_dir", RESTART, &run.data_dir, data_dir),
             public: d.key("listen.public", RESTART, &run.public, public),
+            public_tls: d.key("listen.public_tls", RESTART, &run.public_tls, public_tls),
             admin: d.key("listen.admin", RESTART, &run.admin, admin),
             status: d.key("listen.status", RESTART, &run.status, status),
             token_file: d.key("admin.token_file", RESTART, &run.token_file, token_file),
@@ -186,6 +201,12 @@ impl Config {
                     RESTART,
                     &run.timeouts.upstream_idle,
                     upstream_idle,
+                ),
+                upstream_read: d.key(
+                    "timeouts.upstream_read_ms",
+                    RESTART,
+                    &run.timeouts.upstream_read,
+                    upstream_read,
                 ),
                 shutdown_grace: d.key(
                     "timeouts.shutdown_grace_ms",
@@ -258,6 +279,12 @@ impl Config {
                     &run.limits.max_connections,
                     max_connections,
                 ),
+                tls_handshake_timeout: d.key(
+                    "limits.tls_handshake_timeout_ms",
+                    RESTART,
+                    &run.limits.tls_handshake_timeout,
+                    tls_handshake_timeout,
+                ),
             },
             forwarding: Forwarding {
                 trusted_hops: d.key(
@@ -319,6 +346,13 @@ impl Config {
                     min_requests,
                 ),
                 bake: d.key("guard.bake_ms", LIVE, &run.guard.bake, bake),
+                // Read per request from the routing policy.
+                answer_from_stable: d.key(
+                    "guard.answer_from_stable",
+                    LIVE,
+                    &run.guard.answer_from_stable,
+                    answer_from_stable,
+                ),
             },
             // The incident detector, the budget and the notifier are started
             // with their settings.
@@ -374,6 +408,25 @@ impl Config {
                 ),
             },
             scenarios: d.key("scenario", LIVE, &run.scenarios, scenarios),
+            // New handshakes take the policy's certificates, rebuilt by the reload.
+            tls: TlsCfg {
+                certificates: d.key("tls.certificate", LIVE, &run.tls.certificates, certificates),
+                redirect_http: d.key(
+                    "tls.redirect_http",
+                    LIVE,
+                    &run.tls.redirect_http,
+                    redirect_http,
+                ),
+                hsts_max_age: d.key(
+                    "tls.hsts_max_age",
+                    LIVE,
+                    &run.tls.hsts_max_age,
+                    hsts_max_age,
+                ),
+                // Read again by every load: new files at the same paths are
+                // new certificates, so the file's always win.
+                loaded,
+            },
         };
         Reconciled {
             config,
@@ -404,7 +457,7 @@ impl Diff {
         self.changes.push(Change { key, apply });
         match apply {
             Apply::Live => file,
-            Apply::Restart | Apply::Seed { .. } => running.clone(),
+            Apply::Restart { .. } | Apply::Seed { .. } => running.clone(),
         }
     }
 }
@@ -424,6 +477,7 @@ mod tests {
         ("listen.public", "\"127.0.0.1:1\"", RESTART),
         ("listen.admin", "\"127.0.0.1:1\"", RESTART),
         ("listen.status", "\"127.0.0.1:1\"", RESTART),
+        ("listen.public_tls", "\"127.0.0.1:2\"", RESTART),
         ("admin.token_file", "\"token\"", RESTART),
         ("slots.active", "\"green\"", SWITCH),
         ("slots.blue.addr", "\"127.0.0.1:1\"", PUT_SLOT),
@@ -431,6 +485,7 @@ mod tests {
         ("timeouts.connect_ms", "7", RESTART),
         ("timeouts.response_header_ms", "7", LIVE),
         ("timeouts.upstream_idle_ms", "7", RESTART),
+        ("timeouts.upstream_read_ms", "7", RESTART),
         ("timeouts.shutdown_grace_ms", "7", RESTART),
         ("health.path", "\"/up\"", RESTART),
         ("health.interval_ms", "7", RESTART),
@@ -444,6 +499,7 @@ mod tests {
         ("limits.max_header_bytes", "7000", RESTART),
         ("limits.max_body_bytes", "7", LIVE),
         ("limits.max_connections", "7", RESTART),
+        ("limits.tls_handshake_timeout_ms", "7", RESTART),
         ("forwarding.trusted_hops", "[\"10.0.0.1\"]", LIVE),
         ("forwarding.retry", "false", LIVE),
         ("forwarding.retry_writes", "true", LIVE),
@@ -457,6 +513,7 @@ mod tests {
         ("guard.margin", "0.5", LIVE),
         ("guard.min_requests", "7", LIVE),
         ("guard.bake_ms", "7", LIVE),
+        ("guard.answer_from_stable", "false", LIVE),
         ("incidents.failure_threshold", "7", RESTART),
         ("incidents.quiet_ms", "7", RESTART),
         ("sla.allowed_downtime", "\"7m\"", RESTART),
@@ -468,6 +525,13 @@ mod tests {
             "notify.webhook",
             "[{ url = \"http://127.0.0.1:1/\" }]",
             RESTART,
+        ),
+        ("tls.redirect_http", "true", LIVE),
+        ("tls.hsts_max_age", "7", LIVE),
+        (
+            "tls.certificate",
+            "[{ cert = \"c.pem\", key = \"k.pem\" }]",
+            LIVE,
         ),
         ("gate.passes", "7", LIVE),
         ("gate.deadline_ms", "7", LIVE),
@@ -489,16 +553,41 @@ mod tests {
         }
     }
 
+    /// The running file of a case: `[tls]` only means something with a TLS
+    /// listener, and that needs a certificate.
+    fn running_text(key: &str) -> String {
+        if key.starts_with("tls.") || key == "listen.public_tls" {
+            format!("{TLS_LISTENER}[tls]\n{TLS_CERTIFICATE}")
+        } else {
+            String::new()
+        }
+    }
+
+    /// The reloaded file of a case: the running one with the case's key set.
+    fn file_text(key: &str, value: &str) -> String {
+        match key.strip_prefix("tls.") {
+            Some("certificate") => format!("{TLS_LISTENER}[tls]\ncertificate = {value}\n"),
+            Some(name) => format!("{TLS_LISTENER}[tls]\n{TLS_CERTIFICATE}{name} = {value}\n"),
+            None if key == "listen.public_tls" => {
+                format!("[listen]\npublic_tls = {value}\n[tls]\n{TLS_CERTIFICATE}")
+            }
+            None => setting(key, value),
+        }
+    }
+
+    const TLS_LISTENER: &str = "[listen]\npublic_tls = \"127.0.0.1:1\"\n";
+    const TLS_CERTIFICATE: &str = "certificate = [{ cert = \"a.pem\", key = \"a.key\" }]\n";
+
     fn parse(text: &str) -> Config {
         Config::parse(text).unwrap_or_else(|p| panic!("{text:?} is invalid: {p:?}"))
     }
 
     #[test]
     fn a_reload_applies_each_live_key_and_names_every_other_change() {
-        let running = parse("");
         for &(key, value, apply) in CASES {
             // Arrange
-            let text = setting(key, value);
+            let running = parse(&running_text(key));
+            let text = file_text(key, value);
             let file = parse(&text);
 
             // Act

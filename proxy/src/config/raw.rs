@@ -58,6 +58,8 @@ pub struct RawConfig {
     notify: notify::RawNotify,
     #[serde(default)]
     scenario: Vec<scenario::RawScenario>,
+    #[serde(default)]
+    tls: super::tls::RawTls,
 }
 
 /// `[admin]`: nothing to check here; the token file is read, and refused if
@@ -88,9 +90,12 @@ impl RawConfig {
             sla,
             notify,
             scenario,
+            tls,
         } = self;
         let mut p = Problems::default();
+        let public_tls = listen.public_tls.clone();
         let listen = listen.validate(&mut p);
+        let (public_tls, tls) = tls.validate(public_tls.as_deref(), listen.public, p.list());
         let slots = slots.validate(&mut p);
         let timeouts = timeouts.validate(&mut p);
         let gate = gate.validate(&mut p);
@@ -107,6 +112,7 @@ impl RawConfig {
         Ok(Config {
             data_dir: data_dir.unwrap_or_else(|| PathBuf::from(d::DATA_DIR)),
             public: listen.public,
+            public_tls,
             admin: listen.admin,
             status: listen.status,
             forwarding,
@@ -123,6 +129,7 @@ impl RawConfig {
             health,
             limits,
             scenarios,
+            tls,
         })
     }
 }

@@ -16,10 +16,12 @@ use time::OffsetDateTime;
 
 use crate::config::{Config, GuardCfg, Scenario, Step, StepBody, StepTarget};
 use crate::control::gate;
-use crate::control::guard::{Breach, CanaryChange, Cutover, Deployment, Guard, Verdict};
+use crate::control::guard::{
+    Breach, CanaryChange, Cutover, Deployment, Guard, GuardRecord, Verdict,
+};
 use crate::control::health::{self, HealthTable};
 use crate::control::probe::{ProbeFailure, Prober, Targets};
-use crate::control::state::{self, PersistedState};
+use crate::control::state::{self, PersistedCanary, PersistedState};
 use crate::error::ProxyError;
 use crate::http::routing::{Canary, Policy, Router, Snapshot};
 use crate::http::traffic::Traffic;
@@ -48,6 +50,9 @@ pub enum ControlError {
     Conflict(String),
     #[error("{0}")]
     Persist(ProxyError),
+    /// This process handed its listeners to a new one and is draining.
+    #[error("this proxy handed over to a new process; send the request again")]
+    HandedOver,
 }
 
 pub use crate::control::guard::{GuardView, Override};
@@ -74,8 +79,13 @@ pub struct Controller {
     traffic: Arc<Traffic>,
     /// Serializes changes: a gate runs for seconds, and two switches must
     /// not interleave. A Tokio mutex because it is held across the gate's
-    /// probes; the request path never takes it.
-    ops: tokio::sync::Mutex<()>,
+    /// probes; the request path never takes it. In an `Arc` so that a
+    /// takeover's freeze can hold it while it waits for the new process.
+    ops: Arc<tokio::sync::Mutex<()>>,
+    /// The hold of a takeover on `ops`, from its freeze to its thaw.
+    frozen: Mutex<Option<tokio::sync::OwnedMutexGuard<()>>>,
+    /// Set once this process handed over: changes waiting for `ops` give up.
+    retired: tokio::sync::watch::Sender<bool>,
     /// Written by each gate run; read by the status.
     last_probe: [Mutex<Option<ProbeReport>>; 2],
     /// What the guard watches and what it pulled back. A std mutex: a few
@@ -92,6 +102,8 @@ pub struct Parts {
     pub events: Arc<EventLog>,
     pub metrics: Arc<Metrics>,
     pub traffic: Arc<Traffic>,
+    /// The guard's record from the state file.
+    pub guard: GuardRecord,
 }
 
 impl Controller {
@@ -106,6 +118,12 @@ impl Controller {
         parts
             .metrics
             .set_routing(snap.active, snap.canary.map_or(0, |c| c.percent));
+        let guard = Guard::restore(
+            parts.guard,
+            snap.canary.is_some(),
+            Instant::now(),
+            OffsetDateTime::now_utc(),
+        );
         drop(snap);
         Controller {
             router: parts.router,
@@ -115,10 +133,41 @@ impl Controller {
             events: parts.events,
             metrics: parts.metrics,
             traffic: parts.traffic,
-            ops: tokio::sync::Mutex::new(()),
+            ops: Arc::new(tokio::sync::Mutex::new(())),
+            frozen: Mutex::new(None),
+            retired: tokio::sync::watch::Sender::new(false),
             last_probe: Default::default(),
-            guard: Mutex::new(Guard::default()),
+            guard: Mutex::new(guard),
         }
+    }
+
+    /// Serializes changes; gives up once this process handed over.
+    async fn lock_ops(&self) -> Result<tokio::sync::MutexGuard<'_, ()>, ControlError> {
+        let mut retired = self.retired.subscribe();
+        tokio::select! {
+            biased;
+            _ = retired.wait_for(|r| *r) => Err(ControlError::HandedOver),
+            op = self.ops.lock() => Ok(op),
+        }
+    }
+
+    /// Holds routing changes while a takeover hands the state file over.
+    pub async fn freeze(&self) {
+        let op = Arc::clone(&self.ops).lock_owned().await;
+        *self.frozen.lock().expect("freeze lock is never poisoned") = Some(op);
+    }
+
+    /// Lets routing changes go on: the takeover was called off.
+    pub fn thaw(&self) {
+        self.frozen
+            .lock()
+            .expect("freeze lock is never poisoned")
+            .take();
+    }
+
+    /// The new process serves: changes still waiting here are refused.
+    pub fn retire(&self) {
+        self.retired.send_replace(true);
     }
 
     pub fn router(&self) -> &Arc<Router> {
@@ -167,7 +216,7 @@ impl Controller {
 
     /// Moves all user traffic to `to` after it passes the gate.
     pub async fn switch_to(&self, to: Slot, over: Override) -> Result<Arc<Snapshot>, ControlError> {
-        let _op = self.ops.lock().await;
+        let _op = self.lock_ops().await?;
         let current = self.router.load_full();
         if current.active == to && current.canary.is_none() {
             return Ok(current);
@@ -194,7 +243,7 @@ impl Controller {
     /// Moves traffic back to the previous slot, but only if it passes the
     /// gate now: a rollback never goes to a release that is failing.
     pub async fn rollback(&self) -> Result<Arc<Snapshot>, ControlError> {
-        let _op = self.ops.lock().await;
+        let _op = self.lock_ops().await?;
         let current = self.router.load_full();
         let Some(to) = current.previous.filter(|p| *p != current.active) else {
             return Err(ControlError::Conflict(
@@ -224,7 +273,7 @@ impl Controller {
         slot: Slot,
         addr: SocketAddr,
     ) -> Result<Arc<Snapshot>, ControlError> {
-        let _op = self.ops.lock().await;
+        let _op = self.lock_ops().await?;
         let current = self.router.load_full();
         if current.active == slot {
             return Err(ControlError::Conflict(format!(
@@ -248,7 +297,9 @@ impl Controller {
         vetted[slot.index()] = false;
         self.persist(
             &PersistedState::new(current.active, current.previous, addrs, current.last_switch)
-                .with_vetted(self.vetted_releases(vetted)),
+                .with_vetted(self.vetted_releases(vetted))
+                .with_canary(current.canary.map(persisted_canary))
+                .with_guard(self.guard_record()),
         )
         .await?;
         let upstream = Upstream::new(slot, addr, &self.config.load().timeouts);
@@ -286,7 +337,7 @@ impl Controller {
         if percent > 100 {
             return Err(ControlError::Conflict("percent is 0 to 100".into()));
         }
-        let _op = self.ops.lock().await;
+        let _op = self.lock_ops().await?;
         let current = self.router.load_full();
         if current.active == slot {
             return Err(ControlError::Conflict(format!(
@@ -309,6 +360,21 @@ impl Controller {
             .await?;
         }
         let before = current.canary.map_or(0, |c| c.percent);
+        let mut vetted = current.vetted;
+        if change == CanaryChange::Start {
+            vetted[slot.index()] = true;
+        }
+        self.persist(
+            &self
+                .state_of(&current)
+                .with_vetted(self.vetted_releases(vetted))
+                .with_canary(Some(PersistedCanary { slot, percent })),
+        )
+        .await?;
+        if change == CanaryChange::Start {
+            // Armed before the first request can reach the canary.
+            self.arm_tripwire(slot);
+        }
         let next = self.router.update(|snap| {
             let mut next = snap.to_builder();
             next.canary = Some(Canary { slot, percent });
@@ -320,6 +386,7 @@ impl Controller {
             next
         });
         self.lock_guard().canary_set(change, over, Instant::now());
+        self.save_state().await;
         self.metrics.set_routing(next.active, percent);
         let (kind, reason) = match change {
             CanaryChange::Start => (
@@ -344,7 +411,7 @@ impl Controller {
     /// Makes the canary slot the active slot for all traffic, after a final
     /// probe.
     pub async fn promote(&self, over: Override) -> Result<Arc<Snapshot>, ControlError> {
-        let _op = self.ops.lock().await;
+        let _op = self.lock_ops().await?;
         let current = self.router.load_full();
         let Some(canary) = current.canary else {
             return Err(ControlError::Conflict(
@@ -372,12 +439,12 @@ impl Controller {
 
     /// Sends all traffic back to the active slot.
     pub async fn abort(&self) -> Result<Arc<Snapshot>, ControlError> {
-        let _op = self.ops.lock().await;
+        let _op = self.lock_ops().await?;
         let current = self.router.load_full();
         let Some(canary) = current.canary else {
             return Err(ControlError::Conflict("there is no canary to abort".into()));
         };
-        let (next, _) = self.clear_canary(canary);
+        let (next, _) = self.clear_canary(canary).await;
         self.metrics.aborts.inc();
         self.events.record(
             Event::new(EventKind::CanaryAbort, "an operator aborted the canary")
@@ -403,14 +470,39 @@ impl Controller {
         self.config.store(Arc::new(config));
     }
 
-    /// One evaluation of the guard, applied.
+    /// One evaluation of the guard, applied. Also ends the tripwire once the
+    /// guard watches nothing (a bake ends by the clock), gives it the
+    /// current limits, and re-arms it when it woke the guard for nothing to
+    /// act on.
     pub async fn guard_tick(&self) {
         let cfg = self.guard_config();
         let snap = self.router.load_full();
-        let verdict = self
-            .lock_guard()
-            .evaluate(&snap, &*self.traffic, &cfg, Instant::now());
+        let now = Instant::now();
+        let (verdict, watching) = {
+            let guard = self.lock_guard();
+            (
+                guard.evaluate(&snap, &*self.traffic, &cfg, now),
+                guard.view(&snap, now).watching,
+            )
+        };
+        if verdict == Verdict::Fine {
+            if watching.is_none() {
+                self.traffic.unwatch();
+            } else {
+                // The limits are live settings.
+                self.traffic
+                    .watch_limits(cfg.min_requests, cfg.max_failure_ratio);
+            }
+            self.traffic.rearm();
+        }
         self.enforce(verdict).await;
+    }
+
+    /// Watches `slot`'s user outcomes from now against the guard's limit.
+    fn arm_tripwire(&self, slot: Slot) {
+        let cfg = self.guard_config();
+        self.traffic
+            .watch(slot, cfg.min_requests, cfg.max_failure_ratio);
     }
 
     /// Applies a verdict of the guard. A verdict about a canary or a bake
@@ -419,15 +511,16 @@ impl Controller {
     pub async fn enforce(&self, verdict: Verdict) {
         match verdict {
             Verdict::Fine => {}
-            Verdict::AbortCanary { canary, breach } => self.guard_abort(canary, breach),
+            Verdict::AbortCanary { canary, breach } => self.guard_abort(canary, breach).await,
             Verdict::RollBack { slot, breach } => self.guard_rollback(slot, breach).await,
         }
     }
 
     /// Ends the canary without waiting for `ops`: users must not wait for
     /// an operator's gate to be protected.
-    fn guard_abort(&self, canary: Canary, breach: Breach) {
-        let (next, cleared) = self.clear_canary(canary);
+    async fn guard_abort(&self, canary: Canary, breach: Breach) {
+        let watched = self.traffic.watch_counts();
+        let (next, cleared) = self.clear_canary(canary).await;
         if !cleared {
             return;
         }
@@ -435,6 +528,7 @@ impl Controller {
         let Breach { reason, failed } = breach;
         self.lock_guard()
             .canary_pulled(pulled, reason.clone(), OffsetDateTime::now_utc());
+        self.save_state().await;
         self.metrics.aborts.inc();
         tracing::warn!(slot = %canary.slot, %reason, "the guard aborted the canary");
         self.events.record(
@@ -445,17 +539,24 @@ impl Controller {
             .slot_from(canary.slot)
             .slot_to(next.active)
             .releases([self.release(canary.slot), self.release(next.active)])
-            .detail(serde_json::json!({ "percent": canary.percent, "failed_requests": failed })),
+            .detail(serde_json::json!({
+                "percent": canary.percent,
+                "failed_requests": failed,
+                "since_start": watched,
+            })),
         );
     }
 
     async fn guard_rollback(&self, bad: Slot, breach: Breach) {
-        let _op = self.ops.lock().await;
+        let Ok(_op) = self.lock_ops().await else {
+            return;
+        };
         let current = self.router.load_full();
         if current.active != bad {
             return;
         }
         let Breach { reason, failed } = breach;
+        let watched = self.traffic.watch_counts();
         let pulled = self.deployment(bad, &current);
         if !self
             .lock_guard()
@@ -481,7 +582,7 @@ impl Controller {
             return;
         }
         let why = format!("the guard rolled back: {reason}");
-        let detail = serde_json::json!({ "failed_requests": failed });
+        let detail = serde_json::json!({ "failed_requests": failed, "since_switch": watched });
         if let Ok(next) = self
             .commit_switch(to, Cutover::GuardRollback, why, detail, None)
             .await
@@ -492,7 +593,7 @@ impl Controller {
 
     /// Removes `canary` from routing; `true` when this call removed it
     /// (not when it was already gone).
-    fn clear_canary(&self, canary: Canary) -> (Arc<Snapshot>, bool) {
+    async fn clear_canary(&self, canary: Canary) -> (Arc<Snapshot>, bool) {
         let mut cleared = false;
         let next = self.router.update(|snap| {
             let mut next = snap.to_builder();
@@ -504,6 +605,10 @@ impl Controller {
             next
         });
         self.lock_guard().canary_ended();
+        if self.traffic.watched() == Some(canary.slot) {
+            self.traffic.unwatch();
+        }
+        self.save_state().await;
         self.metrics.set_routing(next.active, 0);
         (next, cleared)
     }
@@ -626,10 +731,17 @@ impl Controller {
         vetted[to.index()] = true;
         self.persist(
             &PersistedState::new(to, Some(from), addrs, Some(now))
-                .with_vetted(self.vetted_releases(vetted)),
+                .with_vetted(self.vetted_releases(vetted))
+                .with_guard(self.guard_record()),
         )
         .await?;
         let config = self.config.load_full();
+        // Armed before the first request reaches the new active slot.
+        if cutover.bakes() && !config.guard.bake.is_zero() {
+            self.arm_tripwire(to);
+        } else {
+            self.traffic.unwatch();
+        }
         let next = self.router.update(|snap| {
             let mut next = snap.to_builder();
             next.active = to;
@@ -642,6 +754,7 @@ impl Controller {
         });
         self.lock_guard()
             .switched(to, cutover, config.guard.bake, Instant::now(), now);
+        self.save_state().await;
         let kind = match cutover {
             Cutover::Switch => EventKind::Switch,
             Cutover::Promote => EventKind::Promote,
@@ -678,6 +791,32 @@ impl Controller {
         Slot::ALL.map(|slot| vetted[slot.index()].then(|| self.release(slot)).flatten())
     }
 
+    fn guard_record(&self) -> GuardRecord {
+        self.lock_guard().record(Instant::now())
+    }
+
+    /// The state file's contents for `snap` and the guard as they stand.
+    fn state_of(&self, snap: &Snapshot) -> PersistedState {
+        let addrs = [
+            snap.upstream(Slot::Blue).addr,
+            snap.upstream(Slot::Green).addr,
+        ];
+        PersistedState::new(snap.active, snap.previous, addrs, snap.last_switch)
+            .with_vetted(self.vetted_releases(snap.vetted))
+            .with_canary(snap.canary.map(persisted_canary))
+            .with_guard(self.guard_record())
+    }
+
+    /// Writes the routing and the guard as they stand after a change was
+    /// applied (the guard's part is known only then). A failure is logged:
+    /// the change itself stands, and the next one writes the file again.
+    async fn save_state(&self) {
+        let state = self.state_of(&self.router.load());
+        if let Err(e) = self.persist(&state).await {
+            tracing::error!(error = %e, "could not save the routing state");
+        }
+    }
+
     async fn persist(&self, state: &PersistedState) -> Result<(), ControlError> {
         let path = self.config.load().state_file();
         state::save(&path, state)
@@ -686,14 +825,29 @@ impl Controller {
     }
 }
 
-/// Evaluates the guard every interval until `shutdown` changes.
-pub async fn run_guard(
-    controller: Arc<Controller>,
-    shutdown: tokio::sync::watch::Receiver<bool>,
-) {
+/// Evaluates the guard every interval, and at once when a request crosses
+/// the watched slot's limit, until `shutdown` changes.
+pub async fn run_guard(controller: Arc<Controller>, shutdown: tokio::sync::watch::Receiver<bool>) {
     let mut ticker = Ticker::new(controller.guard_config().interval, shutdown);
-    while ticker.tick().await {
+    let traffic = Arc::clone(&controller.traffic);
+    loop {
+        tokio::select! {
+            biased;
+            alive = ticker.tick() => {
+                if !alive {
+                    return;
+                }
+            }
+            () = traffic.tripped() => {}
+        }
         controller.guard_tick().await;
+    }
+}
+
+fn persisted_canary(canary: Canary) -> PersistedCanary {
+    PersistedCanary {
+        slot: canary.slot,
+        percent: canary.percent,
     }
 }
 

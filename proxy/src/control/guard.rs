@@ -10,7 +10,7 @@ mod rule;
 
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::config::GuardCfg;
@@ -75,7 +75,7 @@ pub enum Cutover {
 
 impl Cutover {
     /// A release users have not all seen yet: watched through a bake.
-    fn bakes(self) -> bool {
+    pub fn bakes(self) -> bool {
         matches!(self, Cutover::Switch | Cutover::Promote)
     }
 
@@ -142,6 +142,29 @@ pub struct Guard {
     blocked: Option<Deployment>,
 }
 
+/// What the guard keeps across a restart or a takeover, on the wall clock
+/// (an `Instant` does not outlive its process). The traffic windows start
+/// over in a new process, so a restored canary or bake is judged from then.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GuardRecord {
+    /// The slot being baked and when its bake ends.
+    pub bake: Option<BakeRecord>,
+    pub aborted: bool,
+    pub reason: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub at: Option<OffsetDateTime>,
+    pub slot: Option<Slot>,
+    pub blocked: Option<Deployment>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BakeRecord {
+    pub slot: Slot,
+    #[serde(with = "time::serde::rfc3339")]
+    pub until: OffsetDateTime,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Bake {
     slot: Slot,
@@ -152,6 +175,57 @@ struct Bake {
 }
 
 impl Guard {
+    /// The guard as `record` left it, at `now` (`now_utc` on the wall
+    /// clock); `canary` when the restored routing has one, judged from now.
+    pub fn restore(
+        record: GuardRecord,
+        canary: bool,
+        now: Instant,
+        now_utc: OffsetDateTime,
+    ) -> Guard {
+        let GuardRecord {
+            bake,
+            aborted,
+            reason,
+            at,
+            slot,
+            blocked,
+        } = record;
+        let bake = bake.and_then(|b| {
+            let left = Duration::try_from(b.until - now_utc).ok()?;
+            Some(Bake {
+                slot: b.slot,
+                started: now,
+                until: now + left,
+                until_utc: b.until,
+            })
+        });
+        Guard {
+            canary_since: canary.then_some(now),
+            bake,
+            aborted,
+            reason,
+            at,
+            slot,
+            blocked,
+        }
+    }
+
+    /// What `restore` needs to bring this guard back, at `now`.
+    pub fn record(&self, now: Instant) -> GuardRecord {
+        GuardRecord {
+            bake: self.bake.filter(|b| now < b.until).map(|b| BakeRecord {
+                slot: b.slot,
+                until: b.until_utc,
+            }),
+            aborted: self.aborted,
+            reason: self.reason.clone(),
+            at: self.at,
+            slot: self.slot,
+            blocked: self.blocked.clone(),
+        }
+    }
+
     /// One evaluation: a canary is judged over the time since it started
     /// (at most the window) against the stable release; otherwise a slot in
     /// its bake window is judged alone, while it is still the active one.
@@ -395,6 +469,42 @@ mod tests {
 
     fn secs(n: u64) -> Duration {
         Duration::from_secs(n)
+    }
+
+    #[test]
+    fn a_restored_guard_keeps_the_bake_s_end_and_the_block_and_judges_from_now() {
+        // Arrange: baking green for 60 s from t0, and green v2 blocked.
+        let (mut guard, t0) = baking_green();
+        guard.canary_pulled(
+            green_v2(),
+            "3 of 20 failed".into(),
+            OffsetDateTime::UNIX_EPOCH,
+        );
+        let record = guard.record(t0 + secs(10));
+
+        // Act: a new process 10 s later on the wall clock.
+        let later = Instant::now();
+        let restored = Guard::restore(
+            record.clone(),
+            false,
+            later,
+            OffsetDateTime::UNIX_EPOCH + secs(10),
+        );
+
+        // Assert
+        assert_eq!(restored.record(later), record);
+        let bake = restored.bake.expect("still baking");
+        assert_eq!((bake.slot, bake.started), (Slot::Green, later));
+        assert_eq!(bake.until, later + secs(50), "what was left of it");
+        assert!(restored.blocked.is_some() && restored.canary_since.is_none());
+        // A bake that ended while nothing ran is not restored.
+        let ended = Guard::restore(record, true, later, OffsetDateTime::UNIX_EPOCH + secs(61));
+        assert!(ended.bake.is_none());
+        assert_eq!(
+            ended.canary_since,
+            Some(later),
+            "a restored canary is judged from now"
+        );
     }
 
     #[test]

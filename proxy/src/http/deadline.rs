@@ -2,6 +2,10 @@
 //! end of the shutdown grace period, when every request still waiting is
 //! answered at once.
 //!
+//! The wait counts from when the proxy last stopped waiting on the client's
+//! body ([`Progress`]): a client uploading slowly is bounded by its own body
+//! timeout (a 408, its fault), never by the upstream's response timeout.
+//!
 //! A timer per request would be armed and disarmed for every request; a
 //! channel per request to hear about the cut would be subscribed to and
 //! dropped for every request. Both showed in the profile of the request path.
@@ -30,6 +34,54 @@ pub struct Deadlines {
     cut_requests: AtomicUsize,
     next_id: AtomicU64,
     alarms: Mutex<HashMap<u64, Weak<Alarm>>>,
+}
+
+/// Where an exchange stands for its response deadline: written by the
+/// upstream connection as it sends the request, read by `Deadlines::within`.
+/// The clock runs from the start of the exchange, stops while the proxy
+/// waits on the client's body, and starts again from zero when that wait
+/// ends; so it counts from when the request was sent (or the upstream
+/// stopped taking it). Atomics, so the future holding a reference stays
+/// `Send`; one writer, one reader, the same task.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// When the clock last started, in microseconds after the exchange
+    /// began; `WAITING_ON_CLIENT` while it is stopped.
+    from_micros: AtomicU64,
+}
+
+const WAITING_ON_CLIENT: u64 = u64::MAX;
+
+impl Progress {
+    /// The proxy waits for the client's body: the clock stops.
+    pub fn wait_on_client(&self) {
+        self.from_micros.store(WAITING_ON_CLIENT, Ordering::Relaxed);
+    }
+
+    pub fn is_waiting_on_client(&self) -> bool {
+        self.from_micros.load(Ordering::Relaxed) == WAITING_ON_CLIENT
+    }
+
+    /// The wait for the client ended at `now`: the clock starts from there.
+    pub fn resume(&self, began: std::time::Instant, now: std::time::Instant) {
+        let micros = now.saturating_duration_since(began).as_micros();
+        let micros = u64::try_from(micros).unwrap_or(WAITING_ON_CLIENT - 1);
+        self.from_micros.store(micros, Ordering::Relaxed);
+    }
+
+    /// When the wait ends, for an exchange that began at `began`; `None`
+    /// while the clock is stopped.
+    fn due(&self, began: Instant, timeout: Duration) -> Option<Instant> {
+        match self.from_micros.load(Ordering::Relaxed) {
+            WAITING_ON_CLIENT => None,
+            0 => Some(began.checked_add(timeout).unwrap_or(began + FAR_FUTURE)),
+            micros => Some(
+                began
+                    .checked_add(Duration::from_micros(micros) + timeout)
+                    .unwrap_or(began + FAR_FUTURE),
+            ),
+        }
+    }
 }
 
 /// How a wait ended.
@@ -80,19 +132,20 @@ impl Deadlines {
         self.cut.load(Ordering::SeqCst)
     }
 
-    /// Runs `fut` until it finishes, `timeout` after `from` passes, or the
-    /// cut. `from` is the caller's reading of the clock, taken anyway for
-    /// the request's latency. `alarm` must not be shared with another wait
-    /// at the same time: it wakes one task. `fut` is pinned by the caller:
-    /// moving a large future into this one would copy it for every request.
+    /// Runs `fut` until it finishes, `timeout` of `progress`'s clock has
+    /// passed (see [`Progress`]), or the cut. `began` is the caller's reading
+    /// of the clock, taken anyway for the request's latency. `alarm` must
+    /// not be shared with another wait at the same time: it wakes one task.
+    /// `fut` is pinned by the caller: moving a large future into this one
+    /// would copy it for every request.
     pub async fn within<F: Future>(
         &self,
         alarm: &Alarm,
-        from: Instant,
+        began: Instant,
         timeout: Duration,
+        progress: &Progress,
         mut fut: Pin<&mut F>,
     ) -> Waited<F::Output> {
-        let due = from.checked_add(timeout).unwrap_or(from + FAR_FUTURE);
         poll_fn(|cx| {
             if let Poll::Ready(out) = fut.as_mut().poll(cx) {
                 return Poll::Ready(Waited::Done(out));
@@ -101,6 +154,9 @@ impl Deadlines {
                 self.cut_requests.fetch_add(1, Ordering::Relaxed);
                 return Poll::Ready(Waited::Cut);
             }
+            // While the clock is stopped the alarm still waits (far off), so
+            // that the cut can wake the task.
+            let due = progress.due(began, timeout).unwrap_or(began + FAR_FUTURE);
             alarm.poll_due(cx, due, self).map(|()| {
                 if self.is_cut() {
                     self.cut_requests.fetch_add(1, Ordering::Relaxed);
@@ -132,6 +188,11 @@ impl Alarm {
     fn poll_due(&self, cx: &mut Context<'_>, due: Instant, deadlines: &Deadlines) -> Poll<()> {
         let mut slot = lock(&self.sleep);
         let sleep = slot.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        if sleep.deadline() > due {
+            // Armed for a later deadline than this one: a wait that waited
+            // on its client before, or a previous request's far-off one.
+            sleep.as_mut().reset(due);
+        }
         // Twice at most: an early ring re-arms for `due`, which is later.
         for _ in 0..2 {
             if sleep.as_mut().poll(cx).is_pending() {
@@ -192,7 +253,13 @@ mod tests {
         let deadlines = Deadlines::new();
         let alarm = deadlines.alarm();
         let out = deadlines
-            .within(&alarm, Instant::now(), LONG, pin!(async { 7 }))
+            .within(
+                &alarm,
+                Instant::now(),
+                LONG,
+                &Progress::default(),
+                pin!(async { 7 }),
+            )
             .await;
         assert!(matches!(out, Waited::Done(7)), "{out:?}");
     }
@@ -204,7 +271,13 @@ mod tests {
         // The first wait arms the alarm for t0 + 1 s and finishes at 0.1 s.
         let first = tokio::time::sleep(Duration::from_millis(100));
         let out = deadlines
-            .within(&alarm, Instant::now(), Duration::from_secs(1), pin!(first))
+            .within(
+                &alarm,
+                Instant::now(),
+                Duration::from_secs(1),
+                &Progress::default(),
+                pin!(first),
+            )
             .await;
         assert!(matches!(out, Waited::Done(())));
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -216,11 +289,45 @@ mod tests {
                 &alarm,
                 Instant::now(),
                 Duration::from_secs(1),
+                &Progress::default(),
                 pin!(std::future::pending::<()>()),
             )
             .await;
         assert!(matches!(out, Waited::TimedOut), "{out:?}");
         assert_eq!(started.elapsed(), Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_clock_stops_while_the_client_is_waited_on_and_restarts_from_zero() {
+        let deadlines = Deadlines::new();
+        let alarm = deadlines.alarm();
+        let progress = Progress::default();
+        let began = Instant::now();
+        progress.wait_on_client();
+        let mut never = pin!(std::future::pending::<()>());
+        let waiting = deadlines.within(
+            &alarm,
+            began,
+            Duration::from_secs(1),
+            &progress,
+            never.as_mut(),
+        );
+        // Ten times the timeout waiting on the client: no timeout.
+        let out = tokio::time::timeout(Duration::from_secs(10), waiting).await;
+        assert!(out.is_err(), "timed out while the client was waited on");
+        // The body came at 10 s: one second from there.
+        progress.resume(began.into_std(), Instant::now().into_std());
+        let out = deadlines
+            .within(
+                &alarm,
+                began,
+                Duration::from_secs(1),
+                &progress,
+                pin!(std::future::pending::<()>()),
+            )
+            .await;
+        assert!(matches!(out, Waited::TimedOut), "{out:?}");
+        assert_eq!(began.elapsed(), Duration::from_secs(11));
     }
 
     #[tokio::test]
@@ -236,6 +343,7 @@ mod tests {
                         &alarm,
                         Instant::now(),
                         LONG,
+                        &Progress::default(),
                         pin!(std::future::pending::<()>()),
                     )
                     .await
@@ -254,6 +362,7 @@ mod tests {
                 &alarm,
                 Instant::now(),
                 LONG,
+                &Progress::default(),
                 pin!(std::future::pending::<()>()),
             )
             .await;

@@ -1,35 +1,45 @@
 //! The request path of the public listener: load the routing snapshot once,
 //! pick the slot, rewrite the headers, send through the slot's pooled
-//! client, and stream the answer back; retry once on the other slot when
-//! that is safe. Nothing here blocks or buffers a body.
+//! client, and stream the answer back. A failed attempt says who caused it
+//! and whether it may go again (`outcome::Failure`): once more on a new
+//! connection when a pooled one turned out closed, once to the other slot
+//! when nothing of an answer came back and a replay is safe. A request of
+//! the release the guard watches (a canary, a new active slot in its bake)
+//! that the upstream failed is charged to it and sent once to the stable
+//! release, which answers the user. Nothing here blocks or buffers a body.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::{self, HeaderValue};
 use http::request::Parts;
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
 use crate::control::health::Monitor;
 use crate::error::UpstreamError;
-use crate::http::body::ProxyBody;
-use crate::http::deadline::{Alarm, Deadlines, Waited};
+use crate::http::body::{PendingOutcome, ProxyBody};
+use crate::http::deadline::{Alarm, Deadlines, Progress, Waited};
 use crate::http::headers::{ClientAddr, Seen, X_REQUEST_ID, list_items, rewrite_request};
+use crate::http::https::{self, Transport};
+use crate::http::outcome::{Failure, FailureKind, Outcome, Retry, Source};
 use crate::http::routing::{Policy, Router};
-use crate::http::traffic::{FailureKind, Outcome, Traffic};
+use crate::http::tally::Tally;
+use crate::http::traffic::Traffic;
 use crate::http::upstream::request_body::{BodyLimits, BodyShared, RequestBody, Resend};
-use crate::http::upstream::{InFlight, ResponseBody, SendError, Upstream};
+use crate::http::upstream::{Failed, InFlight, ResponseBody, SendError, Upstream};
 use crate::metrics::Metrics;
 
-/// Bytes of a request body kept for a replay on the other slot; a larger
-/// body is streamed without a copy and never replayed.
+/// Bytes of a request body kept for a resend (to the other slot, or on a
+/// new connection); a larger body is streamed without a copy and never sent
+/// again once read.
 const REPLAY_LIMIT: u64 = 64 * 1024;
 
 pub struct Forwarder {
     router: Arc<Router>,
-    traffic: Arc<Traffic>,
-    metrics: Arc<Metrics>,
+    /// Where each request's outcome is counted; its body holds a reference
+    /// to count it when the body ends.
+    tally: Arc<Tally>,
     monitor: Arc<Monitor>,
     /// The response deadlines, and the cut when the grace period runs out.
     deadlines: Arc<Deadlines>,
@@ -42,6 +52,7 @@ pub struct ClientConn {
     forwarder: Arc<Forwarder>,
     addr: ClientAddr,
     alarm: Arc<Alarm>,
+    transport: Transport,
 }
 
 impl ClientConn {
@@ -61,15 +72,72 @@ struct Clock<'a> {
 
 /// One attempt's result: the response (with the request's count in flight
 /// on the upstream, which the response body keeps until it ends), or why
-/// there is none and whether the request may go to the other slot.
+/// there is none.
 enum Attempt {
     Answered(Response<ResponseBody>, InFlight),
-    Failed {
-        error: UpstreamError,
-        kind: Option<FailureKind>,
-        body: Option<Resend>,
-    },
+    /// A 5xx head of the watched release, handed back unanswered (nothing of
+    /// it has passed to the client) with its request body to send again.
+    ServerError(Response<ResponseBody>, InFlight, Resend),
+    Failed(AttemptFailed),
 }
+
+/// How an attempt is sent.
+#[derive(Clone, Copy)]
+struct Sending {
+    /// On a new connection, not a pooled one.
+    fresh: bool,
+    /// To the watched release, for a request the stable one may answer: a
+    /// 5xx head is handed back (`Attempt::ServerError`) and a timed-out
+    /// request keeps its body, when it is whole.
+    answering: bool,
+}
+
+impl Sending {
+    const POOLED: Sending = Sending {
+        fresh: false,
+        answering: false,
+    };
+}
+
+/// The request went to the release the guard watches, and the stable one
+/// may answer for it when the upstream fails it.
+struct Watched<'a> {
+    /// The other slot, which can take over.
+    stable: &'a Arc<Upstream>,
+    /// The request's head, for a resend after a 5xx or a timeout (which give
+    /// none back); kept only when a replay is safe.
+    parts: Option<Box<Parts>>,
+    /// When the request came in: the charged attempt's latency counts from it.
+    started: Instant,
+}
+
+/// A failed attempt: what the client would be told, what went wrong and
+/// whether it may go again, and what a resend needs (the request's head and
+/// its body, when they can be had back).
+struct AttemptFailed {
+    error: UpstreamError,
+    failure: Failure,
+    body: Option<Resend>,
+    parts: Option<Box<Parts>>,
+}
+
+impl AttemptFailed {
+    fn without_resend(error: UpstreamError, kind: FailureKind) -> AttemptFailed {
+        AttemptFailed {
+            error,
+            failure: Failure::never(kind),
+            body: None,
+            parts: None,
+        }
+    }
+}
+
+/// How a request ended up: the response and the upstream that gave it, or
+/// the last failure and the upstream it came from.
+type Ended<'a> = (
+    Result<(Response<ResponseBody>, InFlight), (UpstreamError, FailureKind)>,
+    &'a Arc<Upstream>,
+);
 
 impl Forwarder {
     pub fn new(
@@ -80,19 +148,23 @@ impl Forwarder {
     ) -> Forwarder {
         Forwarder {
             router,
-            traffic,
-            metrics,
+            tally: Arc::new(Tally { traffic, metrics }),
             monitor,
             deadlines: Deadlines::new(),
         }
     }
 
     /// What the forwarder keeps for one client connection.
-    pub fn client_conn(self: &Arc<Self>, peer: std::net::SocketAddr) -> ClientConn {
+    pub fn client_conn(
+        self: &Arc<Self>,
+        peer: std::net::SocketAddr,
+        transport: Transport,
+    ) -> ClientConn {
         ClientConn {
             forwarder: Arc::clone(self),
             addr: ClientAddr::new(peer),
             alarm: self.deadlines.alarm(),
+            transport,
         }
     }
 
@@ -143,6 +215,12 @@ impl Forwarder {
         let alternate =
             (snap.policy.retry && snap.can_take_over(other)).then(|| snap.upstream(other));
         let policy = &*snap.policy;
+        // The release the guard watches is judged by its own answers, but a
+        // user gets the stable release's when the upstream fails it.
+        let stable = (policy.answer_from_stable
+            && self.tally.traffic.watched() == Some(route.slot)
+            && snap.can_take_over(other))
+        .then(|| snap.upstream(other));
         if seen.content_length()
             && let Some(length) = content_length(&parts)
             && length > policy.max_body_bytes
@@ -153,99 +231,275 @@ impl Forwarder {
         // than growing (and rehashing) the map once or twice on the way.
         parts.headers.reserve(5);
         let trusted = policy.trusted_hops.contains(&client.ip());
+        let https = policy.https.as_deref();
+        if let Some(to_https) = https::redirect(
+            conn.transport,
+            https,
+            &parts,
+            &host,
+            &policy.canary.preview_header,
+            trusted,
+        ) {
+            return to_https;
+        }
         let request_id = rewrite_request(
             &mut parts.headers,
             seen,
             client,
             host.clone(),
-            "http",
+            conn.transport.proto(),
             trusted,
         );
         // The upstream needs the host as `Host`: HTTP/2 carries it as
         // `:authority`, an absolute-form target in the target (which goes
         // upstream in origin form), and `Connection` may have named `Host`.
         parts.headers.insert(header::HOST, host);
+        if parts.version == Version::HTTP_2 && seen.cookie() {
+            join_cookies(&mut parts.headers);
+        }
         parts.version = Version::HTTP_11;
-        // Kept only when a retry is possible: the attempt consumes `parts`.
-        let retry_parts = alternate.as_ref().map(|_| parts.clone());
-        let can_retry = retry_parts.is_some();
+        let answering = stable.is_some() && (parts.method.is_idempotent() || policy.retry_writes);
+        let watched = stable.map(|stable| Watched {
+            stable,
+            parts: answering.then(|| Box::new(parts.clone())),
+            started,
+        });
 
-        let (result, answered_by) = match self
+        let first = self
             .attempt(
                 upstream,
                 parts,
                 Resend::Unsent(body),
                 policy,
-                can_retry,
                 Clock {
                     alarm,
                     began: started,
                 },
+                Sending {
+                    fresh: false,
+                    answering,
+                },
             )
-            .await
-        {
+            .await;
+        let (result, answered_by): Ended<'_> = match first {
             Attempt::Answered(response, in_flight) => (Ok((response, in_flight)), upstream),
-            Attempt::Failed { error, kind, body } => {
-                self.record_failure(upstream, kind, &error);
-                match (alternate, retry_parts, body) {
-                    (Some(other), Some(parts), Some(body))
-                        if may_retry(&parts.method, &error, policy) =>
-                    {
-                        tracing::info!(from = %upstream.slot, to = %other.slot, error = %error, "retrying on the other slot");
-                        self.metrics.retried();
-                        // Boxed: inline, the rare retry's state would make every
-                        // request's future larger, and hyper moves that into place
-                        // for each request.
-                        let retry = self.attempt(
-                            other,
-                            parts,
-                            body,
-                            policy,
-                            false,
-                            Clock {
-                                alarm,
-                                began: Instant::now(),
-                            },
-                        );
-                        match Box::pin(retry).await {
-                            Attempt::Answered(response, in_flight) => {
-                                (Ok((response, in_flight)), other)
-                            }
-                            Attempt::Failed { error, kind, .. } => {
-                                self.record_failure(other, kind, &error);
-                                (Err((error, kind)), other)
-                            }
-                        }
-                    }
-                    _ => (Err((error, kind)), upstream),
-                }
+            // Boxed: inline, the rare resend's state would make every
+            // request's future larger, and hyper moves that into place for
+            // each request.
+            Attempt::ServerError(response, in_flight, body) => {
+                Box::pin(self.answer_5xx(
+                    upstream,
+                    (response, in_flight),
+                    body,
+                    watched,
+                    policy,
+                    alarm,
+                ))
+                .await
+            }
+            Attempt::Failed(failed) => {
+                Box::pin(self.resend(upstream, alternate, watched, failed, policy, alarm)).await
             }
         };
         let finished = Instant::now();
         let latency = finished.saturating_duration_since(started);
-        let slot = answered_by.slot;
         let answer = match result {
             Ok((response, in_flight)) => {
                 let (mut parts, body) = response.into_parts();
-                let outcome = Outcome::Answered(parts.status.as_u16());
-                self.traffic.record(slot, outcome, latency, finished);
-                self.metrics.record(slot, outcome, latency.as_secs_f64());
+                // Counted when the body ends: it may yet fail part-way.
+                let outcome = PendingOutcome::new(
+                    Arc::clone(&self.tally),
+                    parts.status.as_u16(),
+                    latency,
+                    finished,
+                );
                 // The upstream client's parser kept the hop-by-hop headers out of the map.
                 parts.headers.insert(&X_REQUEST_ID, request_id);
-                Response::from_parts(parts, ProxyBody::upstream(body, in_flight))
+                Response::from_parts(parts, ProxyBody::upstream(body, in_flight, outcome))
             }
             Err((error, kind)) => {
-                // A refused client body is the client's doing: not an upstream failure.
-                if let Some(kind) = kind {
-                    self.traffic
-                        .record(slot, Outcome::Failed(kind), latency, finished);
-                    self.metrics
-                        .record(slot, Outcome::Failed(kind), latency.as_secs_f64());
-                }
+                self.tally
+                    .request(answered_by.slot, Outcome::Failed(kind), latency, finished);
                 local_error(&error, Some(request_id))
             }
         };
-        with_bucket_cookie(answer, route.new_bucket, &policy.canary.cookie)
+        let answer = with_bucket_cookie(answer, route.new_bucket, &policy.canary.cookie);
+        https::with_hsts(answer, conn.transport, https)
+    }
+
+    /// The watched release answered a replay-safe request with a 5xx head:
+    /// the release is charged with it, its answer dropped unread, and the
+    /// stable release answers the user (a 5xx included).
+    async fn answer_5xx<'a>(
+        &self,
+        at: &'a Arc<Upstream>,
+        (response, in_flight): (Response<ResponseBody>, InFlight),
+        body: Resend,
+        watched: Option<Watched<'a>>,
+        policy: &Policy,
+        alarm: &Alarm,
+    ) -> Ended<'a> {
+        // A 5xx is handed back only when the request is watched and its head kept.
+        let Some(Watched {
+            stable,
+            parts: Some(parts),
+            started,
+        }) = watched
+        else {
+            return (Ok((response, in_flight)), at);
+        };
+        let status = response.status().as_u16();
+        drop((response, in_flight));
+        self.charge_watched(at.slot, Outcome::Answered(status), started);
+        tracing::info!(from = %at.slot, to = %stable.slot, status, "the stable release answers for the watched one");
+        self.tally.metrics.retried();
+        let clock = Clock {
+            alarm,
+            began: Instant::now(),
+        };
+        match self
+            .attempt(stable, *parts, body, policy, clock, Sending::POOLED)
+            .await
+        {
+            Attempt::Answered(response, in_flight)
+            | Attempt::ServerError(response, in_flight, _) => {
+                self.answered_by_stable(at.slot);
+                (Ok((response, in_flight)), stable)
+            }
+            // It may yet go once more on a new connection to the stable slot.
+            Attempt::Failed(failed) => self.resend(stable, None, None, failed, policy, alarm).await,
+        }
+    }
+
+    /// After a failed first attempt on `at`: sends the request again as the
+    /// failure allows (to the stable release when `at` is watched and the
+    /// upstream failed it, once more on a new connection to the same slot,
+    /// once to `alternate`), until it is answered or may not go again.
+    async fn resend<'a>(
+        &self,
+        mut at: &'a Arc<Upstream>,
+        alternate: Option<&'a Arc<Upstream>>,
+        mut watched: Option<Watched<'a>>,
+        mut failed: AttemptFailed,
+        policy: &Policy,
+        alarm: &Alarm,
+    ) -> Ended<'a> {
+        let mut reconnected = false;
+        let mut moved = false;
+        // Set once the request left the watched release for the stable one.
+        let mut answering_for = None;
+        // Each turn sends again or returns; a turn sets `reconnected` (once
+        // per slot) or `moved` (once), so there are four attempts at most.
+        loop {
+            let replay_safe = failed
+                .parts
+                .as_ref()
+                .or(watched.as_ref().and_then(|w| w.parts.as_ref()))
+                .is_some_and(|parts| parts.method.is_idempotent())
+                || policy.retry_writes;
+            if !moved
+                && let Some(w) = watched.as_mut()
+                && to_stable(&failed.failure, replay_safe)
+                && let (Some(parts), Some(body)) = (
+                    failed.parts.take().or_else(|| w.parts.take()),
+                    failed.body.take(),
+                )
+            {
+                self.record_failure(at, &failed);
+                self.charge_watched(at.slot, Outcome::Failed(failed.failure.kind), w.started);
+                tracing::info!(from = %at.slot, to = %w.stable.slot, error = %failed.error, "the stable release answers for the watched one");
+                self.tally.metrics.retried();
+                answering_for = Some(at.slot);
+                moved = true;
+                reconnected = false;
+                at = w.stable;
+                watched = None;
+                let clock = Clock {
+                    alarm,
+                    began: Instant::now(),
+                };
+                match self
+                    .attempt(at, *parts, body, policy, clock, Sending::POOLED)
+                    .await
+                {
+                    Attempt::Answered(response, in_flight)
+                    | Attempt::ServerError(response, in_flight, _) => {
+                        self.answered_by_stable(at.slot.other());
+                        return (Ok((response, in_flight)), at);
+                    }
+                    Attempt::Failed(next_failed) => {
+                        failed = next_failed;
+                        continue;
+                    }
+                }
+            }
+            let (next, fresh) = match failed.failure.retry {
+                Retry::Reconnect if replay_safe && !reconnected => (Some(at), true),
+                Retry::Unsent if !moved => (alternate, false),
+                Retry::Replayable if replay_safe && !moved => (alternate, false),
+                _ => (None, false),
+            };
+            let (Some(next), Some(parts), Some(body)) =
+                (next, failed.parts.take(), failed.body.take())
+            else {
+                self.record_failure(at, &failed);
+                return (Err((failed.error, failed.failure.kind)), at);
+            };
+            if fresh {
+                // The upstream closed an idle connection as the request went
+                // out on it: no failure of the slot.
+                tracing::debug!(slot = %at.slot, error = %failed.error, "a pooled connection was closed under the request; sending it again on a new one");
+                self.tally.metrics.reconnected(at.slot);
+                reconnected = true;
+            } else {
+                self.record_failure(at, &failed);
+                tracing::info!(from = %at.slot, to = %next.slot, error = %failed.error, "retrying on the other slot");
+                self.tally.metrics.retried();
+                moved = true;
+                reconnected = false;
+            }
+            at = next;
+            let clock = Clock {
+                alarm,
+                began: Instant::now(),
+            };
+            let sending = Sending {
+                fresh,
+                answering: false,
+            };
+            match self.attempt(at, *parts, body, policy, clock, sending).await {
+                Attempt::Answered(response, in_flight)
+                | Attempt::ServerError(response, in_flight, _) => {
+                    if let Some(watched) = answering_for {
+                        self.answered_by_stable(watched);
+                    }
+                    return (Ok((response, in_flight)), at);
+                }
+                Attempt::Failed(next_failed) => failed = next_failed,
+            }
+        }
+    }
+
+    /// Charges the watched slot with a failed attempt the user does not
+    /// see: the guard judges it all the same. Counted as the watched
+    /// release's failure even when the guard stopped watching meanwhile:
+    /// the request went to it while watched, and the stable release's
+    /// answer is counted too.
+    fn charge_watched(&self, slot: crate::slot::Slot, outcome: Outcome, started: Instant) {
+        if !outcome.counts() {
+            return;
+        }
+        let now = Instant::now();
+        self.tally
+            .traffic
+            .charge(slot, outcome, now.saturating_duration_since(started), now);
+        self.tally.metrics.watched_failure();
+    }
+
+    /// The stable release answered for a failed request of `watched`.
+    fn answered_by_stable(&self, watched: crate::slot::Slot) {
+        self.tally.metrics.answered_by_stable();
+        self.tally.traffic.answered_by_stable(watched);
     }
 
     async fn attempt(
@@ -254,15 +508,15 @@ impl Forwarder {
         parts: Parts,
         body: Resend,
         policy: &Policy,
-        may_resend: bool,
         clock: Clock<'_>,
+        sending: Sending,
     ) -> Attempt {
         let limits = BodyLimits {
             max_bytes: policy.max_body_bytes,
             timeout: policy.body_timeout,
-            // Kept whenever `may_retry` could resend it after a reset: an
-            // idempotent request (a PUT has a body too), or any with retry_writes.
-            retain: if may_resend && (policy.retry_writes || parts.method.is_idempotent()) {
+            // Kept whenever a resend could need it: an idempotent request (a
+            // PUT has a body too), or any with retry_writes.
+            retain: if parts.method.is_idempotent() || policy.retry_writes {
                 REPLAY_LIMIT
             } else {
                 0
@@ -270,102 +524,172 @@ impl Forwarder {
         };
         let (body, shared) = RequestBody::new(body, limits);
         let in_flight = upstream.start_request();
-        let send = std::pin::pin!(upstream.send(Request::from_parts(parts, body), clock.began));
+        let progress = Progress::default();
+        let send = std::pin::pin!(upstream.send(
+            Request::from_parts(parts, body),
+            clock.began,
+            &progress,
+            sending.fresh
+        ));
         let sent = self
             .deadlines
             .within(
                 clock.alarm,
                 tokio::time::Instant::from_std(clock.began),
                 policy.response_timeout,
+                &progress,
                 send,
             )
             .await;
         match sent {
             Waited::Done(Ok(response)) => {
                 upstream.passive_success();
+                if sending.answering
+                    && response.status().is_server_error()
+                    && let Some(body) = shared.take_for_resend()
+                {
+                    return Attempt::ServerError(response, in_flight, body);
+                }
                 Attempt::Answered(response, in_flight)
             }
-            Waited::Done(Err(e)) => classify(&e, &shared),
-            Waited::TimedOut => Attempt::Failed {
+            Waited::Done(Err(e)) => Attempt::Failed(classify(e, &shared)),
+            Waited::TimedOut => Attempt::Failed(AttemptFailed {
                 error: UpstreamError::Timeout,
-                kind: Some(FailureKind::Timeout),
-                body: None,
-            },
-            Waited::Cut => Attempt::Failed {
-                error: UpstreamError::ShuttingDown,
-                kind: None,
-                body: None,
-            },
+                failure: Failure::never(FailureKind::Timeout),
+                // The send was given up: its body, if whole, may go to the
+                // stable release.
+                body: if sending.answering {
+                    shared.take_for_resend()
+                } else {
+                    None
+                },
+                parts: None,
+            }),
+            Waited::Cut => Attempt::Failed(AttemptFailed::without_resend(
+                UpstreamError::ShuttingDown,
+                FailureKind::ShuttingDown,
+            )),
         }
     }
 
-    fn record_failure(
-        &self,
-        upstream: &Upstream,
-        kind: Option<FailureKind>,
-        error: &UpstreamError,
-    ) {
-        tracing::warn!(slot = %upstream.slot, upstream = %upstream.addr, error = %error, "upstream failed");
-        if matches!(kind, Some(FailureKind::Connect | FailureKind::Reset)) {
-            self.metrics
-                .upstream_failure(upstream.slot, kind.expect("matched above"));
+    /// Counts a failed attempt where attempts are counted: the upstream's
+    /// failures in the metrics, and those that say it is down in passive
+    /// health. (The request's one outcome is counted once it has ended.)
+    fn record_failure(&self, upstream: &Upstream, failed: &AttemptFailed) {
+        let kind = failed.failure.kind;
+        if kind.source() != Source::Upstream {
+            return;
+        }
+        tracing::warn!(slot = %upstream.slot, upstream = %upstream.addr, error = %failed.error, "upstream failed");
+        self.tally.metrics.upstream_failure(upstream.slot, kind);
+        if kind.says_down() {
             let consecutive = upstream.passive_failure();
             self.monitor.passive_failure(
                 upstream.slot,
                 upstream.addr,
                 consecutive,
-                &error.to_string(),
+                &failed.error.to_string(),
             );
         }
     }
 }
 
-/// Sorts a client error: a refused connection never reached the upstream
-/// (the body is still unread, safe to resend anywhere); a reset before any
-/// answer is retried for idempotent methods only; a refused or unreadable
-/// client body is the client's fault, not the upstream's.
-fn classify(e: &SendError, shared: &BodyShared) -> Attempt {
-    if shared.too_large() {
-        return Attempt::Failed {
-            error: UpstreamError::TooLarge,
-            kind: None,
-            body: None,
-        };
+/// Whether a failed attempt of the watched release may go to the stable
+/// one: only a failure the upstream caused, and nothing of an answer came
+/// back (a response that started is never sent again). A refused
+/// connection never reached it; after a reset or a timeout the release may
+/// have acted on the request, so only when a replay is safe. A pooled
+/// connection found closed is first sent again on a new one (no failure of
+/// the release).
+fn to_stable(failure: &Failure, replay_safe: bool) -> bool {
+    if failure.kind.source() != Source::Upstream {
+        return false;
     }
-    if shared.timed_out() {
-        return Attempt::Failed {
-            error: UpstreamError::BodyTimeout,
-            kind: None,
-            body: None,
-        };
-    }
-    if shared.client_failed() {
-        return Attempt::Failed {
-            error: UpstreamError::BadRequest("400 bad request: malformed request body\n"),
-            kind: None,
-            body: None,
-        };
-    }
-    let body = shared.take_for_resend();
-    match e {
-        SendError::Connect(why) => Attempt::Failed {
-            error: UpstreamError::Connect(why.clone()),
-            kind: Some(FailureKind::Connect),
-            body,
-        },
-        SendError::Failed(e) => Attempt::Failed {
-            error: UpstreamError::Failed(error_chain(e)),
-            kind: Some(FailureKind::Reset),
-            body,
-        },
+    match failure.retry {
+        Retry::Unsent => true,
+        Retry::Replayable => replay_safe,
+        Retry::Never => failure.kind == FailureKind::Timeout && replay_safe,
+        Retry::Reconnect => false,
     }
 }
 
-fn may_retry(method: &Method, error: &UpstreamError, policy: &Policy) -> bool {
-    match error {
-        UpstreamError::Connect(_) => true,
-        UpstreamError::Failed(_) => method.is_idempotent() || policy.retry_writes,
-        _ => false,
+/// Says who caused a failed attempt and whether it may go again. A refused
+/// or unreadable client body is the client's fault; a refused connection
+/// never reached the upstream (any method may go elsewhere); once a byte of
+/// an answer came back the upstream has the request, and it never goes
+/// again; otherwise a replay may be safe: on a new connection when a pooled
+/// one turned out closed, else on the other slot.
+fn classify(e: SendError, shared: &BodyShared) -> AttemptFailed {
+    if shared.too_large() {
+        return AttemptFailed::without_resend(UpstreamError::TooLarge, FailureKind::TooLarge);
+    }
+    if shared.timed_out() {
+        return AttemptFailed::without_resend(
+            UpstreamError::BodyTimeout,
+            FailureKind::ClientTimeout,
+        );
+    }
+    if shared.client_failed() {
+        return AttemptFailed::without_resend(
+            UpstreamError::BadRequest("400 bad request: malformed request body\n"),
+            FailureKind::ClientBody,
+        );
+    }
+    let body = shared.take_for_resend();
+    match e {
+        SendError::Connect { why, parts } => AttemptFailed {
+            error: UpstreamError::Connect(why),
+            failure: Failure {
+                kind: FailureKind::Connect,
+                retry: Retry::Unsent,
+            },
+            body,
+            parts: Some(parts),
+        },
+        SendError::Failed(Failed {
+            error,
+            reused,
+            responded,
+            parts,
+        }) => {
+            let failure = match (responded, reused) {
+                (true, _) => Failure::never(FailureKind::Malformed),
+                (false, true) => Failure {
+                    kind: FailureKind::Stale,
+                    retry: Retry::Reconnect,
+                },
+                (false, false) => Failure {
+                    kind: FailureKind::Reset,
+                    retry: Retry::Replayable,
+                },
+            };
+            AttemptFailed {
+                error: UpstreamError::Failed(error_chain(&error)),
+                failure,
+                body,
+                parts: Some(parts),
+            }
+        }
+    }
+}
+
+/// Joins an HTTP/2 request's `cookie` fields into one, as RFC 9113 section
+/// 8.2.3 asks before a request goes on over HTTP/1.1 (where a second
+/// `Cookie` line is not allowed).
+fn join_cookies(headers: &mut http::HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    let (Some(_), Some(_)) = (values.next(), values.next()) else {
+        return;
+    };
+    let mut joined: Vec<u8> = Vec::new();
+    for value in headers.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(value.as_bytes());
+    }
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
     }
 }
 

@@ -1,6 +1,7 @@
 //! Header rewriting on the request path: hop-by-hop stripping (RFC 9110
-//! section 7.6.1), `X-Forwarded-*`, and the request id. Pure functions over a
-//! `HeaderMap`, so they are unit- and property-tested on their own.
+//! section 7.6.1), fields that only look like framing fields dropped,
+//! `X-Forwarded-*`, and the request id. Pure functions over a `HeaderMap`,
+//! so they are unit- and property-tested on their own.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -35,6 +36,9 @@ pub struct Seen {
     forwarded: bool,
     request_id: bool,
     content_length: bool,
+    cookie: bool,
+    /// A name `looks_like_framing`.
+    lookalike: bool,
 }
 
 /// Which of the fixed hop-by-hop headers `name` is, as its index in
@@ -51,6 +55,35 @@ pub fn fixed_hop_by_hop(name: &HeaderName) -> Option<usize> {
         "upgrade" => 6,
         _ => return None,
     })
+}
+
+/// Whether a request field's name is not a framing field but may be taken
+/// for one by the upstream's software: any name with an underscore (WSGI,
+/// CGI and several frameworks fold `_` into `-`, so `Transfer_Encoding`
+/// becomes a second `Transfer-Encoding` there; nginx drops these names by
+/// default), and the letters of `Transfer-Encoding` or `Content-Length` with
+/// other separators (`Transfer---Encoding`). Such fields are dropped.
+pub fn looks_like_framing(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    if bytes.contains(&b'_') {
+        return true;
+    }
+    // Names are lower case; the real fields are on the fixed path.
+    if bytes.len() < 13 || !matches!(bytes[0], b't' | b'c') {
+        return false;
+    }
+    if name == "content-length" || name == "transfer-encoding" {
+        return false;
+    }
+    let mut letters = bytes.iter().filter(|&&b| b != b'-');
+    let spells = |word: &[u8], letters: &mut dyn Iterator<Item = &u8>| {
+        word.iter().all(|w| letters.next() == Some(w)) && letters.next().is_none()
+    };
+    if bytes[0] == b't' {
+        spells(b"transferencoding", &mut letters)
+    } else {
+        spells(b"contentlength", &mut letters)
+    }
 }
 
 /// The non-empty items of a comma-separated header value, trimmed.
@@ -79,10 +112,16 @@ impl Seen {
                 "forwarded" => seen.forwarded = true,
                 "x-request-id" => seen.request_id = true,
                 "content-length" => seen.content_length = true,
-                _ => {}
+                "cookie" => seen.cookie = true,
+                other => seen.lookalike |= looks_like_framing(other),
             }
         }
         seen
+    }
+
+    /// Whether a `Cookie` field is there (one or more).
+    pub fn cookie(&self) -> bool {
+        self.cookie
     }
 
     pub fn transfer_encoding(&self) -> bool {
@@ -124,9 +163,25 @@ pub fn rewrite_request(
     trust_client: bool,
 ) -> HeaderValue {
     strip_seen(headers, seen);
+    if seen.lookalike {
+        strip_lookalikes(headers);
+    }
     let id = request_id(headers, seen.request_id);
     forwarded(headers, seen.forwarded, client, host, proto, trust_client);
     id
+}
+
+/// Removes the fields whose names `looks_like_framing`.
+fn strip_lookalikes(headers: &mut HeaderMap) {
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| looks_like_framing(name.as_str()))
+        .cloned()
+        .collect();
+    for name in names {
+        tracing::debug!(%name, "a field that may be taken for a framing field is dropped");
+        headers.remove(name);
+    }
 }
 
 /// Removes `Connection` and the headers it names (its options).
@@ -468,5 +523,52 @@ mod tests {
             prop_assert!(h.get("x-forwarded-for").is_some());
             prop_assert!(h.get("x-request-id").is_some());
         }
+    }
+
+    #[test]
+    fn names_that_only_look_like_framing_fields_are_dropped() {
+        for name in [
+            "transfer_encoding",
+            "content_length",
+            "transfer---encoding",
+            "content--length",
+            "transferencoding",
+            "contentlength",
+            "x_custom",
+            "_",
+        ] {
+            assert!(looks_like_framing(name), "{name} kept");
+        }
+        for name in [
+            "transfer-encoding",
+            "content-length",
+            "content-type",
+            "cache-control",
+            "transfer-encodings",
+            "content-language",
+            "x-custom",
+            "te",
+        ] {
+            assert!(!looks_like_framing(name), "{name} dropped");
+        }
+        let mut h = map(&[
+            ("transfer_encoding", "chunked"),
+            ("content--length", "1000"),
+            ("content-length", "5"),
+            ("host", "short.example"),
+        ]);
+        let seen = Seen::scan(&h);
+        let client = ClientAddr::new("127.0.0.1:1".parse().expect("socket address"));
+        rewrite_request(
+            &mut h,
+            seen,
+            &client,
+            HeaderValue::from_static("x"),
+            "http",
+            false,
+        );
+        assert!(h.get("transfer_encoding").is_none());
+        assert!(h.get("content--length").is_none());
+        assert_eq!(h["content-length"], "5");
     }
 }

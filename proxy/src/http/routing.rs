@@ -12,6 +12,7 @@ use http::header::COOKIE;
 use time::OffsetDateTime;
 
 use crate::config::{CanaryCfg, Config};
+use crate::http::https::Https;
 use crate::http::upstream::Upstream;
 use crate::slot::Slot;
 
@@ -36,6 +37,10 @@ pub struct Policy {
     pub response_timeout: Duration,
     pub max_body_bytes: u64,
     pub body_timeout: Duration,
+    /// The TLS listener's certificates, the redirect and HSTS; none without TLS.
+    pub https: Option<Arc<Https>>,
+    /// The stable release answers for a failed request of the watched one.
+    pub answer_from_stable: bool,
 }
 
 impl Policy {
@@ -48,6 +53,8 @@ impl Policy {
             response_timeout: config.timeouts.response_header,
             max_body_bytes: config.limits.max_body_bytes,
             body_timeout: config.limits.body_timeout,
+            https: Https::from_config(config),
+            answer_from_stable: config.guard.answer_from_stable,
         }
     }
 }

@@ -11,20 +11,24 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
+use http::request::Parts;
 use http::uri::{Authority, Uri};
 use http::{Method, Request, Response};
 use tokio::net::TcpStream;
 use tokio::task::AbortHandle;
 
 use crate::config::Timeouts;
+use crate::http::deadline::Progress;
 use crate::slot::Slot;
 use request_body::RequestBody;
 
 mod conn;
+#[cfg(test)]
+mod differential;
 pub mod request_body;
 mod response;
 
-pub use conn::{Conn, ExchangeError, ResponseBody, ResponseBodyError};
+pub use conn::{Conn, Failed, ResponseBody, ResponseBodyError};
 
 /// Idle connections kept per upstream at most; more are closed when they
 /// become idle.
@@ -45,6 +49,8 @@ pub struct Upstream {
     connect_timeout: Duration,
     /// How long a connection may sit idle and still be reused.
     idle_timeout: Duration,
+    /// How long a response body may go without a byte.
+    read_timeout: Duration,
     /// Idle connections, the most recently used last. Pushed when a response
     /// body ends, popped by the next request; a std mutex held for one push
     /// or pop, never across an `.await`.
@@ -55,8 +61,9 @@ pub struct Upstream {
     /// Requests sent and not yet finished (the response body streamed to the
     /// end or dropped). Written only through `InFlight`.
     in_flight: AtomicUsize,
-    /// Connect failures and resets on user requests since the last success;
-    /// written by the forwarder, for passive down-marking.
+    /// Connect failures and resets (on new connections) of user requests
+    /// since the last success; written by the forwarder, for passive
+    /// down-marking.
     passive_failures: AtomicU32,
 }
 
@@ -68,11 +75,12 @@ struct Idle {
 /// Why a request got no response from an upstream.
 #[derive(Debug)]
 pub enum SendError {
-    /// No connection could be opened: nothing of the request was sent.
-    Connect(String),
+    /// No connection could be opened: nothing of the request was sent, and
+    /// here is its head to send elsewhere (its body stayed unread).
+    Connect { why: String, parts: Box<Parts> },
     /// The exchange failed once the request was on its way (or its body
     /// could not be read): some of it may have reached the upstream.
-    Failed(ExchangeError),
+    Failed(Failed),
 }
 
 impl Upstream {
@@ -85,6 +93,7 @@ impl Upstream {
             authority,
             connect_timeout: timeouts.connect,
             idle_timeout: timeouts.upstream_idle,
+            read_timeout: timeouts.upstream_read,
             idle: Mutex::new(Vec::new()),
             sweeper: OnceLock::new(),
             in_flight: AtomicUsize::new(0),
@@ -92,24 +101,40 @@ impl Upstream {
         })
     }
 
-    /// Sends `req` on an idle connection, or on a new one when none is
-    /// idle; the response's body holds the connection until it ends. A
-    /// pooled connection the upstream closed while it was idle is skipped
-    /// (`checkout`); a failure once the request is on its way is final.
-    /// `now` is the caller's reading of the clock, for the idle check.
+    /// Sends `req` on an idle connection (unless `fresh` asks for a new
+    /// one), or on a new one when none is idle; the response's body holds
+    /// the connection until it ends. A pooled connection the upstream closed
+    /// while it was idle is skipped (`checkout`); one it closes as the
+    /// request arrives fails it, saying it was reused (`Failed`), and the
+    /// caller decides about a resend. `began` is the caller's reading of the
+    /// clock, for the idle check and `progress` (see `Conn::send`).
     pub async fn send(
         self: &Arc<Self>,
         mut req: Request<RequestBody>,
-        now: Instant,
+        began: Instant,
+        progress: &Progress,
+        fresh: bool,
     ) -> Result<Response<ResponseBody>, SendError> {
         if req.method() == Method::CONNECT {
             *req.uri_mut() = Uri::from(self.authority.clone());
         }
-        let conn = match self.checkout(now) {
+        let pooled = if fresh { None } else { self.checkout(began) };
+        let conn = match pooled {
             Some(conn) => conn,
-            None => self.connect().await?,
+            None => match self.connect().await {
+                Ok(conn) => conn,
+                Err(why) => {
+                    let (parts, _unread) = req.into_parts();
+                    return Err(SendError::Connect {
+                        why,
+                        parts: Box::new(parts),
+                    });
+                }
+            },
         };
-        conn.send(req).await.map_err(SendError::Failed)
+        conn.send(req, progress, began)
+            .await
+            .map_err(SendError::Failed)
     }
 
     fn checkout(&self, now: Instant) -> Option<Box<Conn>> {
@@ -139,18 +164,18 @@ impl Upstream {
         }
     }
 
-    async fn connect(self: &Arc<Self>) -> Result<Box<Conn>, SendError> {
+    async fn connect(self: &Arc<Self>) -> Result<Box<Conn>, String> {
         self.sweeper.get_or_init(|| {
             tokio::spawn(sweep(Arc::downgrade(self), self.idle_timeout)).abort_handle()
         });
         let stream =
             match tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr)).await {
                 Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => return Err(SendError::Connect(format!("tcp connect error: {e}"))),
-                Err(_) => return Err(SendError::Connect("tcp connect timed out".to_string())),
+                Ok(Err(e)) => return Err(format!("tcp connect error: {e}")),
+                Err(_) => return Err("tcp connect timed out".to_string()),
             };
         let _ = stream.set_nodelay(true);
-        Ok(Conn::new(stream))
+        Ok(Conn::new(stream, self.read_timeout))
     }
 
     /// Closes the idle connections that waited longer than the idle timeout.
@@ -165,7 +190,8 @@ impl Upstream {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Counts a connect failure or reset; returns the consecutive count.
+    /// Counts a failure that says the upstream may be down; returns the
+    /// consecutive count.
     pub fn passive_failure(&self) -> u32 {
         self.passive_failures.fetch_add(1, Ordering::Relaxed) + 1
     }
@@ -286,6 +312,7 @@ mod tests {
             connect: Duration::from_secs(1),
             response_header: Duration::from_secs(5),
             upstream_idle: idle,
+            upstream_read: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(1),
         };
         Upstream::new(Slot::Blue, addr, &timeouts)
@@ -327,7 +354,7 @@ mod tests {
         req: Request<RequestBody>,
     ) -> Result<(http::StatusCode, Bytes), String> {
         let response = upstream
-            .send(req, Instant::now())
+            .send(req, Instant::now(), &Progress::default(), false)
             .await
             .map_err(|e| format!("{e:?}"))?;
         let status = response.status();
@@ -577,6 +604,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_early_answer_then_a_reset_is_the_answer() {
+        // The upstream answers after the head and closes with the upload
+        // unread, which resets the connection: the write fails at once,
+        // while the answer may wait for the reactor's next turn.
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 1024];
+                let _ = socket.read(&mut buf).await;
+                let _ = socket
+                    .write_all(b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 4\r\n\r\nbig!")
+                    .await;
+            }
+        });
+        let upstream = upstream(addr, Duration::from_secs(60));
+        // Larger than the socket buffers, so the write is still going on.
+        let chunk = Bytes::from(vec![b'x'; 1 << 20]);
+        for _ in 0..10 {
+            let chunks = vec![chunk.clone(); 32];
+            let (status, body) = exchange_with(&upstream, request(Method::POST, chunks))
+                .await
+                .expect("the upstream's answer");
+            assert_eq!(
+                (status, &body[..]),
+                (http::StatusCode::PAYLOAD_TOO_LARGE, &b"big!"[..])
+            );
+        }
+    }
+
+    #[tokio::test]
     async fn sequential_requests_reuse_one_keep_alive_connection() {
         let (addr, accepted) = upstream_server(usize::MAX).await;
         let upstream = upstream(addr, Duration::from_secs(60));
@@ -628,9 +686,12 @@ mod tests {
         let addr = listener.local_addr().expect("local addr");
         drop(listener);
         let upstream = upstream(addr, Duration::from_secs(60));
-        let Err(error) = upstream.send(get(), Instant::now()).await else {
+        let Err(error) = upstream
+            .send(get(), Instant::now(), &Progress::default(), false)
+            .await
+        else {
             panic!("a closed port answered");
         };
-        assert!(matches!(error, SendError::Connect(_)), "{error:?}");
+        assert!(matches!(error, SendError::Connect { .. }), "{error:?}");
     }
 }

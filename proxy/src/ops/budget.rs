@@ -28,6 +28,9 @@ use crate::ticker::Ticker;
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// Hourly aggregates older than this are dropped.
 pub const HISTORY_DAYS: i64 = 30;
+/// How often the heartbeat (the last time the proxy served) is saved
+/// between minutes: a crash loses at most this much of it.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
 /// Years of bad-minute counts kept (the current one and a few before it).
 const YEARS_KEPT: usize = 5;
 const VERSION: u32 = 1;
@@ -179,6 +182,19 @@ pub struct Ledger {
     /// The last minute folded in, so that the rest of a minute split by a
     /// restart merges into it instead of counting twice.
     pub last_minute: Option<(i64, MinuteCounts)>,
+    /// The last time (unix seconds) a proxy was serving: written with every
+    /// save, so the next start knows how long nothing served.
+    #[serde(default)]
+    pub heartbeat: Option<i64>,
+}
+
+/// A gap in which no proxy served, found at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Downtime {
+    pub from: OffsetDateTime,
+    pub to: OffsetDateTime,
+    /// Minutes of the gap that newly count against the budget.
+    pub bad_minutes: u64,
 }
 
 impl Default for Ledger {
@@ -188,6 +204,7 @@ impl Default for Ledger {
             used_by_year: BTreeMap::new(),
             hours: BTreeMap::new(),
             last_minute: None,
+            heartbeat: None,
         }
     }
 }
@@ -221,6 +238,38 @@ impl Ledger {
             self.last_minute = Some((minute.start, merged));
         }
         newly_bad
+    }
+
+    /// Counts the gap since the last heartbeat as bad: every minute it
+    /// touches, the one the proxy stopped in and the one it starts in too.
+    /// `None` without a heartbeat (a first start) or without a gap.
+    pub fn count_downtime(&mut self, now: OffsetDateTime) -> Option<Downtime> {
+        let from = self.heartbeat.filter(|h| *h < now.unix_timestamp())?;
+        let down = MinuteCounts {
+            no_healthy_upstream: true,
+            ..MinuteCounts::default()
+        };
+        let mut bad_minutes = 0;
+        let mut minute = from - from.rem_euclid(MINUTE);
+        while minute <= minute_start(now) {
+            // The ratio does not matter: a minute with no healthy upstream is bad.
+            if self.fold(
+                ClosedMinute {
+                    start: minute,
+                    counts: down,
+                },
+                1.0,
+            ) {
+                bad_minutes += 1;
+            }
+            minute += MINUTE;
+        }
+        self.heartbeat = Some(now.unix_timestamp());
+        Some(Downtime {
+            from: OffsetDateTime::from_unix_timestamp(from).ok()?,
+            to: now,
+            bad_minutes,
+        })
     }
 
     /// Drops what is older than the history and the years kept.
@@ -378,6 +427,24 @@ impl Budget {
         inner.ledger.fold(partial, self.cfg.bad_minute_ratio);
     }
 
+    /// The proxy serves at `now`; the next save writes it.
+    pub fn beat(&self, now: OffsetDateTime) {
+        self.lock().ledger.heartbeat = Some(now.unix_timestamp());
+    }
+
+    /// At start after a crash or a stop (not after a takeover): the gap
+    /// since the last heartbeat counts against the budget.
+    pub fn count_downtime(&self, now: OffsetDateTime) -> Option<Downtime> {
+        let downtime = self.lock().ledger.count_downtime(now)?;
+        tracing::warn!(
+            from = %downtime.from,
+            secs = (downtime.to - downtime.from).whole_seconds(),
+            bad_minutes = downtime.bad_minutes,
+            "nothing served since the last heartbeat: the gap counts against the error budget"
+        );
+        Some(downtime)
+    }
+
     pub fn view_at(&self, now: OffsetDateTime) -> BudgetView {
         self.lock().ledger.view(now, &self.cfg)
     }
@@ -412,18 +479,22 @@ pub async fn run(
 ) {
     budget.publish(&metrics);
     let mut ticker = Ticker::new(SAMPLE_EVERY, shutdown);
+    let mut last_save = tokio::time::Instant::now();
     while ticker.tick().await {
         let serving_healthy = {
             let snap = router.load();
             snap.is_healthy(snap.serving())
         };
         let totals = sum_totals(&traffic);
-        if budget
-            .sample(OffsetDateTime::now_utc(), totals, serving_healthy)
-            .is_some()
-        {
+        let now = OffsetDateTime::now_utc();
+        budget.beat(now);
+        let closed = budget.sample(now, totals, serving_healthy).is_some();
+        if closed {
             // The gauges first: they must never lag the status behind a slow disk.
             budget.publish(&metrics);
+        }
+        if closed || last_save.elapsed() >= HEARTBEAT_EVERY {
+            last_save = tokio::time::Instant::now();
             if let Err(e) = budget.save().await {
                 tracing::error!(error = %e, "could not save the error budget");
             }
@@ -434,11 +505,9 @@ pub async fn run(
         let snap = router.load();
         snap.is_healthy(snap.serving())
     };
-    budget.sample(
-        OffsetDateTime::now_utc(),
-        sum_totals(&traffic),
-        serving_healthy,
-    );
+    let now = OffsetDateTime::now_utc();
+    budget.beat(now);
+    budget.sample(now, sum_totals(&traffic), serving_healthy);
     budget.flush();
     if let Err(e) = budget.save().await {
         tracing::error!(error = %e, "could not save the error budget at shutdown");
@@ -478,6 +547,63 @@ mod tests {
 
     /// 2024-06-01T00:00:00Z, a minute and an hour boundary.
     const T0: i64 = 1_717_200_000;
+
+    #[test]
+    fn a_gap_since_the_heartbeat_counts_every_minute_it_touches_once() {
+        // Arrange: the last process served T0+30 s, folded its part of that
+        // minute (a good one), and left the heartbeat.
+        let mut ledger = Ledger::default();
+        let served = ClosedMinute {
+            start: T0,
+            counts: MinuteCounts {
+                requests: 100,
+                failures: 0,
+                no_healthy_upstream: false,
+            },
+        };
+        ledger.fold(served, RATIO);
+        ledger.heartbeat = Some(T0 + 30);
+
+        // Act: the next start, at T0+200 s.
+        let gap = ledger.count_downtime(at(T0 + 200));
+
+        // Assert: T0, T0+60, T0+120 and the minute it starts in, T0+180.
+        assert_eq!(
+            gap,
+            Some(Downtime {
+                from: at(T0 + 30),
+                to: at(T0 + 200),
+                bad_minutes: 4,
+            })
+        );
+        assert_eq!(ledger.used_by_year.get(&2024), Some(&4));
+        assert_eq!(ledger.hours[&T0].observed, 4, "the split minute once");
+        assert_eq!(ledger.heartbeat, Some(T0 + 200));
+        assert_eq!(
+            ledger.count_downtime(at(T0 + 200)),
+            None,
+            "no gap since the heartbeat"
+        );
+        // The rest of the minute it starts in merges, without counting again.
+        assert!(!ledger.fold(
+            ClosedMinute {
+                start: T0 + 180,
+                counts: MinuteCounts::default(),
+            },
+            RATIO
+        ));
+        assert_eq!(ledger.used_by_year.get(&2024), Some(&4));
+    }
+
+    #[test]
+    fn a_first_start_has_no_gap_and_an_older_file_loads_without_a_heartbeat() {
+        let mut ledger: Ledger = serde_json::from_str(
+            r#"{"version":1,"used_by_year":{},"hours":{},"last_minute":null}"#,
+        )
+        .expect("a file from before the heartbeat");
+        assert_eq!(ledger.count_downtime(at(T0)), None);
+        assert!(ledger.used_by_year.is_empty());
+    }
 
     #[test]
     fn a_minute_is_bad_at_the_ratio_or_without_a_healthy_upstream() {

@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, mpsc};
 
 use serde::{Deserialize, Serialize};
@@ -42,10 +42,17 @@ pub enum EventKind {
     Failback,
     ConfigReload,
     ConfigReloadRefused,
+    /// A new proxy process took the listeners over from the running one.
+    Takeover,
+    /// The proxy was not serving: it crashed or was stopped, and started
+    /// again (a takeover is no gap). Detail: the gap and its bad minutes.
+    ProxyDown,
     IncidentOpen,
     IncidentClose,
     PreventedIncident,
     NoticeFailed,
+    /// A TLS certificate expires within 14 days (or has expired).
+    CertificateExpiring,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -120,6 +127,13 @@ impl Sink for File {
 type Line = (u64, Vec<u8>);
 
 struct Inner {
+    /// A takeover is under way: the new process owns the file, so events
+    /// are kept in memory and broadcast only. Set under this lock, so no
+    /// line is queued after `seal` returns.
+    sealed: bool,
+    /// The highest sequence number queued for the writer: what `flushed`
+    /// waits for (events recorded while sealed are never queued).
+    queued: u64,
     next_seq: u64,
     recent: VecDeque<Event>,
     /// To the writer thread; `None` for a log kept in memory only. Sent
@@ -129,6 +143,9 @@ struct Inner {
 }
 
 pub struct EventLog {
+    /// The log file (empty for a log kept in memory): read again by
+    /// `unseal`.
+    path: PathBuf,
     /// A std mutex: held to number, queue and keep one event, never across
     /// an await, and never around file I/O (the writer thread does that).
     inner: Mutex<Inner>,
@@ -188,13 +205,16 @@ impl EventLog {
     ) -> std::io::Result<EventLog> {
         let (lines, queue) = mpsc::channel();
         let (written_tx, written) = watch::channel(next_seq - 1);
-        let path = path.to_path_buf();
+        let file = path.to_path_buf();
         std::thread::Builder::new()
             .name("event-log".into())
-            .spawn(move || append_all(sink, &path, &queue, &written_tx))?;
+            .spawn(move || append_all(sink, &file, &queue, &written_tx))?;
         let (tx, _) = broadcast::channel(1024);
         Ok(EventLog {
+            path: path.to_path_buf(),
             inner: Mutex::new(Inner {
+                sealed: false,
+                queued: next_seq - 1,
                 next_seq,
                 recent,
                 writer: Some(lines),
@@ -211,7 +231,10 @@ impl EventLog {
         // Nothing is ever waiting to be written.
         let (_, written) = watch::channel(u64::MAX);
         EventLog {
+            path: PathBuf::new(),
             inner: Mutex::new(Inner {
+                sealed: false,
+                queued: 0,
                 next_seq: 1,
                 recent: VecDeque::new(),
                 writer: None,
@@ -235,7 +258,9 @@ impl EventLog {
             let mut inner = self.lock();
             event.seq = inner.next_seq;
             inner.next_seq += 1;
-            if let Some(writer) = &inner.writer {
+            if inner.sealed {
+                tracing::warn!(kind = ?event.kind, "the event log is handed over: this event is not in the file");
+            } else if let Some(writer) = &inner.writer {
                 let mut line = serde_json::to_vec(&event).expect("events serialize");
                 line.push(b'\n');
                 if writer.send((event.seq, line)).is_err() {
@@ -243,6 +268,8 @@ impl EventLog {
                         seq = event.seq,
                         "the event log writer has stopped; the event is not in the file"
                     );
+                } else {
+                    inner.queued = event.seq;
                 }
             }
             if inner.recent.len() == RECENT {
@@ -259,10 +286,31 @@ impl EventLog {
     /// its write failed and was logged): what an admin answer waits for, so
     /// that the change it reports is on disk.
     pub async fn flushed(&self) {
-        let last = self.lock().next_seq - 1;
+        let last = self.lock().queued;
         let mut written = self.written.clone();
         // An error means the writer thread is gone: nothing more will land.
         let _ = written.wait_for(|seq| *seq >= last).await;
+    }
+
+    /// Stops appending to the file, once what was recorded before is in it:
+    /// a new process takes the file over.
+    pub async fn seal(&self) {
+        self.lock().sealed = true;
+        self.flushed().await;
+    }
+
+    /// Appends to the file again after a takeover was called off, numbering
+    /// on from what is in it (the other process may have appended). The
+    /// file is read off the runtime's threads.
+    pub async fn unseal(&self) -> std::io::Result<()> {
+        let path = self.path.clone();
+        let last = tokio::task::spawn_blocking(move || last_seq(&path))
+            .await
+            .map_err(std::io::Error::other)??;
+        let mut inner = self.lock();
+        inner.next_seq = inner.next_seq.max(last + 1);
+        inner.sealed = false;
+        Ok(())
     }
 
     /// Events with `seq > since`, oldest first, at most `limit`.
@@ -279,6 +327,19 @@ impl EventLog {
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.tx.subscribe()
     }
+}
+
+/// The highest sequence number in the log at `path` (0 when there is none).
+fn last_seq(path: &Path) -> std::io::Result<u64> {
+    let mut last = 0;
+    if let Ok(file) = File::open(path) {
+        for line in BufReader::new(file).lines() {
+            if let Ok(event) = serde_json::from_str::<Event>(&line?) {
+                last = last.max(event.seq);
+            }
+        }
+    }
+    Ok(last)
 }
 
 /// The writer thread: appends lines in the order they were queued, one sync
@@ -353,6 +414,57 @@ mod tests {
         assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
         assert_eq!(all[0].to, Some(Slot::Green));
         assert_eq!(log.since(2, 10).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_sealed_log_leaves_the_file_to_the_next_process_and_unsealed_numbers_on_from_it() {
+        // Arrange: one event in the file, then sealed for a takeover.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("events.jsonl");
+        let log = EventLog::open(&path).await.expect("open");
+        log.record(Event::new(EventKind::Switch, "before"));
+        tokio::time::timeout(PATIENCE, log.seal())
+            .await
+            .expect("seal waits for what was recorded, no more");
+        let in_file = |path: &Path| -> Vec<u64> {
+            std::fs::read_to_string(path)
+                .expect("read")
+                .lines()
+                .map(|l| serde_json::from_str::<Event>(l).expect("a line").seq)
+                .collect()
+        };
+        assert_eq!(
+            in_file(&path),
+            vec![1],
+            "recorded before the seal: in the file"
+        );
+
+        // Act: sealed, an event stays in memory; the next process appends two.
+        log.record(Event::new(EventKind::Rollback, "while sealed"));
+        tokio::time::timeout(PATIENCE, log.flushed())
+            .await
+            .expect("flushed does not wait for an event that is never written");
+        let next = EventLog::open(&path)
+            .await
+            .expect("the next process opens it");
+        next.record(Event::new(EventKind::Takeover, "two"));
+        next.record(Event::new(EventKind::Switch, "three"));
+        next.flushed().await;
+        drop(next);
+        log.unseal().await.expect("unseal");
+        let after = log.record(Event::new(EventKind::Switch, "after"));
+        tokio::time::timeout(PATIENCE, log.flushed())
+            .await
+            .expect("the writer runs again");
+
+        // Assert
+        assert_eq!(after.seq, 4, "numbered on from what the file holds");
+        assert_eq!(in_file(&path), vec![1, 2, 3, 4]);
+        assert_eq!(
+            log.since(0, 10).len(),
+            3,
+            "the sealed one is still in memory"
+        );
     }
 
     #[tokio::test]

@@ -267,6 +267,30 @@ impl Detector {
         ))
     }
 
+    /// The proxy itself was not serving from `event`'s gap start to its
+    /// time (a `proxy_down` event): an outage that opened and closed while
+    /// nothing watched, recorded as both at once.
+    pub fn downtime(&mut self, event: &Event, from: OffsetDateTime) -> [Change; 2] {
+        let id = self.take_id();
+        let mut incident = Incident {
+            id,
+            kind: IncidentKind::Outage,
+            trigger: kind_name(event.kind),
+            cause: event.reason.clone(),
+            started_at: from,
+            ended_at: None,
+            duration_secs: None,
+            failed_requests: 0,
+            releases: Vec::new(),
+            timeline: vec![TimelineEntry::of(event)],
+            timeline_omitted: 0,
+        };
+        let opened = Change::Opened(incident.clone());
+        incident.ended_at = Some(event.at);
+        incident.duration_secs = Some((event.at - from).whole_seconds().max(0).unsigned_abs());
+        [opened, Change::Closed(incident)]
+    }
+
     /// One recorded event: a guard action opens (or extends) an incident, a
     /// refused change is a prevented one, anything else joins the timeline
     /// of the open incident.
@@ -276,7 +300,9 @@ impl Detector {
             EventKind::IncidentOpen
             | EventKind::IncidentClose
             | EventKind::PreventedIncident
-            | EventKind::NoticeFailed => return None,
+            | EventKind::NoticeFailed
+            // `downtime` records it.
+            | EventKind::ProxyDown => return None,
             _ => {}
         }
         let change = match event.kind {

@@ -1,5 +1,6 @@
 //! Incident notices to the configured webhooks: a JSON POST per notice and
-//! webhook, signed with HMAC-SHA256 when the webhook has a secret, retried
+//! webhook (http, or https verified against the webhook's CA file or the
+//! system's roots), signed with HMAC-SHA256 when the webhook has a secret, retried
 //! with exponential backoff, delivered by one background task fed through a
 //! bounded queue so that nobody waits on a slow receiver. A notice that
 //! still fails becomes a `notice_failed` event.
@@ -11,9 +12,11 @@ use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use http::{Request, StatusCode, header};
 use http_body_util::Full;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use rustls::RootCertStore;
 use serde::Serialize;
 use serde_json::json;
 use sha2::Sha256;
@@ -23,6 +26,7 @@ use tokio::sync::{mpsc, watch};
 use crate::config::{NotifyCfg, Webhook};
 use crate::ops::events::{Event, EventKind, EventLog};
 use crate::ops::incidents::Incident;
+use crate::tls::client::{self, Trust};
 
 /// Notices waiting for delivery; past this, new ones are dropped (and logged
 /// as failed) rather than ever blocking the detector.
@@ -133,7 +137,40 @@ fn failed(notice: &Notice, url: Option<&str>, why: &str) -> Event {
     }))
 }
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// One client per webhook, in order, or why there is none: an https:// webhook trusts its
+/// CA file, else the system's roots. Reads files: run it off the runtime's threads.
+fn clients(cfg: &NotifyCfg) -> Vec<Result<HttpClient, String>> {
+    let mut system: Option<Result<RootCertStore, String>> = None;
+    cfg.webhooks
+        .iter()
+        .map(|hook| {
+            let roots = match (hook.url.scheme_str(), &hook.ca) {
+                (Some("https"), Some(ca)) => client::read_ca(ca)
+                    .and_then(|certs| client::roots(&Trust::Ca(certs)))
+                    .map_err(|why| format!("{}: {why}", ca.display())),
+                (Some("https"), None) => system
+                    .get_or_insert_with(|| client::roots(&Trust::System))
+                    .clone(),
+                // Plain http: the connector never starts TLS.
+                _ => Ok(RootCertStore::empty()),
+            };
+            roots.map(|roots| {
+                let mut http = HttpConnector::new();
+                http.set_connect_timeout(Some(cfg.timeout));
+                // The https connector around it takes the https:// URLs.
+                http.enforce_http(false);
+                let connector = HttpsConnectorBuilder::new()
+                    .with_tls_config(client::config(roots, &[]))
+                    .https_or_http()
+                    .enable_http1()
+                    .wrap_connector(http);
+                Client::builder(TokioExecutor::new()).build(connector)
+            })
+        })
+        .collect()
+}
 
 async fn deliver_all(
     mut rx: mpsc::Receiver<Notice>,
@@ -141,10 +178,22 @@ async fn deliver_all(
     events: Arc<EventLog>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(cfg.timeout));
-    connector.enforce_http(true);
-    let client: HttpClient = Client::builder(TokioExecutor::new()).build(connector);
+    let for_clients = cfg.clone();
+    let clients = match tokio::task::spawn_blocking(move || clients(&for_clients)).await {
+        Ok(clients) => clients,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot make the webhook clients: notices will not be sent");
+            cfg.webhooks
+                .iter()
+                .map(|_| Err(format!("no client: {e}")))
+                .collect()
+        }
+    };
+    for (hook, client) in cfg.webhooks.iter().zip(&clients) {
+        if let Err(why) = client {
+            tracing::error!(webhook = %display_url(&hook.url), error = %why, "this webhook will get no notice");
+        }
+    }
     loop {
         let notice = tokio::select! {
             notice = rx.recv() => match notice {
@@ -155,15 +204,17 @@ async fn deliver_all(
         };
         let body = Bytes::from(serde_json::to_vec(&notice).expect("notices serialize"));
         // Webhooks are independent: one slow receiver must not delay another.
-        let deliveries = cfg.webhooks.iter().map(|hook| {
-            let client = client.clone();
+        let deliveries = cfg.webhooks.iter().zip(&clients).map(|(hook, client)| {
             let body = body.clone();
             let mut shutdown = shutdown.clone();
             let cfg = &cfg;
             async move {
-                let result = tokio::select! {
-                    result = deliver(&client, hook, notice.event, body, cfg) => result,
-                    _ = shutdown.changed() => Err("the proxy shut down before it was delivered".to_string()),
+                let result = match client {
+                    Ok(client) => tokio::select! {
+                        result = deliver(client, hook, notice.event, body, cfg) => result,
+                        _ = shutdown.changed() => Err("the proxy shut down before it was delivered".to_string()),
+                    },
+                    Err(why) => Err(why.clone()),
                 };
                 (hook, result)
             }
@@ -324,6 +375,7 @@ mod tests {
             webhooks: vec![Webhook {
                 url,
                 secret: Some("s3cret".into()),
+                ca: None,
             }],
             max_attempts: attempts,
             backoff: Duration::from_millis(10),

@@ -94,6 +94,9 @@ impl PublicIncident {
             "rollback_refused" => {
                 "A rollback was stopped: the previous release failed its checks".into()
             }
+            "proxy_down" => {
+                "The service could not be reached while its front server restarted".into()
+            }
             other => describe(other, ""),
         };
         PublicIncident {
@@ -149,6 +152,7 @@ fn describe(what: &str, detail: &str) -> String {
         "config_reload" => "The configuration was changed",
         "config_reload_refused" => "A configuration change was refused",
         "started" => "The service started",
+        "proxy_down" => "The front server was down, then started again",
         _ => "An operational event",
     };
     phrase.to_string()

@@ -1,5 +1,5 @@
 //! Integration tests of the shortener over real HTTP on ephemeral ports: the app in-process
-//! (`support::spawn_app`) for most, the real binary (`support::Process`) for process-level ones.
+//! (`support::spawn_app`) for most, the real binary (`support::ChildApp`) for process-level ones.
 //! One test binary with a module per concern, so the suite links once.
 
 #[macro_use]

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use e2e::eventually;
 use e2e::postgres::PostgresServer;
 use reqwest::StatusCode;
 use serde_json::json;
@@ -47,7 +48,7 @@ async fn a_postgres_crash_under_load_is_503s_then_heals_and_loses_no_acknowledge
     let server = PostgresServer::start().await;
     let db = server.create_database().await;
     let app = Arc::new(
-        Process::spawn(
+        ChildApp::spawn(
             &[
                 "--listen",
                 "127.0.0.1:0",
@@ -70,28 +71,38 @@ async fn a_postgres_crash_under_load_is_503s_then_heals_and_loses_no_acknowledge
     let acked = || tally.lock().expect("tally").acked.len();
     let health = || async { send(app.get("/healthz")).await.status() };
 
-    eventually("creates before the crash", PATIENCE, || async {
-        acked() >= ACKED_BEFORE
-    })
-    .await;
+    assert!(
+        eventually(|| async { acked() >= ACKED_BEFORE }, PATIENCE).await,
+        "{} creates acknowledged before the crash, want {ACKED_BEFORE}",
+        acked()
+    );
     server.kill().await;
-    eventually("/healthz answering 503", PATIENCE, || async {
-        health().await == StatusCode::SERVICE_UNAVAILABLE
-    })
-    .await;
+    assert!(
+        eventually(
+            || async { health().await == StatusCode::SERVICE_UNAVAILABLE },
+            PATIENCE
+        )
+        .await,
+        "/healthz never answered 503 with PostgreSQL down"
+    );
     let refused =
         send(app.post_json("/api/links", &json!({ "url": "https://example.com/" }))).await;
     let refused_message = error_of(refused, StatusCode::SERVICE_UNAVAILABLE).await;
     let acked_while_down = acked();
     server.start_again().await;
-    eventually("/healthz answering 200 again", PATIENCE, || async {
-        health().await == StatusCode::OK
-    })
-    .await;
-    eventually("creates after the restart", PATIENCE, || async {
-        acked() >= acked_while_down + ACKED_AFTER
-    })
-    .await;
+    assert!(
+        eventually(|| async { health().await == StatusCode::OK }, PATIENCE).await,
+        "/healthz never answered 200 again after PostgreSQL restarted"
+    );
+    assert!(
+        eventually(
+            || async { acked() >= acked_while_down + ACKED_AFTER },
+            PATIENCE
+        )
+        .await,
+        "{} creates acknowledged after the restart, want {ACKED_AFTER}",
+        acked() - acked_while_down
+    );
     stop.store(true, Ordering::Relaxed);
     while let Some(user) = users.join_next().await {
         user.expect("a user task");
@@ -103,7 +114,7 @@ async fn a_postgres_crash_under_load_is_503s_then_heals_and_loses_no_acknowledge
         "answers other than success or 503: {:?}\n{:?}\nshortener log:\n{}",
         tally.unexpected,
         tally.statuses,
-        app.stderr()
+        app.process.log().await
     );
     for refused in [("create", 503), ("follow", 503)] {
         assert!(
@@ -134,7 +145,7 @@ async fn a_postgres_crash_under_load_is_503s_then_heals_and_loses_no_acknowledge
 
 /// One user: creates a link (with an `x-request-id`, as through the proxy), then follows the
 /// last link it created, again and again, until `stop` or its bounds.
-async fn use_the_shortener(user: usize, app: &Process, tally: &Mutex<Tally>, stop: &AtomicBool) {
+async fn use_the_shortener(user: usize, app: &ChildApp, tally: &Mutex<Tally>, stop: &AtomicBool) {
     let deadline = Instant::now() + LOAD_DEADLINE;
     let mut last: Option<String> = None;
     for i in 0..MAX_REQUESTS_PER_USER {

@@ -29,8 +29,8 @@ const TASKS_PER_PROCESS: usize = 4;
 async fn two_releases_on_one_database_lose_no_link(engine: Engine) {
     let db = TestDb::new(engine).await;
     let (v1, v2) = tokio::join!(
-        Process::start(&db, &["--release", "v1"]),
-        Process::start(&db, &["--release", "v2"]),
+        ChildApp::start(&db, &["--release", "v1"]),
+        ChildApp::start(&db, &["--release", "v2"]),
     );
     let slots = [Arc::new(v1), Arc::new(v2)];
 
@@ -88,8 +88,8 @@ async fn two_releases_on_one_database_lose_no_link(engine: Engine) {
 
 async fn two_processes_racing_for_a_code_give_it_to_exactly_one(engine: Engine) {
     let db = TestDb::new(engine).await;
-    let blue = Arc::new(Process::start(&db, &["--release", "blue"]).await);
-    let green = Arc::new(Process::start(&db, &["--release", "green"]).await);
+    let blue = Arc::new(ChildApp::start(&db, &["--release", "blue"]).await);
+    let green = Arc::new(ChildApp::start(&db, &["--release", "green"]).await);
 
     let mut racers = JoinSet::new();
     for slot in [&blue, &green] {
@@ -143,7 +143,7 @@ mod a_burst_of_reads_runs_on_a_bounded_number_of_threads {
 async fn a_burst_of_reads_runs_on_a_bounded_number_of_threads(engine: Engine) {
     const READS: usize = 200;
     let db = TestDb::new(engine).await;
-    let app = Arc::new(Process::start(&db, &[]).await);
+    let app = Arc::new(ChildApp::start(&db, &[]).await);
     let code = app.create("https://example.com/read", None).await["code"]
         .as_str()
         .expect("a code")
@@ -160,7 +160,7 @@ async fn a_burst_of_reads_runs_on_a_bounded_number_of_threads(engine: Engine) {
     // The runtime's workers and 8 blocking threads, the main thread, the SQLite writer and
     // checkpointer, and slack for a thread of a platform's own.
     let bound = workers + 8 + 3 + 1;
-    let threads = app.threads();
+    let threads = app.process.threads().await;
     assert!(
         threads <= bound,
         "{threads} threads after {READS} concurrent reads (bound {bound})"
@@ -169,7 +169,7 @@ async fn a_burst_of_reads_runs_on_a_bounded_number_of_threads(engine: Engine) {
 
 async fn a_restart_keeps_the_data(engine: Engine) {
     let db = TestDb::new(engine).await;
-    let first = Process::start(&db, &[]).await;
+    let mut first = ChildApp::start(&db, &[]).await;
     let mut codes = Vec::new();
     for i in 0..20 {
         codes.push(
@@ -180,9 +180,9 @@ async fn a_restart_keeps_the_data(engine: Engine) {
         );
     }
     send(first.get(&format!("/{}", codes[0].as_str().expect("a code")))).await;
-    first.kill().await;
+    first.process.sigkill().await;
 
-    let second = Process::start(&db, &["--release", "v2"]).await;
+    let second = ChildApp::start(&db, &["--release", "v2"]).await;
 
     for (i, code) in codes.iter().enumerate() {
         let code = code.as_str().expect("a code");
@@ -204,24 +204,27 @@ async fn a_restart_keeps_the_data(engine: Engine) {
 
 async fn sigterm_lets_an_in_flight_request_finish_then_exits_0(engine: Engine) {
     let db = TestDb::new(engine).await;
-    let mut slot = Process::start(&db, &["--fault", "latency=1000"]).await;
+    let mut slot = ChildApp::start(&db, &["--fault", "latency=1000"]).await;
     let slow = slot.get("/healthz");
     let started = Instant::now();
     let in_flight = tokio::spawn(async move { send(slow).await.status() });
-    slot.wait_for_log("fault latency").await;
+    assert!(
+        slot.process.wait_for_log("fault latency", PATIENCE).await,
+        "the slow request never reached the handler"
+    );
 
-    slot.terminate();
-    let status = slot.wait_exit().await;
+    let status = slot.process.terminate().await;
 
     assert_eq!(in_flight.await.expect("the request task"), StatusCode::OK);
     assert!(started.elapsed() >= Duration::from_millis(1000));
     assert!(
         status.success(),
         "exit status {status}; stderr:\n{}",
-        slot.stderr()
+        slot.process.log().await
     );
-    // The log pipe is drained by a task that may still be reading the last lines.
-    slot.wait_for_log("stopped gracefully").await;
+    // The child wrote its log itself, so it is complete once the child has exited.
+    let log = slot.process.log().await;
+    assert!(log.contains("stopped gracefully"), "{log}");
 }
 
 async fn every_flag_can_come_from_the_environment(engine: Engine) {
@@ -234,7 +237,7 @@ async fn every_flag_can_come_from_the_environment(engine: Engine) {
         ("SHORTENER_FAULT", "latency=1,fail-after=3"),
         ("SHORTENER_PUBLIC_HOST", "a.example,b.example"),
     ];
-    let slot = Process::spawn(&[], &env).await;
+    let slot = ChildApp::spawn(&[], &env).await;
 
     let health = send(slot.get("/healthz")).await;
     let loop_a = send(slot.post_json("/api/links", &json!({ "url": "https://A.example/" }))).await;

@@ -1,24 +1,27 @@
-//! The harness: a fresh database per test on either engine (`TestDb`), the app in-process on
-//! 127.0.0.1:0, the real binary as a child process, `eventually` for waiting on a condition
-//! instead of sleeping, and `on_each_engine!`, which runs a test once on SQLite and once on
-//! PostgreSQL (one server per test binary, `e2e::postgres`, a database per test).
+//! The shortener's side of the harness: a fresh database per test on either engine (`TestDb`),
+//! the app in-process on 127.0.0.1:0 (`TestApp`), the real binary as a child process
+//! (`ChildApp`), requests against either (`Target`), and `on_each_engine!`, which runs a test
+//! once on SQLite and once on PostgreSQL (one server per test binary, `e2e::postgres`, a
+//! database per test). What every harness of the workspace shares comes from the e2e crate:
+//! the child process and its readiness line (`e2e::process`), the client that shows redirects
+//! (`e2e::http_client`) and `e2e::eventually`, the one way to wait for a condition.
 
+use std::ffi::OsString;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 use e2e::postgres::{PgDatabase, PostgresServer};
-use reqwest::{Client, RequestBuilder, Response, StatusCode, redirect};
+use e2e::process::{Launch, Process, address_in};
+use e2e::shortener::READY_PREFIX;
+use reqwest::{Client, RequestBuilder, Response, StatusCode};
 use serde_json::{Value, json};
 use shortener::{AppState, Args};
 use tempfile::TempDir;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
-use tokio::process::{Child, ChildStdout, Command};
 use tokio::sync::oneshot;
 
 /// Bound on anything a test waits for: a request, a readiness line, an exit.
@@ -150,28 +153,6 @@ impl TestDb {
     }
 }
 
-/// A client that shows redirects instead of following them.
-pub fn client() -> Client {
-    Client::builder()
-        .redirect(redirect::Policy::none())
-        .timeout(PATIENCE)
-        .build()
-        .expect("a plain HTTP client builds")
-}
-
-/// Waits until `condition` holds, polling, for at most `timeout`; panics naming `what` after.
-pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !condition().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Requests against one base URL, shared by the in-process app and the child process.
 pub trait Target {
     fn base(&self) -> String;
@@ -296,24 +277,23 @@ pub async fn spawn_app_on(db: &TestDb, flags: &[&str]) -> TestApp {
     TestApp {
         addr,
         db: db.clone(),
-        client: client(),
+        client: e2e::http_client(PATIENCE),
         shutdown: Some(shutdown),
     }
 }
 
-/// The real `shortener` binary as a child process, killed when dropped.
-pub struct Process {
+/// The real `shortener` binary as a child process on the address its readiness line names.
+/// Its `process` is killed when dropped, and its log printed when the test panics.
+pub struct ChildApp {
     pub addr: SocketAddr,
+    /// Stops, kills and reads the log of the child.
+    pub process: Process,
     client: Client,
-    child: Child,
-    /// Everything the child wrote to stderr so far, filled by a background task (which also
-    /// keeps the pipe from filling up and blocking the child).
-    stderr: Arc<Mutex<String>>,
-    /// Held open so the child never writes to a closed pipe.
-    _stdout: BufReader<ChildStdout>,
+    /// Holds the child's log; dropped after `process`, which prints the log on a panic.
+    _dir: TempDir,
 }
 
-impl Target for Process {
+impl Target for ChildApp {
     fn base(&self) -> String {
         format!("http://{}", self.addr)
     }
@@ -322,7 +302,7 @@ impl Target for Process {
     }
 }
 
-impl Process {
+impl ChildApp {
     /// Starts the binary on `db` and a free port, with extra flags, and waits for readiness.
     pub async fn start(db: &TestDb, flags: &[&str]) -> Self {
         let db_arg = db.arg();
@@ -334,90 +314,27 @@ impl Process {
     /// Starts the binary with exactly these arguments and environment variables, and waits for
     /// the readiness line on stdout.
     pub async fn spawn(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_shortener"))
-            .args(args)
-            .envs(env.iter().copied())
-            .env("RUST_LOG", "info,shortener=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("the shortener binary starts");
-
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut lines = BufReader::new(child.stderr.take().expect("piped stderr")).lines();
-        let sink = Arc::clone(&stderr);
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                let mut log = sink.lock().expect("stderr log lock");
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-
-        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-        let mut line = String::new();
-        let read = tokio::time::timeout(PATIENCE, stdout.read_line(&mut line)).await;
-        let log = stderr.lock().expect("stderr log lock").clone();
-        assert!(
-            matches!(read, Ok(Ok(n)) if n > 0),
-            "no readiness line; stderr so far:\n{log}"
-        );
-        let addr = line
-            .trim_end()
-            .strip_prefix("shortener listening on ")
-            .and_then(|addr| addr.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected readiness line {line:?}"));
+        let dir = tempfile::tempdir().expect("a temp dir");
+        // After the test's own variables, so that the log always has the lines tests wait for.
+        let log_env = [("RUST_LOG", "info,shortener=debug"), ("NO_COLOR", "1")];
+        let launch = Launch {
+            name: "shortener".to_owned(),
+            program: PathBuf::from(env!("CARGO_BIN_EXE_shortener")),
+            args: args.iter().map(OsString::from).collect(),
+            envs: env
+                .iter()
+                .chain(&log_env)
+                .map(|&(key, value)| (key.to_owned(), value.to_owned()))
+                .collect(),
+            log: dir.path().join("shortener.log"),
+            ready: vec![READY_PREFIX.to_owned()],
+        };
+        let (process, ready) = Process::spawn(launch).await;
         Self {
-            addr,
-            client: client(),
-            child,
-            stderr,
-            _stdout: stdout,
+            addr: address_in(&ready[0]),
+            process,
+            client: e2e::http_client(PATIENCE),
+            _dir: dir,
         }
-    }
-
-    pub fn stderr(&self) -> String {
-        self.stderr.lock().expect("stderr log lock").clone()
-    }
-
-    /// Waits until the child has logged a line containing `needle`.
-    pub async fn wait_for_log(&self, needle: &str) {
-        eventually(&format!("log line {needle:?}"), PATIENCE, || {
-            let found = self.stderr().contains(needle);
-            async move { found }
-        })
-        .await;
-    }
-
-    /// The threads the child runs now.
-    pub fn threads(&self) -> usize {
-        let pid = self.child.id().expect("the child is still running");
-        std::fs::read_dir(format!("/proc/{pid}/task"))
-            .expect("the child's threads are listed")
-            .count()
-    }
-
-    /// Sends SIGTERM, as an orchestrator would.
-    pub fn terminate(&self) {
-        let pid = self.child.id().expect("the child is still running");
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .expect("kill(1) runs");
-        assert!(status.success(), "kill -TERM {pid} failed");
-    }
-
-    /// SIGKILL and reap: a crash, no chance to clean up.
-    pub async fn kill(mut self) {
-        self.child.kill().await.expect("the child can be killed");
-    }
-
-    pub async fn wait_exit(&mut self) -> ExitStatus {
-        tokio::time::timeout(PATIENCE, self.child.wait())
-            .await
-            .expect("the child exits in time")
-            .expect("the child can be waited on")
     }
 }

@@ -253,13 +253,15 @@ async fn a_refused_broken_release_is_a_prevented_incident_with_one_signed_notice
 
 #[tokio::test]
 async fn a_canary_the_guard_aborts_opens_and_closes_an_incident_with_its_failed_requests() {
-    // Arrange: green answers the gate, then fails everything after 60 requests.
+    // Arrange: green answers the gate, then fails everything after 60 requests; users see
+    // its failures (the stable release does not answer for it), so they make an incident.
     let stack = TestStack::builder()
         .green(Shortener::builder().release("v2").fault("fail-after=60"))
         .gate(1, 10_000)
         .proxy(|p| {
             p.extra_toml(
-                "[guard]\nwindow_ms = 10000\ninterval_ms = 200\nmin_requests = 10\nbake_ms = 0\n\n\
+                "[guard]\nwindow_ms = 10000\ninterval_ms = 200\nmin_requests = 10\nbake_ms = 0\n\
+                 answer_from_stable = false\n\n\
                  [health]\ninterval_ms = 2000\n\n[incidents]\nquiet_ms = 1500\n",
             )
         })

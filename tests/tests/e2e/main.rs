@@ -9,6 +9,11 @@
 //! - `hostile_host`: a bad `Host` refused, forwarding claims trusted only from configured
 //!   hops, `Connection` unable to strip what the proxy sets, the admin API out of reach.
 //! - `smuggling`: ambiguous or malformed framing refused or passed on with one clean framing.
+//! - `upstream_conformance`: hostile and sloppy upstreams (raw sockets), one test per row of
+//!   issue 19: what the client gets, what reached the upstream, reuse, and who is blamed.
+//! - `tls`: HTTPS end to end: HTTP/1.1 and HTTP/2 over TLS, SNI, certificates swapped and
+//!   refused by reload and check-config, the http-to-https redirect, handshake timeouts, https
+//!   webhooks.
 //! - `large_body`: 32 MB bodies intact both ways, with a length, chunked, and over HTTP/2.
 //! - `half_close`: a client that half-closes after its request still gets its answer.
 //! - `parking`: idle HTTP/1.1 connections parked without buffers and served as before when
@@ -29,6 +34,9 @@
 //! - `rollback`: a rollback returns to the slot that served before the last switch.
 //! - `restart`: the persisted state, not the config, decides the slot after a restart.
 //! - `switch_under_load`: fifty switches under concurrent users lose no request.
+//! - `takeover`: a second proxy takes the listeners over: twenty in a row under load lose no
+//!   request; an invalid or killed successor leaves the old one serving; the canary survives
+//!   a takeover and a restart; a crash's downtime counts in the budget, a takeover's not.
 //! - `canary_split`: the sticky bucket split, the preview secret, canaries that are refused.
 //! - `bake`: a switched release that fails during the bake is rolled back by the guard.
 //! - `admin`: the admin API's refusals (token, active slot, bad input, unknown routes) and
@@ -64,6 +72,8 @@ mod limits;
 mod parking;
 mod shutdown;
 mod smuggling;
+mod tls;
+mod upstream_conformance;
 
 // Control plane.
 mod admin;
@@ -76,6 +86,7 @@ mod restart;
 mod rollback;
 mod story;
 mod switch_under_load;
+mod takeover;
 
 // Operations.
 mod check_config;

@@ -346,7 +346,7 @@ async fn an_invalid_file_is_refused_with_every_problem_and_changes_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reload_names_the_settings_that_wait_for_a_restart() {
+async fn a_reload_applies_the_settings_read_at_start_by_a_takeover() {
     // Arrange: the listener's limits and the checker's settings are read once, at start.
     let stack = RecorderStack::start(|proxy| proxy).await;
     let config = stack.proxy.config_path().to_owned();
@@ -362,6 +362,9 @@ async fn a_reload_names_the_settings_that_wait_for_a_restart() {
 
     // Act
     let (code, body) = post_reload(&stack.proxy).await;
+    let successor = body["took_over"]
+        .as_u64()
+        .map(|pid| e2e::proxy::Adopted::new(u32::try_from(pid).expect("a pid fits in u32")));
     let (_, events) = stack
         .proxy
         .admin(Method::GET, "/events?limit=1000", None)
@@ -369,6 +372,7 @@ async fn a_reload_names_the_settings_that_wait_for_a_restart() {
 
     // Assert
     assert_eq!(code, StatusCode::OK, "{body}");
+    let successor = successor.unwrap_or_else(|| panic!("no process took over: {body}"));
     let reason = events["events"]
         .as_array()
         .and_then(|events| events.iter().rfind(|e| e["kind"] == "config_reload"))
@@ -376,22 +380,28 @@ async fn a_reload_names_the_settings_that_wait_for_a_restart() {
         .unwrap_or_else(|| panic!("no config_reload event: {events}"))
         .to_owned();
     assert!(
-        reason.contains("unchanged until a restart")
+        reason.contains("a new process takes over for")
             && reason.contains("limits.")
             && reason.contains("health."),
-        "the reload did not say what waits for a restart: {reason:?}"
+        "the reload did not say what went by a takeover: {reason:?}"
     );
     let changes = body["changes"].as_array().cloned().unwrap_or_default();
-    for (key, apply) in [
-        ("limits.max_connections", "restart"),
-        ("limits.body_timeout_ms", "live"),
-        ("health.fall", "restart"),
+    for (key, apply, via) in [
+        ("limits.max_connections", "restart", Some("takeover")),
+        ("limits.body_timeout_ms", "live", None),
+        ("health.fall", "restart", Some("takeover")),
     ] {
         assert!(
             changes
                 .iter()
-                .any(|c| c["key"] == key && c["apply"] == apply),
-            "the answer does not say that {key} went {apply}: {body}"
+                .any(|c| c["key"] == key && c["apply"] == apply && c["via"].as_str() == via),
+            "the answer does not say that {key} went {apply} via {via:?}: {body}"
         );
     }
+    // The new process answers on the same admin listener, and a second reload of the same
+    // file finds nothing left to apply.
+    let (code, body) = post_reload(&stack.proxy).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!(body["changes"], serde_json::json!([]), "{body}");
+    assert!(successor.stop().await, "the successor did not stop");
 }

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 /// The guard's settings in this test (`[guard]`), and the numbers the bound is made of.
 const MIN_REQUESTS: usize = 20;
 const INTERVAL: Duration = Duration::from_millis(1_000);
-const GUARD: &str = "[guard]\nwindow_ms = 10000\ninterval_ms = 1000\nmax_failure_ratio = 0.02\n\
+const GUARD: &str = "[guard]\nwindow_ms = 10000\ninterval_ms = 1000\nmax_failure_ratio = 0.02\nanswer_from_stable = false\n\
                      margin = 0.01\nmin_requests = 20\nbake_ms = 0\n";
 /// Health checks every 2 s (3 failed checks mark a slot down): green is taken out by the
 /// checker only 6 s after it starts failing, so what protects users sooner is the guard alone.

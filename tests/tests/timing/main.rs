@@ -8,5 +8,10 @@
 //!
 //! - `canary_guard`: a canary failing under user load is aborted within its bounds, blocked
 //!   until an override; a promote or a switch the guard overtakes during its gate is refused.
+//! - `canary_tripwire`: the guard trips on the request that crosses its limit, not on its tick.
+//! - `answer_from_stable`: a failing canary or baking release costs users nothing: the stable
+//!   release answers for it while the guard pulls it back.
 
+mod answer_from_stable;
 mod canary_guard;
+mod canary_tripwire;

@@ -16,6 +16,7 @@ pub(super) struct RawGuard {
     margin: Option<f64>,
     min_requests: Option<u64>,
     bake_ms: Option<u64>,
+    answer_from_stable: Option<bool>,
 }
 
 impl RawGuard {
@@ -35,6 +36,9 @@ impl RawGuard {
                 d::GUARD_MIN_REQUESTS,
             ),
             bake: Duration::from_millis(self.bake_ms.unwrap_or(d::GUARD_BAKE_MS)),
+            answer_from_stable: self
+                .answer_from_stable
+                .unwrap_or(d::GUARD_ANSWER_FROM_STABLE),
         };
         // The traffic windows keep no more seconds than this.
         if guard.window > Duration::from_secs(MAX_WINDOW_SECS) {

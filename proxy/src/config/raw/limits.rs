@@ -13,6 +13,7 @@ pub(super) struct RawLimits {
     max_header_bytes: Option<usize>,
     max_body_bytes: Option<u64>,
     max_connections: Option<usize>,
+    tls_handshake_timeout_ms: Option<u64>,
 }
 
 impl RawLimits {
@@ -39,6 +40,11 @@ impl RawLimits {
                 "limits.max_connections",
                 self.max_connections,
                 d::MAX_CONNECTIONS,
+            ),
+            tls_handshake_timeout: p.millis(
+                "limits.tls_handshake_timeout_ms",
+                self.tls_handshake_timeout_ms,
+                d::TLS_HANDSHAKE_TIMEOUT_MS,
             ),
         };
         if limits.max_header_bytes < 1024 {

@@ -10,6 +10,7 @@ use crate::config::defaults as d;
 #[derive(Debug, Default, Deserialize)]
 pub(super) struct RawListen {
     public: Option<String>,
+    pub(super) public_tls: Option<String>,
     admin: Option<String>,
     status: Option<String>,
 }

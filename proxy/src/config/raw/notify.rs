@@ -1,6 +1,8 @@
 //! `[notify]`: the webhooks told about incidents, and how hard each delivery
 //! is tried.
 
+use std::path::PathBuf;
+
 use serde::Deserialize;
 
 use super::problems::Problems;
@@ -19,6 +21,7 @@ pub(super) struct RawNotify {
 struct RawWebhook {
     url: Option<String>,
     secret: Option<String>,
+    ca: Option<PathBuf>,
 }
 
 impl RawNotify {
@@ -27,16 +30,23 @@ impl RawNotify {
         for (i, w) in self.webhook.into_iter().enumerate() {
             let key = format!("notify.webhook[{i}].url");
             match w.url.as_deref().map(|u| u.parse::<http::Uri>()) {
-                Some(Ok(uri)) if uri.scheme_str() == Some("http") && uri.authority().is_some() => {
+                Some(Ok(uri))
+                    if matches!(uri.scheme_str(), Some("http" | "https"))
+                        && uri.authority().is_some() =>
+                {
+                    if w.ca.is_some() && uri.scheme_str() != Some("https") {
+                        p.push(
+                            format!("notify.webhook[{i}].ca"),
+                            "only for an https:// URL",
+                        );
+                    }
                     webhooks.push(Webhook {
                         url: uri,
                         secret: w.secret,
+                        ca: w.ca,
                     })
                 }
-                Some(Ok(_)) => p.push(
-                    key,
-                    "an http:// URL with a host (TLS is not built in: use a local relay for https)",
-                ),
+                Some(Ok(_)) => p.push(key, "an http:// or https:// URL with a host"),
                 Some(Err(_)) => p.push(key, "not a URL"),
                 None => p.push(key, "required"),
             }

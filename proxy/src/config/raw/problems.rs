@@ -20,6 +20,11 @@ impl Problems {
         });
     }
 
+    /// The list itself, for a section validated outside this module (`config::tls`).
+    pub(super) fn list(&mut self) -> &mut Vec<Problem> {
+        &mut self.0
+    }
+
     /// Every problem found, or nothing when the file is valid.
     pub(super) fn finish(self) -> Result<(), Vec<Problem>> {
         if self.0.is_empty() {

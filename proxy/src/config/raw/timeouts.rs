@@ -10,6 +10,7 @@ pub(super) struct RawTimeouts {
     connect_ms: Option<u64>,
     response_header_ms: Option<u64>,
     upstream_idle_ms: Option<u64>,
+    upstream_read_ms: Option<u64>,
     shutdown_grace_ms: Option<u64>,
 }
 
@@ -26,6 +27,11 @@ impl RawTimeouts {
                 "timeouts.upstream_idle_ms",
                 self.upstream_idle_ms,
                 d::UPSTREAM_IDLE_MS,
+            ),
+            upstream_read: p.millis(
+                "timeouts.upstream_read_ms",
+                self.upstream_read_ms,
+                d::UPSTREAM_READ_MS,
             ),
             shutdown_grace: p.millis(
                 "timeouts.shutdown_grace_ms",

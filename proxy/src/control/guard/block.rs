@@ -3,14 +3,14 @@
 
 use std::net::SocketAddr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::slot::Slot;
 
 /// What runs on a slot: the slot, its address and the release label it
 /// reports. A block names one, so that a new release on the same slot (or
 /// the slot pointed elsewhere) is not refused.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Deployment {
     pub slot: Slot,
     pub addr: SocketAddr,

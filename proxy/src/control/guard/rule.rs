@@ -54,6 +54,7 @@ pub(super) mod tests {
             margin: 0.01,
             min_requests: 20,
             bake: Duration::from_secs(60),
+            answer_from_stable: true,
         }
     }
 

@@ -20,10 +20,13 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
+use http::Request;
+use http::header::{CONNECTION, HeaderValue};
 use http_body::Body;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
@@ -37,6 +40,7 @@ use tokio::time::Instant;
 
 use super::idle::{self, Activity, TimedIo};
 use crate::config::Limits;
+use crate::http::body::ProxyBody;
 use crate::http::forward::ClientConn;
 
 /// How long an HTTP/1.1 connection with nothing in flight keeps its hyper
@@ -59,6 +63,9 @@ pub struct Settings {
     pub open: Gauge,
     /// Connections parked, counted here while they are.
     pub parked: Gauge,
+    /// Set when the drain starts: every HTTP/1 answer from then on closes its
+    /// connection.
+    pub draining: AtomicBool,
 }
 
 /// Counts one in a gauge until dropped.
@@ -135,18 +142,7 @@ pub async fn serve(
         return;
     };
     let activity = Arc::new(Activity::new());
-    let client = Arc::new(client);
-    let mut service = {
-        let activity = Arc::clone(&activity);
-        service_fn(move |req| {
-            let client = Arc::clone(&client);
-            let busy = activity.start();
-            async move {
-                let response = client.handle(req).await;
-                Ok::<_, Infallible>(response.map(|body| idle::Tracked::new(body, busy)))
-            }
-        })
-    };
+    let mut service = service(client, &activity, &settings);
     if http2 {
         let ended = Box::pin(serve_http2(io, service, &activity, &settings, &mut drain)).await;
         if let Err(e) = ended {
@@ -155,7 +151,15 @@ pub async fn serve(
         return;
     }
     loop {
-        let served = Box::pin(serve_http1(io, service, &activity, &settings, &mut drain)).await;
+        let served = Box::pin(serve_http1(
+            io,
+            service,
+            &activity,
+            &settings,
+            Some(PARK_AFTER),
+            &mut drain,
+        ))
+        .await;
         (io, service) = match served {
             Served::Idle(io, service) => (io, service),
             Served::Ended(Ok(())) => return,
@@ -177,6 +181,80 @@ pub async fn serve(
             return;
         }
     }
+}
+
+/// Serves `io`, a connection that cannot be parked (TLS: its session's state
+/// lives in the stream), until it closes.
+pub async fn serve_unparked<T>(
+    io: T,
+    peer: SocketAddr,
+    client: ClientConn,
+    settings: Arc<Settings>,
+    mut drain: Watcher,
+) where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let _open = Counted::new(&settings.open);
+    let due = idle::later(Instant::now(), settings.limits.header_read_timeout);
+    let mut io = io;
+    let first = tokio::select! {
+        _ = drain.rx.changed() => return,
+        first = tokio::time::timeout_at(due, read_first_bytes(&mut io)) => first,
+    };
+    let Ok(Ok(Some((http2, unread)))) = first else {
+        return;
+    };
+    let io = Prefixed { unread, stream: io };
+    let activity = Arc::new(Activity::new());
+    let service = service(client, &activity, &settings);
+    let ended = if http2 {
+        Box::pin(serve_http2(io, service, &activity, &settings, &mut drain)).await
+    } else {
+        match Box::pin(serve_http1(
+            io, service, &activity, &settings, None, &mut drain,
+        ))
+        .await
+        {
+            Served::Ended(ended) => ended,
+            Served::Idle(..) => unreachable!("a connection without `park_after` never parks"),
+        }
+    };
+    if let Err(e) = ended {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// The service of one connection: the forwarder's answer, counted in flight
+/// until its body ends, closing an HTTP/1 connection once the drain began.
+fn service(
+    client: ClientConn,
+    activity: &Arc<Activity>,
+    settings: &Arc<Settings>,
+) -> impl HttpService<
+    Incoming,
+    ResBody = idle::Tracked<ProxyBody>,
+    Error = Infallible,
+    Future: Send + 'static,
+> + Send
++ 'static {
+    let client = Arc::new(client);
+    let activity = Arc::clone(activity);
+    let settings = Arc::clone(settings);
+    service_fn(move |req: Request<Incoming>| {
+        let client = Arc::clone(&client);
+        let busy = activity.start();
+        let http1 = req.version() < http::Version::HTTP_2;
+        let settings = Arc::clone(&settings);
+        async move {
+            let mut response = client.handle(req).await;
+            if http1 && settings.draining.load(Ordering::Relaxed) {
+                response
+                    .headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok::<_, Infallible>(response.map(|body| idle::Tracked::new(body, busy)))
+        }
+    })
 }
 
 /// Waits, parked, for new bytes or the client's end (true: hyper reads
@@ -210,7 +288,7 @@ async fn first_bytes(
     mut stream: TcpStream,
     limits: &Limits,
     drain: &mut Watcher,
-) -> Option<(Prefixed, bool)> {
+) -> Option<(Prefixed<TcpStream>, bool)> {
     let due = idle::later(Instant::now(), limits.header_read_timeout);
     let first = tokio::select! {
         _ = drain.rx.changed() => return None,
@@ -223,14 +301,15 @@ async fn first_bytes(
 }
 
 /// Serves an HTTP/2 connection to its end; the drain sends it GOAWAY.
-async fn serve_http2<S, B>(
-    io: Prefixed,
+async fn serve_http2<T, S, B>(
+    io: Prefixed<T>,
     service: S,
     activity: &Arc<Activity>,
     settings: &Settings,
     drain: &mut Watcher,
 ) -> Result<(), hyper::Error>
 where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: HttpService<Incoming, ResBody = B>,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -263,25 +342,27 @@ where
 }
 
 /// How a served HTTP/1.1 connection stopped being served.
-enum Served<S> {
+enum Served<T, S> {
     /// Closed; with the error that closed it.
     Ended(Result<(), hyper::Error>),
     /// Idle, to be parked: the socket with the bytes hyper had read and not
     /// used in front, and the service.
-    Idle(Prefixed, S),
+    Idle(Prefixed<T>, S),
 }
 
-/// Serves an HTTP/1.1 connection until it ends or `TimedIo` says it may be
-/// parked, then takes hyper's connection apart. The drain, when it comes,
-/// ends keep-alive (or closes the connection if idle).
-async fn serve_http1<S, B>(
-    io: Prefixed,
+/// Serves an HTTP/1.1 connection until it ends or, with `park_after`,
+/// `TimedIo` says it may be parked; then takes hyper's connection apart. The
+/// drain, when it comes, ends keep-alive (or closes the connection if idle).
+async fn serve_http1<T, S, B>(
+    io: Prefixed<T>,
     service: S,
     activity: &Arc<Activity>,
     settings: &Settings,
+    park_after: Option<Duration>,
     drain: &mut Watcher,
-) -> Served<S>
+) -> Served<T, S>
 where
+    T: AsyncRead + AsyncWrite + Unpin,
     S: HttpService<Incoming, ResBody = B>,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     B: Body + 'static,
@@ -293,7 +374,7 @@ where
         Arc::clone(activity),
         limits.idle_timeout,
         limits.header_read_timeout,
-        Some(PARK_AFTER),
+        park_after,
     );
     let mut conn = settings
         .http1
@@ -358,15 +439,40 @@ async fn sniff(stream: &mut TcpStream) -> io::Result<Option<(bool, Bytes)>> {
     Ok(Some((http2, Bytes::copy_from_slice(&head[..len]))))
 }
 
+/// Reads just enough of a stream that cannot be peeked at (TLS) to tell
+/// HTTP/2 with prior knowledge from HTTP/1.1: whether it is HTTP/2, and the
+/// bytes read. `None` if the client closed first.
+async fn read_first_bytes<T: AsyncRead + Unpin>(
+    stream: &mut T,
+) -> io::Result<Option<(bool, Bytes)>> {
+    let mut head = [0u8; 4];
+    let mut len = 0;
+    while len < 4 {
+        let n = stream.read(&mut head[len..]).await?;
+        if n == 0 {
+            break;
+        }
+        len += n;
+        if head[..len] != H2_PREFACE_START[..len] {
+            break;
+        }
+    }
+    if len == 0 {
+        return Ok(None);
+    }
+    let http2 = head[..len] == H2_PREFACE_START[..];
+    Ok(Some((http2, Bytes::copy_from_slice(&head[..len]))))
+}
+
 /// A client socket with bytes already taken from it in front: what hyper
 /// had read and not used when the connection was parked, or the first bytes
 /// read to tell the protocol. Usually none.
-pub struct Prefixed {
+pub struct Prefixed<T> {
     unread: Bytes,
-    stream: TcpStream,
+    stream: T,
 }
 
-impl Prefixed {
+impl<T> Prefixed<T> {
     /// Puts a copy of `bytes` in front of the unread ones: a copy, so that
     /// the buffer hyper read them into (8 KiB) is not kept while parked.
     fn put_back(&mut self, bytes: &[u8]) {
@@ -380,7 +486,7 @@ impl Prefixed {
     }
 }
 
-impl AsyncRead for Prefixed {
+impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -397,7 +503,7 @@ impl AsyncRead for Prefixed {
     }
 }
 
-impl AsyncWrite for Prefixed {
+impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -6,13 +6,14 @@
 //! Hand-written over tokio's socket rather than hyper's client connection:
 //! the whole exchange runs in the task of the client connection that asked
 //! for it, so a request costs no channel send, no second task to wake and
-//! no body channel between two tasks (docs/performance.md, "Sixth pass").
+//! no body channel between two tasks.
 //! hyper still serves the client side.
 
 use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
 
 use bytes::{Buf as _, Bytes, BytesMut};
 use http::header::{self, HeaderMap};
@@ -21,9 +22,11 @@ use http::{Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncReadExt as _, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
 use super::request_body::{RequestBody, RequestBodyError};
 use super::response::{Decoded, Framing, ResponseError, parse_head};
+use crate::http::deadline::Progress;
 
 /// Bytes asked of the socket per read once the buffer runs low.
 const READ_SIZE: usize = 8 * 1024;
@@ -69,6 +72,21 @@ pub enum ExchangeError {
     RequestBody(#[from] RequestBodyError),
 }
 
+/// Why an exchange failed, with what it tells about a resend: whether the
+/// connection had carried an earlier exchange (a pooled connection the
+/// upstream may have closed meanwhile) and whether any byte of a response
+/// came back (then the upstream has seen the request, and it is not sent
+/// again).
+#[derive(Debug)]
+pub struct Failed {
+    pub error: ExchangeError,
+    pub reused: bool,
+    pub responded: bool,
+    /// The request's head, to send again; its body, if unread, went back to
+    /// its `BodyShared`.
+    pub parts: Box<Parts>,
+}
+
 /// A connection to an upstream, between requests or during one.
 pub struct Conn {
     io: TcpStream,
@@ -78,6 +96,12 @@ pub struct Conn {
     read: BytesMut,
     /// The request bytes not yet written.
     write: Vec<u8>,
+    /// The connection has carried an exchange before this one: set when it
+    /// is handed back for reuse.
+    reused: bool,
+    /// The longest a response body may go without a byte
+    /// (`timeouts.upstream_read_ms`).
+    read_timeout: Duration,
 }
 
 /// How the request body goes on the wire.
@@ -105,16 +129,22 @@ struct Outgoing {
     /// Writing failed (or the client's body did): nothing more is written,
     /// and the connection is not reused.
     failed: bool,
+    /// The last turn ended waiting for the client's body, not the upstream.
+    waiting_on_client: bool,
     /// Informational responses skipped so far.
     informational: usize,
+    /// A byte of a response has come back.
+    responded: bool,
 }
 
 impl Conn {
-    pub fn new(io: TcpStream) -> Box<Conn> {
+    pub fn new(io: TcpStream, read_timeout: Duration) -> Box<Conn> {
         Box::new(Conn {
             io,
             read: BytesMut::new(),
             write: Vec::new(),
+            reused: false,
+            read_timeout,
         })
     }
 
@@ -132,11 +162,15 @@ impl Conn {
 
     /// Sends `req` and reads the response head; the response's body owns
     /// the connection from then on. `req`'s target must be in origin form
-    /// (or authority form for `CONNECT`).
+    /// (or authority form for `CONNECT`). `progress` hears when the proxy
+    /// waits on the client's body and when it stops, for the response
+    /// deadline, which counts from `began` until then.
     pub async fn send(
         mut self: Box<Self>,
         req: Request<RequestBody>,
-    ) -> Result<Response<ResponseBody>, ExchangeError> {
+        progress: &Progress,
+        began: Instant,
+    ) -> Result<Response<ResponseBody>, Failed> {
         let (parts, body) = req.into_parts();
         let sending = sending(&parts, &body);
         self.write.clear();
@@ -148,14 +182,31 @@ impl Conn {
             frame: Bytes::new(),
             done: false,
             failed: false,
+            waiting_on_client: false,
             informational: 0,
+            responded: false,
         };
-        let head =
-            std::future::poll_fn(|cx| self.poll_exchange(cx, &mut out, &parts.method)).await?;
+        let exchange = std::future::poll_fn(|cx| {
+            self.poll_exchange(cx, &mut out, &parts.method, progress, began)
+        })
+        .await;
+        let head = match exchange {
+            Ok(head) => head,
+            Err(error) => {
+                return Err(Failed {
+                    error,
+                    reused: self.reused,
+                    responded: out.responded,
+                    parts: Box::new(parts),
+                });
+            }
+        };
         let mut response = Response::new(ResponseBody {
+            keep_alive: head.keep_alive && !out.failed,
+            stall: None,
+            progressed: false,
             conn: Some(self),
             framing: head.framing,
-            keep_alive: head.keep_alive && !out.failed,
             // Boxed: rare, and the common response stays small.
             sending: (!out.done && !out.failed).then(|| Box::new(out)),
         });
@@ -172,25 +223,35 @@ impl Conn {
         cx: &mut Context<'_>,
         out: &mut Outgoing,
         method: &Method,
+        progress: &Progress,
+        began: Instant,
     ) -> Poll<Result<super::response::Head, ExchangeError>> {
-        let mut write_error = None;
         if !out.done && !out.failed {
             match self.poll_write_request(cx, out) {
                 Poll::Ready(Ok(())) => out.done = true,
+                // The client's body failed (too large, too late, malformed):
+                // nothing the upstream says can make up for it.
+                Poll::Ready(Err(e @ ExchangeError::RequestBody(_))) => return Poll::Ready(Err(e)),
                 Poll::Ready(Err(e)) => {
+                    // The upstream stopped taking the request: it may have
+                    // answered first (an early 413, then a reset), and the
+                    // read below says so; a write error comes at once, while
+                    // the answer may wait in the socket for the reactor's
+                    // next turn. Its reset ends the read soon either way.
+                    tracing::debug!(error = %e, "the upstream stopped taking the request");
                     out.failed = true;
                     out.body = None;
-                    write_error = Some(e);
                 }
                 Poll::Pending => {}
             }
+            let waiting = out.waiting_on_client && !out.done && !out.failed;
+            if waiting {
+                progress.wait_on_client();
+            } else if progress.is_waiting_on_client() {
+                progress.resume(began, Instant::now());
+            }
         }
-        match self.poll_head(cx, method, &mut out.informational) {
-            Poll::Ready(result) => Poll::Ready(result),
-            // The upstream stopped reading; an answer it sent first would
-            // have been taken above.
-            Poll::Pending => write_error.map_or(Poll::Pending, |e| Poll::Ready(Err(e))),
-        }
+        self.poll_head(cx, method, out)
     }
 
     fn poll_write_request(
@@ -198,6 +259,7 @@ impl Conn {
         cx: &mut Context<'_>,
         out: &mut Outgoing,
     ) -> Poll<Result<(), ExchangeError>> {
+        out.waiting_on_client = false;
         // Each turn takes a body frame or writes bytes, or returns.
         loop {
             // A large frame waiting goes out before the body is asked again.
@@ -258,6 +320,7 @@ impl Conn {
                 return Poll::Ready(Ok(()));
             }
             // The body has nothing yet; it wakes the task when it has.
+            out.waiting_on_client = true;
             return Poll::Pending;
         }
     }
@@ -268,11 +331,12 @@ impl Conn {
         &mut self,
         cx: &mut Context<'_>,
         method: &Method,
-        informational: &mut usize,
+        out: &mut Outgoing,
     ) -> Poll<Result<super::response::Head, ExchangeError>> {
         // Each turn parses a head or reads bytes, or returns.
         loop {
             if !self.read.is_empty() {
+                out.responded = true;
                 if let Some(head) = parse_head(&mut self.read, method, ADDED_HEADERS)? {
                     if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
                         return Poll::Ready(Err(ExchangeError::Switched));
@@ -280,20 +344,19 @@ impl Conn {
                     if !head.status.is_informational() {
                         return Poll::Ready(Ok(head));
                     }
-                    *informational += 1;
-                    if *informational > MAX_INFORMATIONAL {
+                    out.informational += 1;
+                    if out.informational > MAX_INFORMATIONAL {
                         return Poll::Ready(Err(ExchangeError::TooManyInformational));
                     }
                     continue;
                 }
             }
-            let had = self.read.len();
             let n = ready!(self.poll_fill(cx)).map_err(ExchangeError::Read)?;
             if n == 0 {
-                return Poll::Ready(Err(if had == 0 {
-                    ExchangeError::Closed
-                } else {
+                return Poll::Ready(Err(if out.responded {
                     ExchangeError::Truncated
+                } else {
+                    ExchangeError::Closed
                 }));
             }
         }
@@ -414,6 +477,11 @@ pub struct ResponseBody {
     conn: Option<Box<Conn>>,
     framing: Framing,
     keep_alive: bool,
+    /// The read timeout's timer, made the first time the body waits for the
+    /// upstream (most bodies are read whole with their head and never do).
+    stall: Option<Pin<Box<Sleep>>>,
+    /// Bytes arrived since the timer was last armed.
+    progressed: bool,
     /// The rest of the request when the answer began before it was all
     /// sent: written on while the body is read, as an upstream that streams
     /// its answer while it reads (an echo) needs. A connection with a
@@ -430,6 +498,8 @@ pub enum ResponseBodyError {
     Truncated,
     #[error(transparent)]
     Decode(#[from] ResponseError),
+    #[error("no byte of the response body for {0:?}")]
+    Stalled(Duration),
 }
 
 impl ResponseBody {
@@ -437,11 +507,36 @@ impl ResponseBody {
     /// connection may take another request.
     pub fn take_reusable(&mut self) -> Option<Box<Conn>> {
         if self.keep_alive && self.sending.is_none() && self.framing.ended() {
-            self.conn.take()
+            let mut conn = self.conn.take()?;
+            conn.reused = true;
+            Some(conn)
         } else {
             None
         }
     }
+}
+
+/// Whether the upstream has sent nothing for `timeout`: `stall` is armed for
+/// that long after the last byte (`progressed` says bytes came since it was
+/// last armed). Polled only when a read would wait, so a body read whole
+/// with its head never makes the timer.
+fn poll_stalled(
+    stall: &mut Option<Pin<Box<Sleep>>>,
+    progressed: &mut bool,
+    cx: &mut Context<'_>,
+    timeout: Duration,
+) -> bool {
+    let moved = std::mem::take(progressed);
+    let timer = match stall {
+        None => stall.insert(Box::pin(tokio::time::sleep(timeout))),
+        Some(timer) => {
+            if moved {
+                timer.as_mut().reset(tokio::time::Instant::now() + timeout);
+            }
+            timer
+        }
+    };
+    timer.as_mut().poll(cx).is_ready()
 }
 
 impl Body for ResponseBody {
@@ -480,7 +575,18 @@ impl Body for ResponseBody {
                     return Poll::Ready(Some(Err(e.into())));
                 }
             }
-            match ready!(conn.poll_fill(cx)) {
+            let filled = match conn.poll_fill(cx) {
+                Poll::Ready(filled) => filled,
+                Poll::Pending => {
+                    let timeout = conn.read_timeout;
+                    if poll_stalled(&mut this.stall, &mut this.progressed, cx, timeout) {
+                        this.keep_alive = false;
+                        return Poll::Ready(Some(Err(ResponseBodyError::Stalled(timeout))));
+                    }
+                    return Poll::Pending;
+                }
+            };
+            match filled {
                 Ok(0) if matches!(this.framing, Framing::Close) => {
                     this.framing = Framing::Empty;
                     return Poll::Ready(None);
@@ -489,7 +595,7 @@ impl Body for ResponseBody {
                     this.keep_alive = false;
                     return Poll::Ready(Some(Err(ResponseBodyError::Truncated)));
                 }
-                Ok(_) => {}
+                Ok(_) => this.progressed = true,
                 Err(e) => {
                     this.keep_alive = false;
                     return Poll::Ready(Some(Err(e.into())));

@@ -1,8 +1,11 @@
 //! The client's request body on its way to an upstream: read as the upstream
 //! connection writes it, bounded in size and time, and kept (by reference)
-//! while it may still be sent again to the other slot. What the reader
-//! learned (refused, timed out, the client's fault) is shared with the
-//! forwarder through `BodyShared`.
+//! while it may still be sent again. What the reader learned (refused, timed
+//! out, the client's fault) is shared with the forwarder through
+//! `BodyShared`. A body dropped before any of it was read goes back to be
+//! sent again whole; one dropped part-way (the upstream answered or failed
+//! first) is read to its end and discarded, within its limits, as nginx
+//! discards it, so that the client reads its answer rather than a reset.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,8 +20,9 @@ use hyper::body::Incoming;
 /// send it to the other slot.
 #[derive(Default)]
 pub struct BodyShared {
-    /// The client's body until the upstream connection first reads it.
-    /// Still here after a failure means nothing of it was sent.
+    /// The client's body until the upstream connection first reads it (or
+    /// until it gives it back unread). Here after a failure means nothing of
+    /// it was sent.
     pending: std::sync::Mutex<Option<Incoming>>,
     /// Copies (reference-counted, not copied bytes) of the chunks sent so
     /// far, kept only while a replay is allowed and under the retain limit.
@@ -107,6 +111,9 @@ pub struct RequestBody {
     retain: u64,
     timeout: std::time::Duration,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// A frame of the client's body has been handed to the upstream
+    /// connection.
+    yielded: bool,
 }
 
 /// Limits of one request body.
@@ -120,14 +127,26 @@ pub struct BodyLimits {
 
 impl RequestBody {
     pub fn new(resend: Resend, limits: BodyLimits) -> (RequestBody, std::sync::Arc<BodyShared>) {
-        let (pending, source) = match resend {
-            Resend::Unsent(body) => (Some(body), Source::Pending),
-            Resend::Replay(chunks) => (None, Source::Replay(chunks.into())),
+        let (pending, source, retained, complete) = match resend {
+            Resend::Unsent(body) => (
+                Some(body),
+                Source::Pending,
+                (limits.retain > 0).then(Vec::new),
+                false,
+            ),
+            // Whole from the start, and kept whole (reference counts, not
+            // copies) for a further resend, whether or not it is sent.
+            Resend::Replay(chunks) => (
+                None,
+                Source::Replay(chunks.iter().cloned().collect()),
+                Some(chunks),
+                true,
+            ),
         };
-        let retained = (limits.retain > 0).then(Vec::new);
         let shared = std::sync::Arc::new(BodyShared {
             pending: std::sync::Mutex::new(pending),
             retained: std::sync::Mutex::new(retained),
+            complete: std::sync::atomic::AtomicBool::new(complete),
             ..BodyShared::default()
         });
         let body = RequestBody {
@@ -138,6 +157,7 @@ impl RequestBody {
             retain: limits.retain,
             timeout: limits.timeout,
             deadline: None,
+            yielded: false,
         };
         (body, shared)
     }
@@ -206,6 +226,7 @@ impl Body for RequestBody {
                 if ended {
                     this.shared.complete.store(true, Ordering::Release);
                 }
+                this.yielded = true;
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -248,5 +269,89 @@ impl Body for RequestBody {
                 SizeHint::with_exact(chunks.iter().map(|c| c.len() as u64).sum())
             }
         }
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering;
+        let Source::Client(body) = std::mem::replace(&mut self.source, Source::Pending) else {
+            return;
+        };
+        if !self.yielded {
+            // Nothing of it reached the upstream: it can be sent again whole.
+            *self
+                .shared
+                .pending
+                .lock()
+                .expect("body lock is never poisoned") = Some(body);
+            return;
+        }
+        let shared = &self.shared;
+        if body.is_end_stream()
+            || shared.complete.load(Ordering::Acquire)
+            || shared.too_large()
+            || shared.timed_out()
+            || shared.client_failed()
+        {
+            return;
+        }
+        let left = self.limit.saturating_sub(self.received);
+        let deadline = self
+            .deadline
+            .take()
+            .unwrap_or_else(|| Box::pin(tokio::time::sleep(self.timeout)));
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(discard(body, left, deadline));
+        }
+    }
+}
+
+/// Reads the rest of a client's body and drops it: at most `left` bytes,
+/// until `deadline`.
+async fn discard(mut body: Incoming, left: u64, deadline: Pin<Box<tokio::time::Sleep>>) {
+    use http_body_util::BodyExt as _;
+    let read = async {
+        let mut left = left;
+        while let Some(Ok(frame)) = body.frame().await {
+            let n = frame.data_ref().map_or(0, |data| data.len() as u64);
+            match left.checked_sub(n) {
+                Some(rest) => left = rest,
+                None => return,
+            }
+        }
+    };
+    tokio::select! {
+        () = read => {}
+        () = deadline => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt as _;
+
+    use super::*;
+
+    fn limits() -> BodyLimits {
+        BodyLimits {
+            max_bytes: u64::MAX,
+            timeout: std::time::Duration::from_secs(5),
+            retain: 1024,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_replayed_body_can_be_had_back_whole_sent_or_not() {
+        let chunks = vec![Bytes::from_static(b"pay"), Bytes::from_static(b"load")];
+        // Never sent: the connection was refused before it was read.
+        let (unsent, shared) = RequestBody::new(Resend::Replay(chunks.clone()), limits());
+        drop(unsent);
+        assert!(matches!(shared.take_for_resend(), Some(Resend::Replay(again)) if again == chunks));
+        // Sent whole.
+        let (sent, shared) = RequestBody::new(Resend::Replay(chunks.clone()), limits());
+        let read = sent.collect().await.expect("a body").to_bytes();
+        assert_eq!(&read[..], b"payload");
+        assert!(matches!(shared.take_for_resend(), Some(Resend::Replay(again)) if again == chunks));
     }
 }

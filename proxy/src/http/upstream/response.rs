@@ -4,6 +4,12 @@
 //! rather than put in the map to be taken out again), the body's framing
 //! decided as RFC 9112 section 6.3 says, and the body decoded by length, in
 //! chunks, or up to the connection's close.
+//!
+//! As strict as hyper's client and nginx: what either refuses is refused
+//! here too (a transfer coding other than `chunked`, nginx's rule; chunk
+//! framing byte for byte as hyper's decoder reads it, trailers included),
+//! and a response whose framing cannot be trusted is read but its connection
+//! is not reused. `differential` checks this against hyper's client.
 
 use std::mem::MaybeUninit;
 use std::ops::Range;
@@ -21,11 +27,18 @@ pub const MAX_HEAD: usize = 64 * 1024;
 /// The most header fields taken in a response head (hyper's limit is 100).
 const MAX_HEADERS: usize = 128;
 
-/// The longest chunk-size line (size and extensions) taken.
+/// The longest chunk-size line (size, whitespace and extensions) taken.
 const MAX_CHUNK_LINE: usize = 4 * 1024;
 
-/// The largest trailer section taken; trailers are read and dropped.
+/// Chunk-extension bytes taken over a whole body (hyper's limit).
+const MAX_EXTENSIONS: u64 = 16 * 1024;
+
+/// The largest trailer section taken (hyper's limit); trailers are checked
+/// and dropped.
 const MAX_TRAILERS: usize = 16 * 1024;
+
+/// The most trailer fields taken (hyper's limit).
+const MAX_TRAILER_FIELDS: usize = 100;
 
 /// Why an upstream's response could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +51,8 @@ pub enum ResponseError {
     TooManyHeaders,
     #[error("conflicting or invalid Content-Length in the response")]
     BadLength,
+    #[error("a transfer coding other than chunked")]
+    Coding,
     #[error("malformed chunked response body: {0}")]
     BadChunk(&'static str),
 }
@@ -140,6 +155,9 @@ pub fn parse_head(
             Some(_) => {}
         }
     }
+    // The framing first: `Connection` may name `Content-Length`, and the
+    // body is still framed by it.
+    let (framing, keep_alive) = framing(status, method, &mut headers, &hop, http_11)?;
     if hop.names_others {
         // `Connection` names headers of this hop too (rare): they go as well.
         for span in &spans[..count] {
@@ -152,7 +170,6 @@ pub fn parse_head(
             }
         }
     }
-    let (framing, keep_alive) = framing(status, method, &mut headers, &hop, http_11)?;
     Ok(Some(Head {
         status,
         headers,
@@ -182,8 +199,11 @@ struct HopByHop {
     /// `keep-alive`, whose header is on the fixed list).
     names_others: bool,
     transfer_encoding: bool,
-    /// The last coding of the last `Transfer-Encoding` is `chunked`.
-    chunked: bool,
+    /// The codings of every `Transfer-Encoding` line, empty list elements
+    /// ignored (RFC 9110 section 5.6.1), counted up to 2.
+    codings: u8,
+    /// The first coding is `chunked`.
+    chunked_first: bool,
 }
 
 impl HopByHop {
@@ -203,10 +223,19 @@ impl HopByHop {
 
     fn transfer_encoding(&mut self, value: &[u8]) {
         self.transfer_encoding = true;
-        self.chunked = value
-            .rsplit(|&b| b == b',')
-            .next()
-            .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        for coding in list_items(value) {
+            if self.codings == 0 {
+                self.chunked_first = coding.eq_ignore_ascii_case(b"chunked");
+            }
+            self.codings = self.codings.saturating_add(1).min(2);
+        }
+    }
+
+    /// Whether the codings are `chunked` alone: the only one the proxy (as
+    /// nginx) takes. Any other would reach the client still coded, with
+    /// nothing saying so once `Transfer-Encoding` is dropped.
+    fn chunked_only(&self) -> bool {
+        self.codings == 1 && self.chunked_first
     }
 }
 
@@ -219,7 +248,8 @@ fn framing(
     hop: &HopByHop,
     http_11: bool,
 ) -> Result<(Framing, bool), ResponseError> {
-    let mut keep_alive = if http_11 { !hop.close } else { hop.keep_alive };
+    // A `close` anywhere wins over a `keep-alive`, as in hyper.
+    let keep_alive = !hop.close && (http_11 || hop.keep_alive);
     if method == Method::HEAD
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -232,16 +262,17 @@ fn framing(
         // and the connection is not the upstream's HTTP any more.
         return Ok((Framing::Empty, false));
     }
-    if http_11 && hop.transfer_encoding {
-        if headers.remove(header::CONTENT_LENGTH).is_some() {
-            // Both: a sign of smuggling (section 6.3, 3). The coding wins,
-            // and the connection is not trusted with another request.
-            keep_alive = false;
+    if hop.transfer_encoding {
+        if !hop.chunked_only() {
+            return Err(ResponseError::Coding);
         }
-        if hop.chunked {
-            return Ok((Framing::Chunked(Chunked::default()), keep_alive));
-        }
-        return Ok((Framing::Close, false));
+        // A length as well is a sign of smuggling (section 6.3, 3); a coding
+        // in HTTP/1.0 is framing to treat as faulty (section 6.1). Either
+        // way the chunks are read, and the connection goes after them: what
+        // follows on it cannot be trusted.
+        let had_length = headers.remove(header::CONTENT_LENGTH).is_some();
+        let trusted = http_11 && !had_length;
+        return Ok((Framing::Chunked(Chunked::default()), keep_alive && trusted));
     }
     match content_length(headers)? {
         Some(0) => Ok((Framing::Empty, keep_alive)),
@@ -260,12 +291,19 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ResponseError> {
         .flat_map(|v| v.as_bytes().split(|&b| b == b','))
     {
         let digits = item.trim_ascii();
-        if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        if digits.is_empty() {
             return Err(ResponseError::BadLength);
         }
-        let n = digits
-            .iter()
-            .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+        let mut n = 0u64;
+        for &d in digits {
+            if !d.is_ascii_digit() {
+                return Err(ResponseError::BadLength);
+            }
+            n = n
+                .checked_mul(10)
+                .and_then(|n| n.checked_add(u64::from(d - b'0')))
+                .ok_or(ResponseError::BadLength)?;
+        }
         if length.is_some_and(|seen| seen != n) {
             return Err(ResponseError::BadLength);
         }
@@ -327,91 +365,243 @@ impl Framing {
     }
 }
 
-/// The decoder of a chunked body (RFC 9112 section 7.1).
+/// The decoder of a chunked body (RFC 9112 section 7.1), reading the
+/// framing byte for byte as hyper's decoder does: a size line is hex digits,
+/// then optional spaces or tabs, then optional extensions (no bare LF in
+/// them), then CRLF; chunk data ends with CRLF; the trailer section is
+/// fields, each ending with CRLF, then CRLF.
 #[derive(Debug, Default)]
 pub struct Chunked {
     state: ChunkState,
+    /// The size of the chunk whose size line is being read.
+    size: u64,
+    /// Bytes of the current size line so far.
+    line: usize,
+    /// Extension bytes so far, over the whole body.
+    extensions: u64,
+    /// The trailer section so far (rare: only a body with trailers has one),
+    /// checked as fields when it ends.
+    trailers: Option<Vec<u8>>,
+    trailer_fields: usize,
 }
 
 #[derive(Debug, Default, PartialEq, Eq, Clone, Copy)]
 enum ChunkState {
-    /// At a chunk-size line.
+    /// At a size line: a hex digit must come.
     #[default]
+    Start,
+    /// In the size's digits.
     Size,
+    /// In the whitespace after them.
+    SizeSpace,
+    /// In the extensions.
+    Extension,
+    /// After the size line's CR.
+    SizeLf,
     /// Inside a chunk's data, this many bytes from its end.
     Data(u64),
-    /// At the CRLF after a chunk's data.
-    DataEnd,
-    /// After the last chunk, at the trailer section.
-    Trailers,
+    /// At the CR after a chunk's data.
+    DataCr,
+    DataLf,
+    /// After the last chunk's size line, or after a trailer field: the CR
+    /// of the end, or a trailer field.
+    EndCr,
+    /// In a trailer field, up to its CR.
+    Trailer,
+    TrailerLf,
+    /// After the end's CR.
+    EndLf,
     Done,
 }
 
 impl Chunked {
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, ResponseError> {
+        use ChunkState::*;
         // Each turn consumes bytes or returns, so the loop ends with `buf`.
         loop {
-            match self.state {
-                ChunkState::Size => match httparse::parse_chunk_size(buf) {
-                    Ok(httparse::Status::Complete((used, size))) => {
-                        buf.advance(used);
-                        self.state = if size == 0 {
-                            ChunkState::Trailers
-                        } else {
-                            ChunkState::Data(size)
-                        };
-                    }
-                    Ok(httparse::Status::Partial) if buf.len() > MAX_CHUNK_LINE => {
-                        return Err(ResponseError::BadChunk("chunk-size line too long"));
-                    }
-                    Ok(httparse::Status::Partial) => return Ok(Decoded::More),
-                    Err(_) => return Err(ResponseError::BadChunk("invalid chunk size")),
-                },
-                ChunkState::Data(remaining) => {
-                    if buf.is_empty() {
-                        return Ok(Decoded::More);
-                    }
-                    let take = usize::try_from(remaining).map_or(buf.len(), |r| r.min(buf.len()));
-                    let left = remaining - take as u64;
-                    self.state = if left == 0 {
-                        ChunkState::DataEnd
-                    } else {
-                        ChunkState::Data(left)
-                    };
-                    return Ok(Decoded::Data(buf.split_to(take).freeze()));
+            if let Data(remaining) = self.state {
+                if buf.is_empty() {
+                    return Ok(Decoded::More);
                 }
-                ChunkState::DataEnd => {
-                    if buf.len() < 2 {
-                        return Ok(Decoded::More);
-                    }
-                    if &buf[..2] != b"\r\n" {
-                        return Err(ResponseError::BadChunk("no CRLF after chunk data"));
-                    }
-                    buf.advance(2);
-                    self.state = ChunkState::Size;
-                }
-                ChunkState::Trailers => {
-                    let end = if buf.starts_with(b"\r\n") {
-                        Some(2)
-                    } else {
-                        buf.windows(4)
-                            .position(|w| w == b"\r\n\r\n")
-                            .map(|at| at + 4)
-                    };
-                    match end {
-                        Some(end) => {
-                            buf.advance(end);
-                            self.state = ChunkState::Done;
-                        }
-                        None if buf.len() > MAX_TRAILERS => {
-                            return Err(ResponseError::BadChunk("trailer section too large"));
-                        }
-                        None => return Ok(Decoded::More),
+                let take = usize::try_from(remaining).map_or(buf.len(), |r| r.min(buf.len()));
+                let left = remaining - take as u64;
+                self.state = if left == 0 { DataCr } else { Data(left) };
+                return Ok(Decoded::Data(buf.split_to(take).freeze()));
+            }
+            if self.state == Done {
+                return Ok(Decoded::End);
+            }
+            // The framing bytes up to the next data or the end, consumed at
+            // once when the loop leaves.
+            let mut used = 0;
+            let mut outcome = None;
+            while used < buf.len() {
+                let byte = buf[used];
+                used += 1;
+                match self.step(byte)? {
+                    Step::Go => {}
+                    Step::Keep => self.keep(byte)?,
+                    Step::Stop => {
+                        outcome = Some(());
+                        break;
                     }
                 }
-                ChunkState::Done => return Ok(Decoded::End),
+                if self.line > MAX_CHUNK_LINE {
+                    return Err(ResponseError::BadChunk("chunk-size line too long"));
+                }
+            }
+            buf.advance(used);
+            if outcome.is_none() {
+                return Ok(Decoded::More);
             }
         }
+    }
+
+    /// Reads one framing byte; says whether the state reached data or the
+    /// end (`Stop`), or the byte belongs to the trailer section (`Keep`).
+    fn step(&mut self, byte: u8) -> Result<Step, ResponseError> {
+        use ChunkState::*;
+        let bad = ResponseError::BadChunk;
+        self.state = match (self.state, byte) {
+            (Start, b) => {
+                let digit = hex(b).ok_or(bad("a chunk-size line without a size"))?;
+                self.size = u64::from(digit);
+                self.line = 1;
+                Size
+            }
+            (Size, b) if hex(b).is_some() => {
+                self.line += 1;
+                self.size = self
+                    .size
+                    .checked_mul(16)
+                    .and_then(|n| n.checked_add(u64::from(hex(b).unwrap_or(0))))
+                    .ok_or(bad("chunk size overflows"))?;
+                Size
+            }
+            (Size | SizeSpace, b' ' | b'\t') => {
+                self.line += 1;
+                SizeSpace
+            }
+            (Size | SizeSpace, b';') => {
+                self.line += 1;
+                Extension
+            }
+            (Size | SizeSpace | Extension, b'\r') => SizeLf,
+            (Size, _) => return Err(bad("invalid chunk size")),
+            (SizeSpace, _) => return Err(bad("invalid whitespace after a chunk size")),
+            (Extension, b'\n') => return Err(bad("a bare LF in a chunk extension")),
+            (Extension, _) => {
+                self.line += 1;
+                self.extensions += 1;
+                if self.extensions >= MAX_EXTENSIONS {
+                    return Err(bad("chunk extensions over the limit"));
+                }
+                Extension
+            }
+            (SizeLf, b'\n') => {
+                self.line = 0;
+                if self.size == 0 {
+                    EndCr
+                } else {
+                    self.state = Data(self.size);
+                    return Ok(Step::Stop);
+                }
+            }
+            (SizeLf, _) => return Err(bad("no LF after a chunk-size line's CR")),
+            (DataCr, b'\r') => DataLf,
+            (DataCr, _) => return Err(bad("no CRLF after chunk data")),
+            (DataLf, b'\n') => Start,
+            (DataLf, _) => return Err(bad("no CRLF after chunk data")),
+            (EndCr, b'\r') => {
+                self.state = EndLf;
+                return Ok(if self.trailers.is_some() {
+                    Step::Keep
+                } else {
+                    Step::Go
+                });
+            }
+            (EndCr, _) => {
+                self.state = Trailer;
+                self.trailers.get_or_insert_with(Vec::new);
+                return Ok(Step::Keep);
+            }
+            (Trailer, b'\r') => {
+                self.state = TrailerLf;
+                return Ok(Step::Keep);
+            }
+            (Trailer, _) => {
+                self.state = Trailer;
+                return Ok(Step::Keep);
+            }
+            (TrailerLf, b'\n') => {
+                self.trailer_fields += 1;
+                if self.trailer_fields > MAX_TRAILER_FIELDS {
+                    return Err(bad("too many trailer fields"));
+                }
+                self.state = EndCr;
+                return Ok(Step::Keep);
+            }
+            (TrailerLf, _) => return Err(bad("no LF after a trailer field's CR")),
+            (EndLf, b'\n') => {
+                if let Some(section) = self.trailers.as_mut() {
+                    section.push(b'\n');
+                    check_trailers(section, self.trailer_fields)?;
+                    self.trailers = None;
+                }
+                self.state = Done;
+                return Ok(Step::Stop);
+            }
+            (EndLf, _) => return Err(bad("no CRLF at the end of the chunked body")),
+            // `decode` takes data and the end before any framing byte.
+            (Data(_) | Done, _) => return Err(bad("framing bytes after the end")),
+        };
+        Ok(Step::Go)
+    }
+
+    /// Keeps a byte of the trailer section, within its limit.
+    fn keep(&mut self, byte: u8) -> Result<(), ResponseError> {
+        let section = self.trailers.get_or_insert_with(Vec::new);
+        if section.len() >= MAX_TRAILERS {
+            return Err(ResponseError::BadChunk("trailer section too large"));
+        }
+        section.push(byte);
+        Ok(())
+    }
+}
+
+/// What one framing byte did.
+enum Step {
+    Go,
+    /// The byte is part of the trailer section.
+    Keep,
+    /// Data or the end follows.
+    Stop,
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Whether a trailer section (its fields and the final CRLF) is `fields`
+/// well-formed fields, as hyper checks it.
+fn check_trailers(section: &[u8], fields: usize) -> Result<(), ResponseError> {
+    let mut slots = vec![httparse::EMPTY_HEADER; fields];
+    let valid = match httparse::parse_headers(section, &mut slots) {
+        Ok(httparse::Status::Complete((_, parsed))) => parsed.iter().all(|field| {
+            HeaderName::from_bytes(field.name.as_bytes()).is_ok()
+                && HeaderValue::from_bytes(field.value).is_ok()
+        }),
+        _ => false,
+    };
+    if valid {
+        Ok(())
+    } else {
+        Err(ResponseError::BadChunk("a trailer field is malformed"))
     }
 }
 
@@ -550,12 +740,21 @@ mod tests {
                 "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n",
                 true,
             ),
+            // A close anywhere wins over a keep-alive.
+            (
+                "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+                false,
+            ),
             // Read to the close: nothing else can follow on the connection.
             ("HTTP/1.1 200 OK\r\n\r\n", false),
-            ("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", false),
             // Both length and chunked: chunked wins, the connection goes.
             (
                 "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+                false,
+            ),
+            // A coding in HTTP/1.0: read, and the connection goes.
+            (
+                "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n",
                 false,
             ),
         ] {
@@ -579,16 +778,73 @@ mod tests {
 
     #[test]
     fn chunked_wins_over_a_length_which_is_removed() {
-        let head = head(
-            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 5\r\n\r\n",
-        );
-        assert!(matches!(head.framing, Framing::Chunked(_)));
+        for version in ["1.1", "1.0"] {
+            let head = head(&format!(
+                "HTTP/{version} 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n"
+            ));
+            assert!(matches!(head.framing, Framing::Chunked(_)));
+            assert!(!head.headers.contains_key(header::CONTENT_LENGTH));
+            assert!(!head.keep_alive);
+        }
+    }
+
+    #[test]
+    fn a_coding_other_than_chunked_is_refused() {
+        for codings in [
+            "gzip",
+            "gzip, chunked",
+            "chunked, gzip",
+            "chunked\r\nTransfer-Encoding: chunked",
+            "identity",
+            ",",
+        ] {
+            let text = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: {codings}\r\n\r\n");
+            assert!(
+                matches!(
+                    parse(text.as_bytes(), &Method::GET),
+                    Err(ResponseError::Coding)
+                ),
+                "{codings:?} taken"
+            );
+        }
+    }
+
+    #[test]
+    fn empty_list_elements_of_the_codings_are_no_codings() {
+        for codings in ["chunked,", ", chunked", " , chunked ,, ", "Chunked"] {
+            let head = head(&format!(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: {codings}\r\n\r\n"
+            ));
+            assert!(matches!(head.framing, Framing::Chunked(_)), "{codings:?}");
+            assert!(head.keep_alive, "{codings:?}");
+        }
+    }
+
+    #[test]
+    fn a_length_named_by_connection_still_frames_the_body() {
+        let head =
+            head("HTTP/1.1 200 OK\r\nConnection: Content-Length\r\nContent-Length: 5\r\n\r\n");
+        assert!(matches!(head.framing, Framing::Length(5)));
+        assert!(head.keep_alive);
         assert!(!head.headers.contains_key(header::CONTENT_LENGTH));
     }
 
     #[test]
+    fn a_length_is_any_number_of_digits_that_fits() {
+        let head = head("HTTP/1.1 200 OK\r\nContent-Length: 000000000000000000000005\r\n\r\n");
+        assert!(matches!(head.framing, Framing::Length(5)));
+        assert!(matches!(
+            parse(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 18446744073709551616\r\n\r\n",
+                &Method::GET
+            ),
+            Err(ResponseError::BadLength)
+        ));
+    }
+
+    #[test]
     fn a_chunked_body_with_extensions_and_trailers_decodes() {
-        let wire = b"5;ext=1\r\nhello\r\n1\r\n \r\n5\r\nworld\r\n0\r\nX-Sum: 1\r\n\r\nNEXT";
+        let wire = b"5;ext=1\r\nhello\r\n1 \t;x\r\n \r\n0005\r\nworld\r\n0\r\nX-Sum: 1\r\nX-B: 2\r\n\r\nNEXT";
         for step in [1, 2, 3, 7, wire.len()] {
             let (body, rest) =
                 decode_all(Framing::Chunked(Chunked::default()), wire, step).expect("valid");
@@ -603,12 +859,28 @@ mod tests {
             &b"z\r\nhello\r\n0\r\n\r\n"[..],
             b"5\r\nhelloXX0\r\n\r\n",
             b"fffffffffffffffffff\r\n",
+            // An empty size line, a size line without digits.
+            b"5\r\nhello\r\n\r\n",
+            b"5\r\nhello\r\n;ext\r\n0\r\n\r\n",
+            // A bare LF in an extension, or ending a size line.
+            b"5;a\nb\r\nhello\r\n0\r\n\r\n",
+            b"5\nhello\r\n0\r\n\r\n",
+            // Whitespace before the size, or inside it.
+            b" 5\r\nhello\r\n0\r\n\r\n",
+            b"5 5\r\nhello\r\n0\r\n\r\n",
+            // A trailer line that is not a field; two fields on one line.
+            b"5\r\nhello\r\n0\r\nnot a field\r\n\r\n",
+            b"5\r\nhello\r\n0\r\nX: 1\nY: 2\r\n\r\n",
         ] {
-            assert!(
-                decode_all(Framing::Chunked(Chunked::default()), wire, 1).is_err(),
-                "{:?} taken",
-                String::from_utf8_lossy(wire)
-            );
+            for step in [1, wire.len()] {
+                let refused = decode_all(Framing::Chunked(Chunked::default()), wire, step);
+                // Refused for what it holds, not for running out of input.
+                assert!(
+                    matches!(&refused, Err(ResponseError::BadChunk(why)) if *why != "input ended"),
+                    "{:?}: {refused:?}",
+                    String::from_utf8_lossy(wire)
+                );
+            }
         }
         let endless_size = vec![b'1'; MAX_CHUNK_LINE + 2];
         assert!(decode_all(Framing::Chunked(Chunked::default()), &endless_size, 64).is_err());
@@ -663,6 +935,17 @@ mod tests {
             at in any::<prop::sample::Index>(),
         ) {
             let mut fields = fields;
+            // One coding, `chunked`: any other is refused before the map
+            // matters (`a_coding_other_than_chunked_is_refused`).
+            let mut codings = 0;
+            fields.retain_mut(|(name, value)| {
+                if !name.eq_ignore_ascii_case("transfer-encoding") {
+                    return true;
+                }
+                codings += 1;
+                *value = "chunked".to_owned();
+                codings == 1
+            });
             if !options.is_empty() {
                 // `Connection` naming headers of the message, anywhere in it.
                 let at = at.index(fields.len() + 1);

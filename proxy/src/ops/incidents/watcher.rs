@@ -77,6 +77,23 @@ pub async fn run(
     }
 }
 
+/// Records the proxy's own downtime found at start (`event` is its
+/// `proxy_down`, already in the log; `from` when it stopped serving): an
+/// outage opened and closed at once, announced like any other.
+pub async fn downtime(
+    store: &IncidentStore,
+    cfg: IncidentsCfg,
+    event: &Event,
+    from: OffsetDateTime,
+    events: &EventLog,
+    notifier: &Notifier,
+) {
+    let mut detector = Detector::new(cfg, &store.all(), event.at);
+    for change in detector.downtime(event, from) {
+        apply(change, store, events, notifier).await;
+    }
+}
+
 async fn apply(change: Change, store: &IncidentStore, events: &EventLog, notifier: &Notifier) {
     let (incident, announce) = match change {
         // Kept in memory for the status page; written on open and close.

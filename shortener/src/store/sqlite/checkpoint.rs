@@ -3,10 +3,9 @@
 //! SQLite checkpoints by default inside the commit that takes the WAL past 1,000 pages: the
 //! committing thread copies the pages back and syncs the WAL and the database file, and every
 //! write queued behind it waits. Here that thread is the writer, and every redirect waits on it:
-//! on the benchmark machine each checkpoint held the writer 1.5-2.5 ms (most of it the two
-//! `fsync`s), several times a second under load, and that made most of the shortener's p99
-//! (docs/performance.md, eighth pass). So the writer's connection does not checkpoint on its
-//! own; a thread of its own, on its own connection, runs `PASSIVE` checkpoints when the writer
+//! a checkpoint holds it for milliseconds (most of it the two `fsync`s), several times a second
+//! under load, which would make most of the shortener's p99. So the writer's connection does not
+//! checkpoint on its own; a thread of its own, on its own connection, runs `PASSIVE` checkpoints when the writer
 //! asks, which neither wait for the writer nor block it.
 //!
 //! One thing the checkpointer cannot do: SQLite rewinds the WAL to its start only when a write

@@ -4,9 +4,9 @@
 //! (group commit), each inside its own savepoint, so one write's failure rolls back that write
 //! alone. A write is answered only once its transaction has committed: a `302` still means its
 //! click is stored. What batching saves is per transaction, not per write: the `BEGIN
-//! IMMEDIATE`, the WAL append and the file locks of a commit, and a thread wake. Before it, each
-//! redirect took a blocking-pool thread that queued on the writer's mutex: 50 concurrent
-//! redirects meant 50 threads taking turns on one CPU (docs/performance.md, seventh pass).
+//! IMMEDIATE`, the WAL append and the file locks of a commit, and a thread wake. A write per
+//! blocking-pool thread queued on a mutex instead would mean, at 50 concurrent redirects, 50
+//! threads taking turns on one CPU.
 //!
 //! Batches only form if the thread lets requests queue up. Woken by the first write, a normal
 //! thread preempts the runtime thread that queued it, commits that one write, and the next one
