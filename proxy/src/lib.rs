@@ -24,8 +24,9 @@
 //! the listening sockets over from the running one), `sockets` (inherited,
 //! systemd's, or bound), `background` (the tasks a takeover freezes),
 //! `systemd` (sd_notify). `run` wires the parts together; `main.rs` only
-//! parses arguments. Everything but `run`, `Listeners`, the config and the
-//! admin token is private to the crate.
+//! parses arguments (and restarts itself with the allocator's options).
+//! Everything but `run`, `Listeners`, the config and the admin token is
+//! private to the crate.
 
 mod admin;
 mod atomic_file;
@@ -246,7 +247,7 @@ pub async fn run(
     let forwarder = Arc::new(Forwarder::new(
         Arc::clone(&router),
         traffic,
-        metrics,
+        Arc::clone(&metrics),
         monitor,
     ));
     // The listeners are ours now; the accept loop below starts at once.
@@ -304,6 +305,7 @@ pub async fn run(
         listeners.public,
         tls,
         forwarder,
+        &metrics,
         config.limits,
         config.timeouts.shutdown_grace,
         stop_accepting,

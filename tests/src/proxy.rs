@@ -203,6 +203,11 @@ impl Proxy {
         self.public
     }
 
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin
     }

@@ -16,6 +16,8 @@
 //!   webhooks.
 //! - `large_body`: 32 MB bodies intact both ways, with a length, chunked, and over HTTP/2.
 //! - `half_close`: a client that half-closes after its request still gets its answer.
+//! - `parking`: idle HTTP/1.1 connections parked without buffers and served as before when
+//!   their next bytes come (requests, pipelined bytes, a half-close); many at once; the drain.
 //! - `limits`: the listener's limits (slow or large heads and bodies, idle connections, the
 //!   connection cap) and the upstream timeouts, each with its own status.
 //! - `failover`: a dead active hands its users to a vetted slot without an error, and back;
@@ -67,6 +69,7 @@ mod headers;
 mod hostile_host;
 mod large_body;
 mod limits;
+mod parking;
 mod shutdown;
 mod smuggling;
 mod tls;
