@@ -1,16 +1,19 @@
 //! Several proxies on one routing truth in PostgreSQL (`[cluster]`), each on its own loopback
 //! address as on its own host, in front of the same blue (v1) and green (v2) shorteners: a
 //! switch through one is served by the others within a second; of two changes at once exactly
-//! one wins; with PostgreSQL stopped every proxy keeps serving and changes answer 503; a
+//! one wins; the guard's abort of a failing canary acts once for all; with PostgreSQL stopped every proxy keeps serving and changes answer 503; a
 //! proxy started again serves the current generation from its first request.
 
 use std::time::{Duration, Instant};
 
+use e2e::client::create_link;
 use e2e::client::release_of;
 use e2e::postgres::{PgDatabase, PostgresServer};
-use e2e::{Proxy, Shortener, eventually, http_client};
+use e2e::{Proxy, Shortener, ShortenerBuilder, UserLoad, eventually, http_client};
+use reqwest::Method;
 use reqwest::StatusCode;
 use serde_json::Value;
+use serde_json::json;
 use tempfile::TempDir;
 
 /// The issue's bound: every proxy serves a committed change within one second.
@@ -32,6 +35,11 @@ struct Fleet {
 
 impl Fleet {
     async fn start(db: &PgDatabase, n: usize) -> Fleet {
+        Fleet::start_with(db, n, Shortener::builder().release("v2"), "").await
+    }
+
+    /// With `green` as the green shortener and `extra` TOML in every proxy's config.
+    async fn start_with(db: &PgDatabase, n: usize, green: ShortenerBuilder, extra: &str) -> Fleet {
         let dir = tempdir("e2e-cluster-");
         let links = dir.path().join("links.db");
         let blue = Shortener::builder()
@@ -39,11 +47,7 @@ impl Fleet {
             .db(&links)
             .start(dir.path())
             .await;
-        let green = Shortener::builder()
-            .release("v2")
-            .db(&links)
-            .start(dir.path())
-            .await;
+        let green = green.db(&links).start(dir.path()).await;
         let mut dirs = vec![dir];
         let mut proxies = Vec::new();
         for (i, ip) in HOSTS.iter().take(n).enumerate() {
@@ -53,6 +57,7 @@ impl Fleet {
                 .blue(blue.addr())
                 .green(green.addr())
                 .gate(1, 10_000)
+                .extra_toml(extra)
                 .extra_toml(&format!(
                     "[cluster]\nstore = {:?}\nname = \"proxy-{i}\"\n",
                     db.url
@@ -283,4 +288,86 @@ async fn a_proxy_killed_and_started_again_serves_the_current_generation_from_its
         "it did not start from the store:\n{}",
         b.log_tail()
     );
+}
+
+/// The guard judges every second once 20 requests are in; no bake.
+const GUARD: &str = "[guard]\nwindow_ms = 10000\ninterval_ms = 1000\nmax_failure_ratio = 0.02\n\
+                     answer_from_stable = false\nmargin = 0.01\nmin_requests = 20\nbake_ms = 0\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_canary_is_aborted_once_for_every_proxy() {
+    // Arrange: green answers its first 150 requests (gate and health checks included), then
+    // 500; it takes 30% of the users of both proxies.
+    let db = PostgresServer::shared().await.create_database().await;
+    let green = Shortener::builder()
+        .release("v2")
+        .fault("latency=20")
+        .fault("fail-after=150");
+    let fleet = Fleet::start_with(&db, 2, green, GUARD).await;
+    let [a, b] = &fleet.proxies[..] else {
+        unreachable!("two proxies")
+    };
+    let client = http_client(Duration::from_secs(30));
+    let mut links = Vec::new();
+    for n in 0..10 {
+        let url = format!("https://e2e.example/cluster/{n}");
+        links.push(
+            create_link(&client, &a.base(), &url)
+                .await
+                .expect("a link is created on blue"),
+        );
+    }
+    let (code, body) = a
+        .admin(
+            Method::POST,
+            "/canary",
+            Some(json!({ "slot": "green", "percent": 30 })),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let on_b = eventually(
+        || async { b.status().await["canary"]["percent"] == 30 },
+        TIMEOUT,
+    )
+    .await;
+    assert!(on_b, "B never served the canary: {}", b.status().await);
+
+    // Act: users on both proxies until both have pulled the canary back.
+    let loads = [
+        UserLoad::start(&a.base(), &links, 4, 5_000),
+        UserLoad::start(&b.base(), &links, 4, 5_000),
+    ];
+    let aborted = eventually(
+        || async {
+            let (sa, sb) = (a.status().await, b.status().await);
+            [sa, sb]
+                .iter()
+                .all(|s| s["canary"].is_null() && s["guard"]["aborted"] == true)
+        },
+        Duration::from_secs(60),
+    )
+    .await;
+    for load in loads {
+        load.stop().await;
+    }
+
+    // Assert: one verdict acted, once, and both proxies know it.
+    let (sa, sb) = (a.status().await, b.status().await);
+    assert!(
+        aborted,
+        "the canary was not aborted everywhere: A {sa} B {sb}"
+    );
+    let events =
+        a.events_of_kind("guard_abort").await.len() + b.events_of_kind("guard_abort").await.len();
+    assert_eq!(events, 1, "the abort acted {events} times");
+    assert_eq!(
+        sa["guard"]["reason"], sb["guard"]["reason"],
+        "A {sa} B {sb}"
+    );
+    let settled = eventually(
+        || async { generation(&a.status().await) == generation(&b.status().await) },
+        TIMEOUT,
+    )
+    .await;
+    assert!(settled, "A and B serve different generations");
 }
