@@ -6,9 +6,11 @@
 //! generation (woken by `listen`, else on its own clock) and serves it; a
 //! heartbeat records which generation each one serves. While the database is
 //! unreachable, every proxy serves the state it has and refuses changes
-//! (503). `change` names what a commit did.
+//! (503). `change` names what a commit did; `counts` shares each proxy's
+//! per-slot counts, so the guard judges every proxy's users.
 
 mod change;
+mod counts;
 mod listen;
 mod store;
 
@@ -23,6 +25,7 @@ use crate::config::ClusterCfg;
 use crate::control::controller::{ControlError, Controller};
 use crate::control::state::PersistedState;
 use crate::error::ProxyError;
+use crate::http::traffic::{MAX_WINDOW_SECS, Traffic};
 use store::{Peer, Store, Unreachable};
 
 /// How often the row is read when no notice came: the bound on how late a
@@ -65,6 +68,9 @@ pub struct Cluster {
     migrated: AtomicBool,
     /// Every proxy's last heartbeat, as the last beat read it.
     peers: Mutex<Vec<Peer>>,
+    /// The other proxies' per-slot counts of the guard's longest window, as
+    /// the last beat read them.
+    remote: Mutex<Vec<counts::Second>>,
     /// Reads the row now: a notice came, or a commit lost.
     wake: Arc<Notify>,
 }
@@ -100,6 +106,7 @@ impl Cluster {
             reachable: AtomicBool::new(true),
             migrated: AtomicBool::new(false),
             peers: Mutex::new(Vec::new()),
+            remote: Mutex::new(Vec::new()),
             wake: Arc::new(Notify::new()),
         }))
     }
@@ -227,6 +234,7 @@ impl Cluster {
             self.sync(&controller).await;
             if last_beat.is_none_or(|at| at.elapsed() >= HEARTBEAT) {
                 self.beat().await;
+                self.exchange_counts(controller.traffic()).await;
                 last_beat = Some(Instant::now());
             }
             tokio::select! {
@@ -283,6 +291,40 @@ impl Cluster {
             Ok(peers) => *self.peers.lock().expect("peers lock is never poisoned") = peers,
             Err(Unreachable(why)) => self.set_reachable(false, &why),
         }
+    }
+
+    /// Publishes this proxy's last seconds and reads the others'. Unreachable:
+    /// the guard judges on this proxy's users alone.
+    async fn exchange_counts(&self, traffic: &Traffic) {
+        let now = counts::unix_now();
+        let oldest = now - i64::try_from(MAX_WINDOW_SECS).unwrap_or(0) - 1;
+        let mine = counts::local_seconds(traffic, now);
+        let theirs = match self
+            .store
+            .exchange_counts(&self.name(), &mine, oldest)
+            .await
+        {
+            Ok(theirs) => theirs,
+            Err(Unreachable(why)) => {
+                self.set_reachable(false, &why);
+                Vec::new()
+            }
+        };
+        *self.remote.lock().expect("remote lock is never poisoned") = theirs;
+    }
+
+    /// Runs `judge` on this proxy's windows plus every other proxy's counts.
+    pub fn judge<T>(&self, local: &Traffic, judge: impl FnOnce(&counts::Combined<'_>) -> T) -> T {
+        let remote = self
+            .remote
+            .lock()
+            .expect("remote lock is never poisoned")
+            .clone();
+        judge(&counts::Combined {
+            local,
+            remote: &remote,
+            now: counts::unix_now(),
+        })
     }
 
     async fn migrate(&self) -> Result<(), Unreachable> {

@@ -10,6 +10,10 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
+use super::counts::Second;
+use crate::http::traffic::WindowStats;
+use crate::slot::Slot;
+
 /// A handful: one change at a time, one read a tick, one heartbeat.
 const POOL_SIZE: usize = 4;
 /// Opening a connection, and waiting for a free one.
@@ -30,6 +34,16 @@ CREATE TABLE IF NOT EXISTS proxy_routing (
     change TEXT NOT NULL,
     by_proxy TEXT NOT NULL,
     committed_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS proxy_traffic (
+    name TEXT NOT NULL,
+    slot TEXT NOT NULL,
+    second BIGINT NOT NULL,
+    count BIGINT NOT NULL,
+    server_errors BIGINT NOT NULL,
+    upstream_failures BIGINT NOT NULL,
+    latency_us BIGINT NOT NULL,
+    PRIMARY KEY (name, slot, second)
 );
 CREATE TABLE IF NOT EXISTS proxy_heartbeat (
     name TEXT PRIMARY KEY,
@@ -227,6 +241,69 @@ impl Store {
         })
         .await;
         settle(client, peers)
+    }
+
+    /// Writes this proxy's `seconds` (again: the newest may have grown),
+    /// forgets seconds older than `oldest`, and answers the other proxies'
+    /// seconds since then.
+    pub async fn exchange_counts(
+        &self,
+        name: &str,
+        seconds: &[Second],
+        oldest: i64,
+    ) -> Result<Vec<Second>, Unreachable> {
+        let mut client = self.client().await?;
+        let exchanged = bounded(async {
+            let tx = client.transaction().await?;
+            for s in seconds {
+                let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+                tx.execute(
+                    "INSERT INTO proxy_traffic (name, slot, second, count, server_errors, \
+                     upstream_failures, latency_us) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                     ON CONFLICT (name, slot, second) DO UPDATE SET count = $4, \
+                     server_errors = $5, upstream_failures = $6, latency_us = $7",
+                    &[
+                        &name,
+                        &s.slot.as_str(),
+                        &s.at,
+                        &n(s.stats.count),
+                        &n(s.stats.server_errors),
+                        &n(s.stats.upstream_failures),
+                        &n(s.stats.latency_us),
+                    ],
+                )
+                .await?;
+            }
+            tx.execute("DELETE FROM proxy_traffic WHERE second < $1", &[&oldest])
+                .await?;
+            let rows = tx
+                .query(
+                    "SELECT slot, second, count, server_errors, upstream_failures, latency_us \
+                     FROM proxy_traffic WHERE name <> $1 AND second >= $2",
+                    &[&name, &oldest],
+                )
+                .await?;
+            tx.commit().await?;
+            let n = |v: i64| u64::try_from(v).unwrap_or(0);
+            Ok(rows
+                .iter()
+                .filter_map(|r| {
+                    let slot: Slot = r.get::<_, String>(0).parse().ok()?;
+                    Some(Second {
+                        slot,
+                        at: r.get(1),
+                        stats: WindowStats {
+                            count: n(r.get(2)),
+                            server_errors: n(r.get(3)),
+                            upstream_failures: n(r.get(4)),
+                            latency_us: n(r.get(5)),
+                        },
+                    })
+                })
+                .collect())
+        })
+        .await;
+        settle(client, exchanged)
     }
 
     async fn client(&self) -> Result<Object, Unreachable> {

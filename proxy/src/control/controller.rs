@@ -195,6 +195,10 @@ impl Controller {
         &self.events
     }
 
+    pub fn traffic(&self) -> &Arc<Traffic> {
+        &self.traffic
+    }
+
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
@@ -495,7 +499,13 @@ impl Controller {
         let (verdict, watching) = {
             let guard = self.lock_guard();
             (
-                guard.evaluate(&snap, &*self.traffic, &cfg, now),
+                match &self.cluster {
+                    // Every proxy's users, not only this one's.
+                    Some(cluster) => {
+                        cluster.judge(&self.traffic, |all| guard.evaluate(&snap, all, &cfg, now))
+                    }
+                    None => guard.evaluate(&snap, &*self.traffic, &cfg, now),
+                },
                 guard.view(&snap, now).watching,
             )
         };

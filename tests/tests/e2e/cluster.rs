@@ -1,7 +1,7 @@
 //! Several proxies on one routing truth in PostgreSQL (`[cluster]`), each on its own loopback
 //! address as on its own host, in front of the same blue (v1) and green (v2) shorteners: a
 //! switch through one is served by the others within a second; of two changes at once exactly
-//! one wins; the guard's abort of a failing canary acts once for all; with PostgreSQL stopped every proxy keeps serving and changes answer 503; a
+//! one wins; the guard judges a canary on every proxy's users and its abort acts once for all; with PostgreSQL stopped every proxy keeps serving and changes answer 503; a
 //! proxy started again serves the current generation from its first request.
 
 use std::time::{Duration, Instant};
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use e2e::client::create_link;
 use e2e::client::release_of;
 use e2e::postgres::{PgDatabase, PostgresServer};
-use e2e::{Proxy, Shortener, ShortenerBuilder, UserLoad, eventually, http_client};
+use e2e::{Proxy, ProxyBuilder, Shortener, ShortenerBuilder, UserLoad, eventually, http_client};
 use reqwest::Method;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -35,11 +35,16 @@ struct Fleet {
 
 impl Fleet {
     async fn start(db: &PgDatabase, n: usize) -> Fleet {
-        Fleet::start_with(db, n, Shortener::builder().release("v2"), "").await
+        Fleet::start_with(db, n, Shortener::builder().release("v2"), |p| p).await
     }
 
-    /// With `green` as the green shortener and `extra` TOML in every proxy's config.
-    async fn start_with(db: &PgDatabase, n: usize, green: ShortenerBuilder, extra: &str) -> Fleet {
+    /// With `green` as the green shortener, and every proxy's options `configure`d.
+    async fn start_with(
+        db: &PgDatabase,
+        n: usize,
+        green: ShortenerBuilder,
+        configure: impl Fn(ProxyBuilder) -> ProxyBuilder,
+    ) -> Fleet {
         let dir = tempdir("e2e-cluster-");
         let links = dir.path().join("links.db");
         let blue = Shortener::builder()
@@ -52,12 +57,11 @@ impl Fleet {
         let mut proxies = Vec::new();
         for (i, ip) in HOSTS.iter().take(n).enumerate() {
             let own = tempdir("e2e-cluster-proxy-");
-            let proxy = Proxy::builder()
+            let proxy = configure(Proxy::builder())
                 .listen_ip(ip)
                 .blue(blue.addr())
                 .green(green.addr())
                 .gate(1, 10_000)
-                .extra_toml(extra)
                 .extra_toml(&format!(
                     "[cluster]\nstore = {:?}\nname = \"proxy-{i}\"\n",
                     db.url
@@ -303,7 +307,7 @@ async fn a_failing_canary_is_aborted_once_for_every_proxy() {
         .release("v2")
         .fault("latency=20")
         .fault("fail-after=150");
-    let fleet = Fleet::start_with(&db, 2, green, GUARD).await;
+    let fleet = Fleet::start_with(&db, 2, green, |p| p.extra_toml(GUARD)).await;
     let [a, b] = &fleet.proxies[..] else {
         unreachable!("two proxies")
     };
@@ -370,4 +374,86 @@ async fn a_failing_canary_is_aborted_once_for_every_proxy() {
     )
     .await;
     assert!(settled, "A and B serve different generations");
+}
+
+/// The guard acts on 30 requests in its window; the health checks stay out of the way.
+const GUARD_ON_30: &str = "[guard]\nwindow_ms = 10000\ninterval_ms = 1000\nmax_failure_ratio = 0.02\n\
+                           answer_from_stable = false\nmin_requests = 30\nbake_ms = 0\n\
+                           [health]\ninterval_ms = 60000\n";
+/// Failed requests sent through each proxy: under the guard's minimum on each, over it together.
+const FAILURES_EACH: usize = 29;
+/// Users at a human pace: the guard's window of a canary starts at a whole second after the
+/// canary, so a burst in its first second would not be judged at all.
+const PACE: Duration = Duration::from_millis(100);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_canary_failing_on_each_proxy_below_the_minimum_is_judged_on_the_sum() {
+    // Arrange: green passes its health check (the gate) but fails every link blue wrote; it
+    // takes every user of both proxies.
+    let db = PostgresServer::shared().await.create_database().await;
+    let green = Shortener::builder()
+        .release("v2")
+        .fault("foreign-links-500");
+    let fleet = Fleet::start_with(&db, 2, green, |p| p.scenarios("").extra_toml(GUARD_ON_30)).await;
+    let [a, b] = &fleet.proxies[..] else {
+        unreachable!("two proxies")
+    };
+    let client = http_client(Duration::from_secs(30));
+    let link = create_link(&client, &a.base(), "https://e2e.example/cluster/sum")
+        .await
+        .expect("a link is created on blue");
+    let (code, body) = a
+        .admin(
+            Method::POST,
+            "/canary",
+            Some(json!({ "slot": "green", "percent": 100 })),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let on_b = eventually(
+        || async { b.status().await["canary"]["percent"] == 100 },
+        TIMEOUT,
+    )
+    .await;
+    assert!(on_b, "B never served the canary: {}", b.status().await);
+
+    // Act
+    // Once the guard acts, the users are back on blue (a 302).
+    let mut pace = tokio::time::interval(PACE);
+    let mut failed = [0; 2];
+    for _ in 0..FAILURES_EACH {
+        for (i, proxy) in [a, b].into_iter().enumerate() {
+            pace.tick().await;
+            let response = client
+                .get(proxy.public_url(&format!("/{}", link.code)))
+                .send()
+                .await
+                .expect("the proxy answers");
+            if response.status() == StatusCode::INTERNAL_SERVER_ERROR {
+                failed[i] += 1;
+            }
+        }
+    }
+
+    // Assert
+    assert!(
+        failed.iter().all(|f| *f > 0 && *f < 30),
+        "failures per proxy: {failed:?}"
+    );
+    let aborted = eventually(
+        || async {
+            let (sa, sb) = (a.status().await, b.status().await);
+            [sa, sb]
+                .iter()
+                .all(|s| s["canary"].is_null() && s["guard"]["aborted"] == true)
+        },
+        Duration::from_secs(15),
+    )
+    .await;
+    assert!(
+        aborted,
+        "{failed:?} failures on the proxies, 30 the minimum: the canary stands: A {} B {}",
+        a.status().await,
+        b.status().await,
+    );
 }
