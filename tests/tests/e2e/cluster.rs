@@ -1,8 +1,9 @@
 //! Several proxies on one routing truth in PostgreSQL (`[cluster]`), each on its own loopback
 //! address as on its own host, in front of the same blue (v1) and green (v2) shorteners: a
-//! switch through one is served by the others within a second; of two changes at once exactly
-//! one wins; the guard judges a canary on every proxy's users and its abort acts once for all; with PostgreSQL stopped every proxy keeps serving and changes answer 503; a
-//! proxy started again serves the current generation from its first request.
+//! switch or a slot's address set through one is served by the others within a second; of two
+//! changes at once exactly one wins; the guard judges a canary on every proxy's users and its
+//! abort acts once for all; with PostgreSQL stopped every proxy keeps serving and changes
+//! answer 503; a proxy started again serves the current generation from its first request.
 
 use std::time::{Duration, Instant};
 
@@ -455,5 +456,47 @@ async fn a_canary_failing_on_each_proxy_below_the_minimum_is_judged_on_the_sum()
         "{failed:?} failures on the proxies, 30 the minimum: the canary stands: A {} B {}",
         a.status().await,
         b.status().await,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slot_address_set_through_one_proxy_is_the_others_within_a_second() {
+    // Arrange
+    let db = PostgresServer::shared().await.create_database().await;
+    let fleet = Fleet::start(&db, 2).await;
+    let [a, b] = &fleet.proxies[..] else {
+        unreachable!("two proxies")
+    };
+    let blue = a.status().await["slots"]["blue"]["addr"].clone();
+
+    // Act: green points at blue's release.
+    let (code, body) = a.put_slot("green", blue.as_str().unwrap_or_default()).await;
+
+    // Assert
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let start = Instant::now();
+    let mut seen = false;
+    while !seen && start.elapsed() < TIMEOUT {
+        seen = b.status().await["slots"]["green"]["addr"] == blue;
+        if !seen {
+            tokio::time::sleep(LOOK_EVERY).await;
+        }
+    }
+    let took = start.elapsed();
+    assert!(
+        seen,
+        "B never pointed green at {blue}: {}",
+        b.status().await
+    );
+    assert!(
+        took <= APPLY_BOUND,
+        "B pointed green at {blue} after {took:?}"
+    );
+    let status = b.status().await;
+    assert_eq!(status["active"], "blue", "{status}");
+    assert_eq!(
+        generation(&status),
+        generation(&a.status().await),
+        "{status}"
     );
 }
