@@ -99,6 +99,9 @@ pub struct Config {
     pub limits: Limits,
     pub scenarios: Vec<Scenario>,
     pub tls: TlsCfg,
+    /// `[cluster]`: the routing state shared with other proxies in
+    /// PostgreSQL; none for a proxy on its own (the state file decides).
+    pub cluster: Option<ClusterCfg>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -180,6 +183,26 @@ pub struct IncidentsCfg {
     pub failure_threshold: u64,
     /// A quiet period this long closes it.
     pub quiet: Duration,
+}
+
+/// Where the proxies of one service keep their shared routing state.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterCfg {
+    /// The PostgreSQL server and database, password included.
+    pub store: tokio_postgres::Config,
+    /// This proxy's name in the heartbeat table and in the changes it
+    /// commits; none: the address its public listener is bound to.
+    pub name: Option<String>,
+}
+
+/// Without the store's password.
+impl std::fmt::Debug for ClusterCfg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterCfg")
+            .field("store", &self.store.get_dbname())
+            .field("name", &self.name)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

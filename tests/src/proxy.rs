@@ -27,6 +27,8 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// How to start a proxy: `Proxy::builder().blue(addr).green(addr).gate(3, 10_000)`.
 #[derive(Debug, Clone)]
 pub struct ProxyBuilder {
+    /// The loopback address every listener binds (port 0).
+    ip: String,
     blue: String,
     green: String,
     active: String,
@@ -40,6 +42,13 @@ pub struct ProxyBuilder {
 }
 
 impl ProxyBuilder {
+    /// The address the listeners bind, on ephemeral ports: several proxies on distinct
+    /// loopback addresses (127.0.0.2, 127.0.0.3) stand for several hosts.
+    pub fn listen_ip(mut self, ip: &str) -> Self {
+        self.ip = ip.to_owned();
+        self
+    }
+
     /// The upstream address of the blue slot.
     pub fn blue(mut self, addr: impl ToString) -> Self {
         self.blue = addr.to_string();
@@ -91,9 +100,9 @@ impl ProxyBuilder {
 data_dir = {data_dir:?}
 
 [listen]
-public = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-status = "127.0.0.1:0"
+public = "{ip}:0"
+admin = "{ip}:0"
+status = "{ip}:0"
 
 [slots]
 active = {active:?}
@@ -113,6 +122,7 @@ request_timeout_ms = {request_timeout_ms}
 {scenarios}
 "#,
             data_dir = data_dir.display().to_string(),
+            ip = self.ip,
             active = self.active,
             blue = self.blue,
             green = self.green,
@@ -188,6 +198,7 @@ impl Proxy {
             .map(|at| REFERENCE_CONFIG[at..].to_owned())
             .expect("config/proxy.toml defines the reference scenarios");
         ProxyBuilder {
+            ip: "127.0.0.1".to_owned(),
             blue: String::new(),
             green: String::new(),
             active: "blue".to_owned(),

@@ -6,8 +6,8 @@
 use serde::Serialize;
 
 use super::{
-    CanaryCfg, Config, Forwarding, Gate, GuardCfg, Health, IncidentsCfg, Limits, NotifyCfg, SlaCfg,
-    Timeouts, TlsCfg,
+    CanaryCfg, ClusterCfg, Config, Forwarding, Gate, GuardCfg, Health, IncidentsCfg, Limits,
+    NotifyCfg, SlaCfg, Timeouts, TlsCfg,
 };
 use crate::slot::Slot;
 
@@ -86,6 +86,7 @@ impl Config {
             limits,
             scenarios,
             tls,
+            cluster,
         } = file;
         let [blue, green] = slot_addrs;
         let Timeouts {
@@ -427,6 +428,23 @@ impl Config {
                 // new certificates, so the file's always win.
                 loaded,
             },
+            // The store is connected to, and the name announced, at start.
+            cluster: {
+                let running = run.cluster.as_ref();
+                let store = d.key(
+                    "cluster.store",
+                    RESTART,
+                    &running.map(|c| c.store.clone()),
+                    cluster.as_ref().map(|c| c.store.clone()),
+                );
+                let name = d.key(
+                    "cluster.name",
+                    RESTART,
+                    &running.and_then(|c| c.name.clone()),
+                    cluster.and_then(|c| c.name),
+                );
+                store.map(|store| ClusterCfg { store, name })
+            },
         };
         Reconciled {
             config,
@@ -541,6 +559,8 @@ mod tests {
             "[{ name = \"s\", step = [{ name = \"t\", path = \"/\" }] }]",
             LIVE,
         ),
+        ("cluster.store", "\"postgres://p@127.0.0.1:1/db\"", RESTART),
+        ("cluster.name", "\"other\"", RESTART),
     ];
 
     /// A file that sets `key` to `value` and leaves the rest to the
@@ -556,7 +576,9 @@ mod tests {
     /// The running file of a case: `[tls]` only means something with a TLS
     /// listener, and that needs a certificate.
     fn running_text(key: &str) -> String {
-        if key.starts_with("tls.") || key == "listen.public_tls" {
+        if key == "cluster.name" {
+            format!("[cluster]\n{CLUSTER_STORE}")
+        } else if key.starts_with("tls.") || key == "listen.public_tls" {
             format!("{TLS_LISTENER}[tls]\n{TLS_CERTIFICATE}")
         } else {
             String::new()
@@ -568,6 +590,9 @@ mod tests {
         match key.strip_prefix("tls.") {
             Some("certificate") => format!("{TLS_LISTENER}[tls]\ncertificate = {value}\n"),
             Some(name) => format!("{TLS_LISTENER}[tls]\n{TLS_CERTIFICATE}{name} = {value}\n"),
+            None if key == "cluster.name" => {
+                format!("[cluster]\n{CLUSTER_STORE}name = {value}\n")
+            }
             None if key == "listen.public_tls" => {
                 format!("[listen]\npublic_tls = {value}\n[tls]\n{TLS_CERTIFICATE}")
             }
@@ -575,6 +600,7 @@ mod tests {
         }
     }
 
+    const CLUSTER_STORE: &str = "store = \"postgres://p@127.0.0.1:1/db\"\n";
     const TLS_LISTENER: &str = "[listen]\npublic_tls = \"127.0.0.1:1\"\n";
     const TLS_CERTIFICATE: &str = "certificate = [{ cert = \"a.pem\", key = \"a.key\" }]\n";
 

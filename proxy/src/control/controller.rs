@@ -14,6 +14,7 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 use time::OffsetDateTime;
 
+use crate::cluster::{Base, Cluster, ClusterView};
 use crate::config::{Config, GuardCfg, Scenario, Step, StepBody, StepTarget};
 use crate::control::gate;
 use crate::control::guard::{
@@ -53,6 +54,9 @@ pub enum ControlError {
     /// This process handed its listeners to a new one and is draining.
     #[error("this proxy handed over to a new process; send the request again")]
     HandedOver,
+    /// The shared routing store cannot be reached (`cluster`).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 pub use crate::control::guard::{GuardView, Override};
@@ -91,6 +95,9 @@ pub struct Controller {
     /// What the guard watches and what it pulled back. A std mutex: a few
     /// field writes, never held across an `.await`.
     guard: Mutex<Guard>,
+    /// The routing state shared with other proxies; none: the state file
+    /// alone decides.
+    cluster: Option<Arc<Cluster>>,
 }
 
 /// The parts the controller works with.
@@ -104,6 +111,7 @@ pub struct Parts {
     pub traffic: Arc<Traffic>,
     /// The guard's record from the state file.
     pub guard: GuardRecord,
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 impl Controller {
@@ -138,17 +146,22 @@ impl Controller {
             retired: tokio::sync::watch::Sender::new(false),
             last_probe: Default::default(),
             guard: Mutex::new(guard),
+            cluster: parts.cluster,
         }
     }
 
     /// Serializes changes; gives up once this process handed over.
     async fn lock_ops(&self) -> Result<tokio::sync::MutexGuard<'_, ()>, ControlError> {
         let mut retired = self.retired.subscribe();
-        tokio::select! {
+        let op = tokio::select! {
             biased;
             _ = retired.wait_for(|r| *r) => Err(ControlError::HandedOver),
             op = self.ops.lock() => Ok(op),
+        }?;
+        if let Some(cluster) = &self.cluster {
+            cluster.pin();
         }
+        Ok(op)
     }
 
     /// Holds routing changes while a takeover hands the state file over.
@@ -180,6 +193,10 @@ impl Controller {
 
     pub fn events(&self) -> &Arc<EventLog> {
         &self.events
+    }
+
+    pub fn traffic(&self) -> &Arc<Traffic> {
+        &self.traffic
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -444,7 +461,8 @@ impl Controller {
         let Some(canary) = current.canary else {
             return Err(ControlError::Conflict("there is no canary to abort".into()));
         };
-        let (next, _) = self.clear_canary(canary).await;
+        self.commit_canary_end(&current, Base::Pinned).await?;
+        let (next, _) = self.clear_canary(canary, Base::Pinned).await;
         self.metrics.aborts.inc();
         self.events.record(
             Event::new(EventKind::CanaryAbort, "an operator aborted the canary")
@@ -481,7 +499,13 @@ impl Controller {
         let (verdict, watching) = {
             let guard = self.lock_guard();
             (
-                guard.evaluate(&snap, &*self.traffic, &cfg, now),
+                match &self.cluster {
+                    // Every proxy's users, not only this one's.
+                    Some(cluster) => {
+                        cluster.judge(&self.traffic, |all| guard.evaluate(&snap, all, &cfg, now))
+                    }
+                    None => guard.evaluate(&snap, &*self.traffic, &cfg, now),
+                },
                 guard.view(&snap, now).watching,
             )
         };
@@ -520,7 +544,23 @@ impl Controller {
     /// an operator's gate to be protected.
     async fn guard_abort(&self, canary: Canary, breach: Breach) {
         let watched = self.traffic.watch_counts();
-        let (next, cleared) = self.clear_canary(canary).await;
+        let current = self.router.load_full();
+        if !current.canary.is_some_and(|c| c.slot == canary.slot) {
+            return;
+        }
+        match self.commit_canary_end(&current, Base::Served).await {
+            Ok(()) => {}
+            // Another proxy's change came first: this proxy reads it now,
+            // and judges again what it serves then.
+            Err(ControlError::Conflict(why)) => {
+                tracing::info!(%why, "the guard's abort lost to a change committed meanwhile");
+                return;
+            }
+            // Users first: the canary ends here, though the others still
+            // serve it until the store is back.
+            Err(e) => tracing::warn!(error = %e, "the guard aborts the canary on this proxy only"),
+        }
+        let (next, cleared) = self.clear_canary(canary, Base::Served).await;
         if !cleared {
             return;
         }
@@ -528,7 +568,7 @@ impl Controller {
         let Breach { reason, failed } = breach;
         self.lock_guard()
             .canary_pulled(pulled, reason.clone(), OffsetDateTime::now_utc());
-        self.save_state().await;
+        self.save_state_from(Base::Served).await;
         self.metrics.aborts.inc();
         tracing::warn!(slot = %canary.slot, %reason, "the guard aborted the canary");
         self.events.record(
@@ -593,7 +633,7 @@ impl Controller {
 
     /// Removes `canary` from routing; `true` when this call removed it
     /// (not when it was already gone).
-    async fn clear_canary(&self, canary: Canary) -> (Arc<Snapshot>, bool) {
+    async fn clear_canary(&self, canary: Canary, base: Base) -> (Arc<Snapshot>, bool) {
         let mut cleared = false;
         let next = self.router.update(|snap| {
             let mut next = snap.to_builder();
@@ -608,7 +648,7 @@ impl Controller {
         if self.traffic.watched() == Some(canary.slot) {
             self.traffic.unwatch();
         }
-        self.save_state().await;
+        self.save_state_from(base).await;
         self.metrics.set_routing(next.active, 0);
         (next, cleared)
     }
@@ -811,17 +851,115 @@ impl Controller {
     /// applied (the guard's part is known only then). A failure is logged:
     /// the change itself stands, and the next one writes the file again.
     async fn save_state(&self) {
+        self.save_state_from(Base::Pinned).await;
+    }
+
+    async fn save_state_from(&self, base: Base) {
         let state = self.state_of(&self.router.load());
-        if let Err(e) = self.persist(&state).await {
+        if let Err(e) = self.persist_from(&state, base).await {
             tracing::error!(error = %e, "could not save the routing state");
         }
     }
 
     async fn persist(&self, state: &PersistedState) -> Result<(), ControlError> {
+        self.persist_from(state, Base::Pinned).await
+    }
+
+    /// With a cluster, the commit to the shared store decides; the state
+    /// file is then its cache, and failing to write it is only logged.
+    async fn persist_from(&self, state: &PersistedState, base: Base) -> Result<(), ControlError> {
         let path = self.config.load().state_file();
-        state::save(&path, state)
-            .await
-            .map_err(ControlError::Persist)
+        let Some(cluster) = &self.cluster else {
+            return state::save(&path, state)
+                .await
+                .map_err(ControlError::Persist);
+        };
+        cluster.commit(state, base).await?;
+        if let Err(e) = state::save(&path, state).await {
+            tracing::error!(error = %e, "could not write the state file, the routing store's cache");
+        }
+        Ok(())
+    }
+
+    /// With a cluster, commits the end of `current`'s canary before this
+    /// proxy ends it, so that a change that lost changes nothing.
+    async fn commit_canary_end(&self, current: &Snapshot, base: Base) -> Result<(), ControlError> {
+        let Some(cluster) = &self.cluster else {
+            return Ok(());
+        };
+        let state = self.state_of(current).with_canary(None);
+        cluster.commit(&state, base).await.map(|_| ())
+    }
+
+    /// The routing and the guard as they stand, as the state file holds them.
+    pub fn routing_state(&self) -> PersistedState {
+        self.state_of(&self.router.load())
+    }
+
+    /// The cluster part of the status; none for a proxy on its own.
+    pub fn cluster_view(&self) -> Option<ClusterView> {
+        self.cluster.as_ref().map(|c| c.view())
+    }
+
+    /// Serves a routing state another proxy committed to the shared store
+    /// (its gate ran there), and keeps it in the state file. A slot whose
+    /// address changed is unknown until checked, as `set_addr` leaves it.
+    pub async fn adopt(&self, state: &PersistedState) {
+        let config = self.config.load_full();
+        let current = self.router.load_full();
+        let addrs = state.addrs();
+        let canary = state
+            .canary
+            .filter(|c| c.slot != state.active)
+            .map(|c| Canary {
+                slot: c.slot,
+                percent: c.percent,
+            });
+        let moved = Slot::ALL.map(|slot| current.upstream(slot).addr != addrs[slot.index()]);
+        let upstreams = Slot::ALL.map(|slot| {
+            if moved[slot.index()] {
+                self.health.reset(slot, addrs[slot.index()]);
+                Upstream::new(slot, addrs[slot.index()], &config.timeouts)
+            } else {
+                Arc::clone(current.upstream(slot))
+            }
+        });
+        let next = self.router.update(|snap| {
+            let mut next = snap.to_builder();
+            next.active = state.active;
+            next.previous = state.previous;
+            next.last_switch = state.last_switch;
+            next.canary = canary;
+            for slot in Slot::ALL {
+                let i = slot.index();
+                next.upstreams[i] = Arc::clone(&upstreams[i]);
+                let serves = slot == state.active || canary.is_some_and(|c| c.slot == slot);
+                next.healthy[i] = serves || (!moved[i] && snap.healthy[i]);
+                next.vetted[i] = serves || (!moved[i] && state.vetted[i].is_some());
+            }
+            next
+        });
+        let now = Instant::now();
+        let guard = Guard::restore(
+            state.guard.clone(),
+            canary.is_some(),
+            now,
+            OffsetDateTime::now_utc(),
+        );
+        let watching = guard.view(&next, now).watching;
+        *self.lock_guard() = guard;
+        match watching {
+            Some(_) => {
+                let slot = canary.map_or(next.active, |c| c.slot);
+                self.arm_tripwire(slot);
+            }
+            None => self.traffic.unwatch(),
+        }
+        self.metrics
+            .set_routing(next.active, canary.map_or(0, |c| c.percent));
+        if let Err(e) = state::save(&config.state_file(), state).await {
+            tracing::error!(error = %e, "could not write the state file, the routing store's cache");
+        }
     }
 }
 

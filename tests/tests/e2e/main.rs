@@ -37,6 +37,10 @@
 //! - `takeover`: a second proxy takes the listeners over: twenty in a row under load lose no
 //!   request; an invalid or killed successor leaves the old one serving; the canary survives
 //!   a takeover and a restart; a crash's downtime counts in the budget, a takeover's not.
+//! - `cluster`: several proxies on one routing state in PostgreSQL: a switch through one is
+//!   served by the others within a second, one of two racing changes wins, the guard judges
+//!   every proxy's users and its abort acts once for all, a stopped store stops changes (503) but not serving, a restarted proxy
+//!   starts on the current generation.
 //! - `canary_split`: the sticky bucket split, the preview secret, canaries that are refused.
 //! - `bake`: a switched release that fails during the bake is rolled back by the guard.
 //! - `admin`: the admin API's refusals (token, active slot, bad input, unknown routes) and
@@ -79,6 +83,7 @@ mod upstream_conformance;
 mod admin;
 mod bake;
 mod canary_split;
+mod cluster;
 mod cross_release;
 mod dead_green;
 mod reload;
