@@ -83,8 +83,9 @@ Sections (--sections, default $SECTIONS):
              resumption) in front of the nginx upstream, GET /: keep-alive
              (requests/s, p50, p99), and a new connection, so a new handshake, per
              request ("Connection: close": requests/s are handshakes/s); same
-             rounds and ratios as above. wrk speaks TLS 1.2 and resumes its
-             sessions, so these handshakes are mostly abbreviated ones.
+             rounds and ratios as above. wrk (OpenSSL 3) negotiates TLS 1.3
+             and resumes its sessions: these handshakes are resumed ones,
+             each with an X25519 exchange, and no certificate signature.
              --compare builds are not measured here.
   upgrade    wrk through each proxy (in front of the nginx upstream) while it
              is upgraded --upgrades times, as its documentation recommends:
@@ -913,7 +914,7 @@ key = \"$TLS_DIR/key.pem\"
     curl -sS -o /dev/null --max-time 5 --cacert "$TLS_DIR/cert.pem" "https://${target#*=}/" ||
       die "${target%%=*} does not answer over TLS (logs in $WORK; rerun with --keep)"
   done
-  measure tls-keepalive "Terminating TLS, keep-alive: GET / (HTTP/1.1 over TLS 1.2, as wrk speaks it)" / "${TLS_TARGETS[@]}"
+  measure tls-keepalive "Terminating TLS, keep-alive: GET / (HTTP/1.1 over TLS 1.3, as wrk negotiates it)" / "${TLS_TARGETS[@]}"
   WRK_EXTRA=(-H 'Connection: close')
   measure tls-handshake "Terminating TLS, a new connection (a handshake, resumed as wrk does) per request: GET /" / "${TLS_TARGETS[@]}"
   WRK_EXTRA=()

@@ -10,9 +10,11 @@ mod tls;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, Method, StatusCode};
+use rustls::pki_types::ServerName;
 
 use crate::slot::Slot;
 
@@ -93,6 +95,8 @@ pub struct Config {
     pub initial_active: Slot,
     /// Upstream addresses indexed by `Slot::index()`.
     pub slot_addrs: [SocketAddr; 2],
+    /// How each slot is reached over TLS, indexed by `Slot::index()`; `None`: plain HTTP.
+    pub slot_tls: [Option<SlotTls>; 2],
     pub timeouts: Timeouts,
     pub gate: Gate,
     pub health: Health,
@@ -102,6 +106,19 @@ pub struct Config {
     /// `[cluster]`: the routing state shared with other proxies in
     /// PostgreSQL; none for a proxy on its own (the state file decides).
     pub cluster: Option<ClusterCfg>,
+}
+
+/// A slot reached over TLS (`[slots.blue] tls = true`): HTTP/1.1, the certificate verified.
+#[derive(Debug, Clone)]
+pub struct SlotTls {
+    /// The name the upstream's certificate must be valid for, sent as SNI; unset: the
+    /// address's IP (no SNI, and the certificate must name the IP).
+    pub server_name: Option<ServerName<'static>>,
+    /// The PEM file of the CAs the certificate is verified against; unset: the system's roots.
+    pub ca: Option<PathBuf>,
+    /// The client configuration that trusts them, made by `Config::load` (which reads the
+    /// files); `None` after `Config::parse` alone.
+    pub client: Option<Arc<rustls::ClientConfig>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -68,13 +68,13 @@ use crate::control::controller::Controller;
 use crate::control::guard::GuardRecord;
 use crate::control::health::HealthTable;
 use crate::control::health::Monitor;
-use crate::control::probe::Prober;
+use crate::control::probe::{Endpoint, Prober};
 use crate::control::state::PersistedState;
 use crate::http::forward::Forwarder;
 use crate::http::routing::{Canary, Policy, Router, Snapshot};
 use crate::http::server::{Drain, Handshake, TlsListener};
 use crate::http::traffic::Traffic;
-use crate::http::upstream::Upstream;
+use crate::http::upstream::{Connector, Upstream};
 use crate::metrics::Metrics;
 use crate::ops::budget::{Budget, Downtime};
 use crate::ops::events::{Event, EventKind, EventLog};
@@ -526,9 +526,15 @@ async fn restore(
             )
         }
     };
+    let upstreams = Slot::ALL.map(|slot| {
+        let addr = addrs[slot.index()];
+        let connector = Connector::new(config.slot_tls[slot.index()].as_ref(), addr);
+        Upstream::new(slot, addr, &config.timeouts, connector)
+    });
+    let [blue_at, green_at] = upstreams.each_ref().map(|u| Endpoint::of(u));
     let (blue, green) = tokio::join!(
-        control::health::check(prober, addrs[0], &config.health),
-        control::health::check(prober, addrs[1], &config.health)
+        control::health::check(prober, &blue_at, &config.health),
+        control::health::check(prober, &green_at, &config.health)
     );
     let mut healthy = [false; 2];
     // The active slot is the operator's choice; the other takes users in a
@@ -558,7 +564,7 @@ async fn restore(
     let router = Router::new(Snapshot {
         active,
         previous,
-        upstreams: Slot::ALL.map(|slot| Upstream::new(slot, addrs[slot.index()], &config.timeouts)),
+        upstreams,
         healthy,
         vetted,
         last_switch,

@@ -35,6 +35,8 @@ pub struct ProxyBuilder {
     passes: u32,
     deadline_ms: u64,
     request_timeout_ms: u64,
+    /// More keys of `[slots.blue]` and `[slots.green]` (e.g. `tls = true`), in that order.
+    slot_keys: [String; 2],
     /// TOML appended before the scenarios (e.g. a `[timeouts]` table).
     extra: String,
     /// The `[[scenario]]` tables; the reference config's by default.
@@ -58,6 +60,20 @@ impl ProxyBuilder {
     /// The upstream address of the green slot.
     pub fn green(mut self, addr: impl ToString) -> Self {
         self.green = addr.to_string();
+        self
+    }
+
+    /// More keys of `[slots.<slot>]` beside its address, e.g. `tls = true\nca = "ca.pem"\n`.
+    ///
+    /// # Panics
+    /// When `slot` is neither "blue" nor "green".
+    pub fn slot_toml(mut self, slot: &str, keys: &str) -> Self {
+        let at = match slot {
+            "blue" => 0,
+            "green" => 1,
+            other => panic!("no slot {other:?}"),
+        };
+        self.slot_keys[at].push_str(keys);
         self
     }
 
@@ -109,10 +125,10 @@ active = {active:?}
 
 [slots.blue]
 addr = {blue:?}
-
+{blue_keys}
 [slots.green]
 addr = {green:?}
-
+{green_keys}
 [gate]
 passes = {passes}
 deadline_ms = {deadline_ms}
@@ -126,6 +142,8 @@ request_timeout_ms = {request_timeout_ms}
             active = self.active,
             blue = self.blue,
             green = self.green,
+            blue_keys = self.slot_keys[0],
+            green_keys = self.slot_keys[1],
             passes = self.passes,
             deadline_ms = self.deadline_ms,
             request_timeout_ms = self.request_timeout_ms,
@@ -205,6 +223,7 @@ impl Proxy {
             passes: 3,
             deadline_ms: 10_000,
             request_timeout_ms: 2_000,
+            slot_keys: [String::new(), String::new()],
             extra: String::new(),
             scenarios,
         }

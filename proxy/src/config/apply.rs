@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::{
     CanaryCfg, ClusterCfg, Config, Forwarding, Gate, GuardCfg, Health, IncidentsCfg, Limits,
-    NotifyCfg, SlaCfg, Timeouts, TlsCfg,
+    NotifyCfg, SlaCfg, SlotTls, Timeouts, TlsCfg,
 };
 use crate::slot::Slot;
 
@@ -80,6 +80,7 @@ impl Config {
             token_file,
             initial_active,
             slot_addrs,
+            slot_tls,
             timeouts,
             gate,
             health,
@@ -89,6 +90,7 @@ impl Config {
             cluster,
         } = file;
         let [blue, green] = slot_addrs;
+        let [blue_tls, green_tls] = slot_tls;
         let Timeouts {
             connect,
             response_header,
@@ -180,6 +182,24 @@ impl Config {
                     PUT_SLOT,
                     &run.slot_addrs[Slot::Green.index()],
                     green,
+                ),
+            ],
+            // The upstream pools, the prober and the health checks take a
+            // slot's connector when its upstream is made.
+            slot_tls: [
+                d.slot_tls(
+                    ["slots.blue.tls", "slots.blue.server_name", "slots.blue.ca"],
+                    &run.slot_tls[Slot::Blue.index()],
+                    blue_tls,
+                ),
+                d.slot_tls(
+                    [
+                        "slots.green.tls",
+                        "slots.green.server_name",
+                        "slots.green.ca",
+                    ],
+                    &run.slot_tls[Slot::Green.index()],
+                    green_tls,
                 ),
             ],
             // The prober and the upstream pools take these when they are
@@ -478,6 +498,29 @@ impl Diff {
             Apply::Restart { .. } | Apply::Seed { .. } => running.clone(),
         }
     }
+
+    /// A slot's TLS keys (`tls`, `server_name`, `ca`, named in `keys`):
+    /// each change waits for a restart, and the running value stays whole
+    /// until then. A CA file is compared by its path: new contents at the
+    /// same path are read by the next start.
+    fn slot_tls(
+        &mut self,
+        keys: [&'static str; 3],
+        running: &Option<SlotTls>,
+        file: Option<SlotTls>,
+    ) -> Option<SlotTls> {
+        let before = self.changes.len();
+        let name = |tls: &Option<SlotTls>| tls.as_ref().and_then(|t| t.server_name.clone());
+        let ca = |tls: &Option<SlotTls>| tls.as_ref().and_then(|t| t.ca.clone());
+        self.key(keys[0], RESTART, &running.is_some(), file.is_some());
+        self.key(keys[1], RESTART, &name(running), name(&file));
+        self.key(keys[2], RESTART, &ca(running), ca(&file));
+        if self.changes.len() == before {
+            file
+        } else {
+            running.clone()
+        }
+    }
 }
 
 #[cfg(test)]
@@ -500,6 +543,12 @@ mod tests {
         ("slots.active", "\"green\"", SWITCH),
         ("slots.blue.addr", "\"127.0.0.1:1\"", PUT_SLOT),
         ("slots.green.addr", "\"127.0.0.1:1\"", PUT_SLOT),
+        ("slots.blue.tls", "true", RESTART),
+        ("slots.blue.server_name", "\"blue.test\"", RESTART),
+        ("slots.blue.ca", "\"ca.pem\"", RESTART),
+        ("slots.green.tls", "true", RESTART),
+        ("slots.green.server_name", "\"green.test\"", RESTART),
+        ("slots.green.ca", "\"ca.pem\"", RESTART),
         ("timeouts.connect_ms", "7", RESTART),
         ("timeouts.response_header_ms", "7", LIVE),
         ("timeouts.upstream_idle_ms", "7", RESTART),
@@ -574,15 +623,25 @@ mod tests {
     }
 
     /// The running file of a case: `[tls]` only means something with a TLS
-    /// listener, and that needs a certificate.
+    /// listener, and that needs a certificate; a slot's `server_name` and
+    /// `ca` only with its `tls`.
     fn running_text(key: &str) -> String {
         if key == "cluster.name" {
             format!("[cluster]\n{CLUSTER_STORE}")
         } else if key.starts_with("tls.") || key == "listen.public_tls" {
             format!("{TLS_LISTENER}[tls]\n{TLS_CERTIFICATE}")
+        } else if let Some(table) = slot_tls_table(key) {
+            format!("[{table}]\ntls = true\n")
         } else {
             String::new()
         }
+    }
+
+    /// `slots.blue` for `slots.blue.server_name` and `slots.blue.ca`.
+    fn slot_tls_table(key: &str) -> Option<&str> {
+        key.strip_suffix(".server_name")
+            .or_else(|| key.strip_suffix(".ca"))
+            .filter(|table| table.starts_with("slots."))
     }
 
     /// The reloaded file of a case: the running one with the case's key set.
@@ -595,6 +654,10 @@ mod tests {
             }
             None if key == "listen.public_tls" => {
                 format!("[listen]\npublic_tls = {value}\n[tls]\n{TLS_CERTIFICATE}")
+            }
+            None if slot_tls_table(key).is_some() => {
+                let name = key.rsplit('.').next().unwrap_or(key);
+                format!("{}{name} = {value}\n", running_text(key))
             }
             None => setting(key, value),
         }

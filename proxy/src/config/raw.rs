@@ -128,6 +128,7 @@ impl RawConfig {
             token_file: admin.token_file,
             initial_active: slots.initial_active,
             slot_addrs: slots.addrs,
+            slot_tls: slots.tls,
             timeouts,
             gate,
             health,

@@ -21,12 +21,12 @@ use crate::control::guard::{
     Breach, CanaryChange, Cutover, Deployment, Guard, GuardRecord, Verdict,
 };
 use crate::control::health::{self, HealthTable};
-use crate::control::probe::{ProbeFailure, Prober, Targets};
+use crate::control::probe::{Endpoint, ProbeFailure, Prober, Targets};
 use crate::control::state::{self, PersistedCanary, PersistedState};
 use crate::error::ProxyError;
 use crate::http::routing::{Canary, Policy, Router, Snapshot};
 use crate::http::traffic::Traffic;
-use crate::http::upstream::Upstream;
+use crate::http::upstream::{Connector, Upstream};
 use crate::metrics::Metrics;
 use crate::ops::events::{Event, EventKind, EventLog};
 use crate::slot::Slot;
@@ -319,7 +319,9 @@ impl Controller {
                 .with_guard(self.guard_record()),
         )
         .await?;
-        let upstream = Upstream::new(slot, addr, &self.config.load().timeouts);
+        let config = self.config.load();
+        let connector = Connector::new(config.slot_tls[slot.index()].as_ref(), addr);
+        let upstream = Upstream::new(slot, addr, &config.timeouts, connector);
         self.health.reset(slot, addr);
         let next = self.router.update(|snap| {
             let mut next = snap.to_builder();
@@ -692,9 +694,9 @@ impl Controller {
         };
         let active = current.active;
         let targets = Targets {
-            candidate: current.upstream(candidate).addr,
+            candidate: Endpoint::of(current.upstream(candidate)),
             active: (cross_check == CrossCheck::WithActive && current.is_healthy(active))
-                .then(|| current.upstream(active).addr),
+                .then(|| Endpoint::of(current.upstream(active))),
         };
         let result = gate::run(&self.prober, &scenarios, &config.gate, targets).await;
         let report = ProbeReport {
@@ -756,7 +758,8 @@ impl Controller {
             current.upstream(Slot::Blue).addr,
             current.upstream(Slot::Green).addr,
         ];
-        self.refresh_release(to, addrs[to.index()]).await;
+        self.refresh_release(to, &Endpoint::of(current.upstream(to)))
+            .await;
         if let Some(canary) = builds_on
             && self.router.load().canary != Some(canary)
         {
@@ -819,9 +822,9 @@ impl Controller {
 
     /// The gate just exercised the slot: its release label is worth
     /// refreshing before it is named in events and the status.
-    async fn refresh_release(&self, slot: Slot, addr: SocketAddr) {
+    async fn refresh_release(&self, slot: Slot, at: &Endpoint) {
         let cfg = self.config.load().health.clone();
-        if let Ok(release) = health::check(&self.prober, addr, &cfg).await {
+        if let Ok(release) = health::check(&self.prober, at, &cfg).await {
             self.health.set_release(slot, release);
         }
     }
@@ -919,7 +922,9 @@ impl Controller {
         let upstreams = Slot::ALL.map(|slot| {
             if moved[slot.index()] {
                 self.health.reset(slot, addrs[slot.index()]);
-                Upstream::new(slot, addrs[slot.index()], &config.timeouts)
+                let addr = addrs[slot.index()];
+                let connector = Connector::new(config.slot_tls[slot.index()].as_ref(), addr);
+                Upstream::new(slot, addr, &config.timeouts, connector)
             } else {
                 Arc::clone(current.upstream(slot))
             }

@@ -17,7 +17,7 @@ pub async fn run(
     let rounds = async {
         for _ in 0..gate.passes {
             for scenario in scenarios {
-                prober.run(scenario, targets).await?;
+                prober.run(scenario, &targets).await?;
             }
             passes += 1;
         }

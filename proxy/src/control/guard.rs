@@ -418,8 +418,14 @@ mod tests {
     /// `active` serves, both slots healthy and vetted, with `canary` if given.
     fn snapshot(active: Slot, canary: Option<Canary>) -> Snapshot {
         let config = Config::parse("").expect("defaults");
-        let upstreams =
-            Slot::ALL.map(|s| Upstream::new(s, config.slot_addrs[s.index()], &config.timeouts));
+        let upstreams = Slot::ALL.map(|s| {
+            Upstream::new(
+                s,
+                config.slot_addrs[s.index()],
+                &config.timeouts,
+                crate::http::upstream::Connector::Plain,
+            )
+        });
         Snapshot {
             active,
             previous: Some(active.other()),

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use time::OffsetDateTime;
 
 use crate::config::Health;
-use crate::control::probe::Prober;
+use crate::control::probe::{Endpoint, Prober};
 use crate::http::routing::Router;
 use crate::ops::events::{Event, EventKind, EventLog};
 use crate::slot::Slot;
@@ -104,12 +104,8 @@ impl HealthTable {
 }
 
 /// One liveness check: the release label on success, what went wrong otherwise.
-pub async fn check(
-    prober: &Prober,
-    addr: SocketAddr,
-    cfg: &Health,
-) -> Result<Option<String>, String> {
-    let response = prober.get(addr, &cfg.path, cfg.timeout).await?;
+pub async fn check(prober: &Prober, to: &Endpoint, cfg: &Health) -> Result<Option<String>, String> {
+    let response = prober.get(to, &cfg.path, cfg.timeout).await?;
     if !response.status.is_success() {
         return Err(format!(
             "{} answered status {}",
@@ -145,17 +141,15 @@ impl Monitor {
     ) {
         let mut ticker = Ticker::new(self.cfg.interval, shutdown);
         while ticker.tick().await {
-            let addrs = {
+            let [blue_at, green_at] = {
                 let snap = self.router.load();
-                [
-                    snap.upstream(Slot::Blue).addr,
-                    snap.upstream(Slot::Green).addr,
-                ]
+                Slot::ALL.map(|slot| Endpoint::of(snap.upstream(slot)))
             };
             let (blue, green) = tokio::join!(
-                check(&prober, addrs[0], &self.cfg),
-                check(&prober, addrs[1], &self.cfg)
+                check(&prober, &blue_at, &self.cfg),
+                check(&prober, &green_at, &self.cfg)
             );
+            let addrs = [blue_at.addr, green_at.addr];
             for (slot, result) in [(Slot::Blue, blue), (Slot::Green, green)] {
                 let addr = addrs[slot.index()];
                 let currently = self.router.load().is_healthy(slot);

@@ -235,8 +235,14 @@ mod tests {
     fn snapshot(canary: Option<Canary>, secret: Option<&str>) -> Snapshot {
         let mut config = Config::parse("").expect("defaults");
         config.canary.preview_secret = secret.map(str::to_string);
-        let upstreams =
-            Slot::ALL.map(|s| Upstream::new(s, config.slot_addrs[s.index()], &config.timeouts));
+        let upstreams = Slot::ALL.map(|s| {
+            Upstream::new(
+                s,
+                config.slot_addrs[s.index()],
+                &config.timeouts,
+                crate::http::upstream::Connector::Plain,
+            )
+        });
         Snapshot {
             active: Slot::Blue,
             previous: None,

@@ -14,6 +14,8 @@
 //! - `tls`: HTTPS end to end: HTTP/1.1 and HTTP/2 over TLS, SNI, certificates swapped and
 //!   refused by reload and check-config, the http-to-https redirect, handshake timeouts, https
 //!   webhooks.
+//! - `upstream_tls`: a slot reached over TLS: probed, checked and served on kept-alive
+//!   connections; one whose certificate does not verify is down with the reason, and refused.
 //! - `large_body`: 32 MB bodies intact both ways, with a length, chunked, and over HTTP/2.
 //! - `half_close`: a client that half-closes after its request still gets its answer.
 //! - `parking`: idle HTTP/1.1 connections parked without buffers and served as before when
@@ -78,6 +80,7 @@ mod shutdown;
 mod smuggling;
 mod tls;
 mod upstream_conformance;
+mod upstream_tls;
 
 // Control plane.
 mod admin;
