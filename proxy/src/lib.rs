@@ -228,15 +228,11 @@ pub async fn run(
         budget: Arc::clone(&budget),
         incidents: incident_store,
     });
-    let mut status_stop = listeners_stop_rx.clone();
-    let status_listener = tokio::spawn(async move {
-        let stopped = async move {
-            let _ = status_stop.changed().await;
-        };
-        axum::serve(listeners.status, status_app)
-            .with_graceful_shutdown(stopped)
-            .await
-    });
+    let status_listener = tokio::spawn(takeover::side_listeners::serve(
+        listeners.status,
+        status_app,
+        listeners_stop_rx.clone(),
+    ));
 
     let admin_app = admin::routes::app(AdminState {
         controller: Arc::clone(&controller),
@@ -245,15 +241,11 @@ pub async fn run(
         budget,
         succession,
     });
-    let mut admin_stop = listeners_stop_rx;
-    let admin = tokio::spawn(async move {
-        let stopped = async move {
-            let _ = admin_stop.changed().await;
-        };
-        axum::serve(listeners.admin, admin_app)
-            .with_graceful_shutdown(stopped)
-            .await
-    });
+    let admin = tokio::spawn(takeover::side_listeners::serve(
+        listeners.admin,
+        admin_app,
+        listeners_stop_rx,
+    ));
 
     let tls = listeners.public_tls.map(|listener| TlsListener {
         listener,

@@ -17,6 +17,7 @@
 //! Until `serving`, a new process that fails or goes away leaves the old one
 //! serving: it thaws and carries on as if nothing happened.
 
+pub mod side_listeners;
 mod wire;
 
 use std::io;

@@ -249,6 +249,19 @@ pub async fn raw_exchange_half_closed(
     exchange(addr, request, true).await
 }
 
+/// Sends `request` on `stream`, a connection kept open by the caller, and reads one response.
+pub async fn raw_exchange_on(stream: &mut TcpStream, request: &str) -> Result<RawResponse, String> {
+    tokio::time::timeout(RAW_TIMEOUT, async {
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        read_response(stream).await
+    })
+    .await
+    .map_err(|_| format!("no complete response within {RAW_TIMEOUT:?}"))?
+}
+
 async fn exchange(
     addr: SocketAddr,
     request: &str,

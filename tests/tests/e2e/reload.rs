@@ -5,11 +5,12 @@
 use std::path::Path;
 use std::time::Duration;
 
-use e2e::client::{REQUEST_TIMEOUT, raw_exchange, release_of};
+use e2e::client::{REQUEST_TIMEOUT, raw_exchange, raw_exchange_on, release_of};
 use e2e::recorder::RecorderStack;
 use e2e::{Proxy, TestStack, Traffic, eventually, http_client};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
+use tokio::io::AsyncReadExt as _;
 
 const SECRET: &str = "preview-secret-0123456789";
 const OTHER_SECRET: &str = "another-secret-9876543210";
@@ -343,6 +344,50 @@ async fn an_invalid_file_is_refused_with_every_problem_and_changes_nothing() {
         .await
         .expect("the proxy answers");
     assert_eq!(release_of(&no_preview), "v2", "the preview is off again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_connection_kept_open_through_a_takeover_is_answered_then_closed() {
+    // Arrange: a keep-alive admin connection, answered once and idle, as a release script's
+    // client keeps it between two polls; a change only a new process applies.
+    let stack = RecorderStack::start(|proxy| proxy).await;
+    let ask = format!(
+        "GET /status HTTP/1.1\r\nhost: admin\r\nauthorization: Bearer {}\r\n\r\n",
+        stack.proxy.token()
+    );
+    let mut kept = tokio::net::TcpStream::connect(stack.proxy.admin_addr())
+        .await
+        .expect("the admin listener accepts");
+    let first = raw_exchange_on(&mut kept, &ask).await.expect("an answer");
+    assert_eq!(first.status, 200, "{first:?}");
+    let config = stack.proxy.config_path().to_owned();
+    let original = std::fs::read_to_string(&config).expect("the config is readable");
+    std::fs::write(
+        &config,
+        with_tables(&original, "[limits]\nmax_connections = 5"),
+    )
+    .expect("the config is writable");
+
+    // Act: the takeover, then the next request on the kept connection at once.
+    let (code, body) = post_reload(&stack.proxy).await;
+    let next = raw_exchange_on(&mut kept, &ask).await;
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(REQUEST_TIMEOUT, kept.read_to_end(&mut rest)).await;
+
+    // Assert
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let successor = body["took_over"]
+        .as_u64()
+        .map(|pid| e2e::proxy::Adopted::new(u32::try_from(pid).expect("a pid fits in u32")))
+        .unwrap_or_else(|| panic!("no process took over: {body}"));
+    let next = next.expect("the kept connection's next request is answered, not cut");
+    assert_eq!(next.status, 200, "{next:?}");
+    assert_eq!(next.header("connection"), Some("close"), "{next:?}");
+    assert!(
+        matches!(closed, Ok(Ok(0))),
+        "the old process closes the connection after that answer: {closed:?}"
+    );
+    assert!(successor.stop().await, "the successor did not stop");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
