@@ -255,6 +255,11 @@ async fn a_failing_canary_costs_users_nothing_at_32_users() {
     a_failing_canary_costs_users_nothing(32).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_canary_costs_users_nothing_at_100_users() {
+    a_failing_canary_costs_users_nothing(100).await;
+}
+
 async fn a_failing_canary_costs_users_nothing(tasks: usize) {
     // Arrange: green answers its first 200 requests (gate and health checks), then 500.
     let stack = TestStack::builder()

@@ -39,6 +39,11 @@ async fn a_failing_canary_is_aborted_within_min_requests_plus_in_flight_at_32_us
     aborted_within_the_bound(32).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_canary_is_aborted_within_min_requests_plus_in_flight_at_100_users() {
+    aborted_within_the_bound(100).await;
+}
+
 /// `tasks` concurrent users, each with at most one request in flight.
 async fn aborted_within_the_bound(tasks: usize) {
     // Arrange: links made on blue for the users to follow, then green at 20%.
