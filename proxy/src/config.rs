@@ -91,8 +91,9 @@ pub struct Config {
     pub notify: NotifyCfg,
     pub token_file: Option<PathBuf>,
     pub initial_active: Slot,
-    /// Upstream addresses indexed by `Slot::index()`.
-    pub slot_addrs: [SocketAddr; 2],
+    /// Each slot's members (upstream addresses), indexed by
+    /// `Slot::index()`: one to `pool::MAX_MEMBERS`, distinct.
+    pub slot_addrs: [Vec<SocketAddr>; 2],
     pub timeouts: Timeouts,
     pub gate: Gate,
     pub health: Health,

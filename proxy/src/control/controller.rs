@@ -20,12 +20,12 @@ use crate::control::guard::{
     Breach, CanaryChange, Cutover, Deployment, Guard, GuardRecord, Verdict,
 };
 use crate::control::health::{self, HealthTable};
-use crate::control::probe::{ProbeFailure, Prober, Targets};
+use crate::control::probe::{ProbeFailure, Prober};
 use crate::control::state::{self, PersistedCanary, PersistedState};
 use crate::error::ProxyError;
+use crate::http::pool::Pool;
 use crate::http::routing::{Canary, Policy, Router, Snapshot};
 use crate::http::traffic::Traffic;
-use crate::http::upstream::Upstream;
 use crate::metrics::Metrics;
 use crate::ops::events::{Event, EventKind, EventLog};
 use crate::slot::Slot;
@@ -267,11 +267,11 @@ impl Controller {
         .await
     }
 
-    /// Points the idle slot at another upstream address.
-    pub async fn set_addr(
+    /// Points the idle slot at other upstreams (one, or a pool).
+    pub async fn set_addrs(
         &self,
         slot: Slot,
-        addr: SocketAddr,
+        addrs: Vec<SocketAddr>,
     ) -> Result<Arc<Snapshot>, ControlError> {
         let _op = self.lock_ops().await?;
         let current = self.router.load_full();
@@ -285,43 +285,44 @@ impl Controller {
                 "{slot} has a canary share; abort it first"
             )));
         }
-        if current.upstream(slot).addr == addr {
+        if current.pool(slot).addrs() == addrs {
             return Ok(current);
         }
-        let mut addrs = [
-            current.upstream(Slot::Blue).addr,
-            current.upstream(Slot::Green).addr,
-        ];
-        addrs[slot.index()] = addr;
+        let mut all = Slot::ALL.map(|s| current.pool(s).addrs());
+        all[slot.index()].clone_from(&addrs);
         let mut vetted = current.vetted;
         vetted[slot.index()] = false;
         self.persist(
-            &PersistedState::new(current.active, current.previous, addrs, current.last_switch)
+            &PersistedState::new(current.active, current.previous, all, current.last_switch)
                 .with_vetted(self.vetted_releases(vetted))
                 .with_canary(current.canary.map(persisted_canary))
                 .with_guard(self.guard_record()),
         )
         .await?;
-        let upstream = Upstream::new(slot, addr, &self.config.load().timeouts);
-        self.health.reset(slot, addr);
+        // Every member unknown until checked: never routed to before it is.
+        let pool = Arc::new(Pool::new(slot, &addrs, &self.config.load().timeouts));
+        self.health.reset(slot, &addrs);
         let next = self.router.update(|snap| {
             let mut next = snap.to_builder();
-            next.upstreams[slot.index()] = Arc::clone(&upstream);
-            // Unknown until checked: never routed to before it is.
-            next.healthy[slot.index()] = false;
+            next.pools[slot.index()] = Arc::clone(&pool);
             next.vetted[slot.index()] = false;
             next
         });
         *self.last_probe[slot.index()]
             .lock()
             .expect("probe report lock is never poisoned") = None;
+        let listed = addrs
+            .iter()
+            .map(SocketAddr::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
         self.events.record(
             Event::new(
                 EventKind::SlotChanged,
-                format!("{slot} now points at {addr}"),
+                format!("{slot} now points at {listed}"),
             )
             .slot_to(slot)
-            .detail(serde_json::json!({ "addr": addr })),
+            .detail(serde_json::json!({ "addr": addrs[0], "addrs": addrs })),
         );
         Ok(next)
     }
@@ -379,8 +380,8 @@ impl Controller {
             let mut next = snap.to_builder();
             next.canary = Some(Canary { slot, percent });
             if change == CanaryChange::Start {
-                // It just passed the gate.
-                next.healthy[slot.index()] = true;
+                // Every member just passed the gate.
+                next.pools[slot.index()] = Arc::new(snap.pool(slot).all_healthy());
                 next.vetted[slot.index()] = true;
             }
             next
@@ -617,7 +618,7 @@ impl Controller {
     fn deployment(&self, slot: Slot, snap: &Snapshot) -> Deployment {
         Deployment {
             slot,
-            addr: snap.upstream(slot).addr,
+            addr: snap.pool(slot).first().addr,
             release: self.release(slot),
         }
     }
@@ -651,12 +652,28 @@ impl Controller {
             config.scenarios.clone()
         };
         let active = current.active;
-        let targets = Targets {
-            candidate: current.upstream(candidate).addr,
-            active: (cross_check == CrossCheck::WithActive && current.is_healthy(active))
-                .then(|| current.upstream(active).addr),
+        let candidates = current.pool(candidate).addrs();
+        // The active release's members that are up read the candidate's
+        // writes; with none up, those steps run against the candidate.
+        let readers: Vec<SocketAddr> = if cross_check == CrossCheck::WithActive {
+            let pool = current.pool(active);
+            pool.members()
+                .iter()
+                .enumerate()
+                .filter(|(at, _)| pool.member_healthy(*at))
+                .map(|(_, m)| m.addr)
+                .collect()
+        } else {
+            Vec::new()
         };
-        let result = gate::run(&self.prober, &scenarios, &config.gate, targets).await;
+        let result = gate::run_members(
+            &self.prober,
+            &scenarios,
+            &config.gate,
+            &candidates,
+            &readers,
+        )
+        .await;
         let report = ProbeReport {
             ok: result.is_ok(),
             at: OffsetDateTime::now_utc(),
@@ -712,11 +729,8 @@ impl Controller {
         let current = self.router.load_full();
         let from = current.active;
         let now = OffsetDateTime::now_utc();
-        let addrs = [
-            current.upstream(Slot::Blue).addr,
-            current.upstream(Slot::Green).addr,
-        ];
-        self.refresh_release(to, addrs[to.index()]).await;
+        let addrs = Slot::ALL.map(|s| current.pool(s).addrs());
+        self.refresh_release(to, &addrs[to.index()]).await;
         if let Some(canary) = builds_on
             && self.router.load().canary != Some(canary)
         {
@@ -746,7 +760,8 @@ impl Controller {
             let mut next = snap.to_builder();
             next.active = to;
             next.previous = Some(from);
-            next.healthy[to.index()] = true;
+            // Every member just passed the gate.
+            next.pools[to.index()] = Arc::new(snap.pool(to).all_healthy());
             next.vetted[to.index()] = true;
             next.last_switch = Some(now);
             next.canary = None;
@@ -779,10 +794,16 @@ impl Controller {
 
     /// The gate just exercised the slot: its release label is worth
     /// refreshing before it is named in events and the status.
-    async fn refresh_release(&self, slot: Slot, addr: SocketAddr) {
+    async fn refresh_release(&self, slot: Slot, addrs: &[SocketAddr]) {
         let cfg = self.config.load().health.clone();
-        if let Ok(release) = health::check(&self.prober, addr, &cfg).await {
-            self.health.set_release(slot, release);
+        let checks = addrs
+            .iter()
+            .map(|addr| health::check(&self.prober, *addr, &cfg));
+        let results = futures_util::future::join_all(checks).await;
+        for (addr, result) in addrs.iter().zip(results) {
+            if let Ok(release) = result {
+                self.health.set_release(slot, *addr, release);
+            }
         }
     }
 
@@ -797,10 +818,7 @@ impl Controller {
 
     /// The state file's contents for `snap` and the guard as they stand.
     fn state_of(&self, snap: &Snapshot) -> PersistedState {
-        let addrs = [
-            snap.upstream(Slot::Blue).addr,
-            snap.upstream(Slot::Green).addr,
-        ];
+        let addrs = Slot::ALL.map(|s| snap.pool(s).addrs());
         PersistedState::new(snap.active, snap.previous, addrs, snap.last_switch)
             .with_vetted(self.vetted_releases(snap.vetted))
             .with_canary(snap.canary.map(persisted_canary))

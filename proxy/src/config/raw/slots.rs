@@ -1,4 +1,5 @@
-//! `[slots]`: the two upstreams and which one takes traffic on a first start.
+//! `[slots]`: each slot's upstreams (one `addr`, or a pool in `addrs`) and
+//! which slot takes traffic on a first start.
 
 use std::net::SocketAddr;
 
@@ -6,6 +7,7 @@ use serde::Deserialize;
 
 use super::problems::Problems;
 use crate::config::defaults as d;
+use crate::http::pool::MAX_MEMBERS;
 use crate::slot::Slot;
 
 #[derive(Debug, Default, Deserialize)]
@@ -20,19 +22,20 @@ pub(super) struct RawSlots {
 #[derive(Debug, Default, Deserialize)]
 struct RawSlot {
     addr: Option<String>,
+    addrs: Option<Vec<String>>,
 }
 
 /// The validated `[slots]`, spread over `Config`'s top-level fields.
 pub(super) struct Slots {
     pub(super) initial_active: Slot,
-    /// Indexed by `Slot::index()`.
-    pub(super) addrs: [SocketAddr; 2],
+    /// Each slot's members, indexed by `Slot::index()`; never empty.
+    pub(super) addrs: [Vec<SocketAddr>; 2],
 }
 
 impl RawSlots {
     pub(super) fn validate(self, p: &mut Problems) -> Slots {
-        let blue = p.addr("slots.blue.addr", self.blue.addr.as_deref(), d::BLUE);
-        let green = p.addr("slots.green.addr", self.green.addr.as_deref(), d::GREEN);
+        let blue = self.blue.validate(Slot::Blue, d::BLUE, p);
+        let green = self.green.validate(Slot::Green, d::GREEN, p);
         let initial_active = match self.active.as_deref().unwrap_or(d::ACTIVE).parse::<Slot>() {
             Ok(slot) => slot,
             Err(e) => {
@@ -43,6 +46,49 @@ impl RawSlots {
         Slots {
             initial_active,
             addrs: [blue, green],
+        }
+    }
+}
+
+impl RawSlot {
+    /// One member from `addr`, or the pool in `addrs`; both at once is
+    /// ambiguous, so it is a problem rather than a silent choice.
+    fn validate(self, slot: Slot, default: &str, p: &mut Problems) -> Vec<SocketAddr> {
+        let fallback = || vec![default.parse().expect("defaults are valid addresses")];
+        match (self.addr, self.addrs) {
+            (Some(_), Some(_)) => {
+                p.push(
+                    format!("slots.{slot}.addrs"),
+                    format!("give slots.{slot}.addr (one upstream) or slots.{slot}.addrs (a pool), not both"),
+                );
+                fallback()
+            }
+            (None, Some(list)) => {
+                let key = format!("slots.{slot}.addrs");
+                let mut addrs = Vec::with_capacity(list.len());
+                for text in &list {
+                    let addr = p.addr(&key, Some(text), default);
+                    if addrs.contains(&addr) {
+                        p.push(&*key, format!("{text:?} is listed twice"));
+                    }
+                    addrs.push(addr);
+                }
+                if addrs.is_empty() {
+                    p.push(key, "lists no address: a slot needs at least one upstream");
+                    return fallback();
+                }
+                if addrs.len() > MAX_MEMBERS {
+                    p.push(
+                        key,
+                        format!(
+                            "lists {} addresses; a slot takes at most {MAX_MEMBERS}",
+                            addrs.len()
+                        ),
+                    );
+                }
+                addrs
+            }
+            (addr, None) => vec![p.addr(&format!("slots.{slot}.addr"), addr.as_deref(), default)],
         }
     }
 }
