@@ -436,6 +436,47 @@ mod tests {
     }
 
     #[test]
+    fn a_slot_takes_one_addr_or_a_pool_in_addrs() {
+        let text = "[slots.blue]\naddrs = [\"127.0.0.2:8081\", \"127.0.0.3:8081\"]\n";
+        let config = Config::parse(text).expect("a pool is valid");
+        let addr = |a: &str| a.parse::<SocketAddr>().expect("addr");
+        assert_eq!(
+            config.slot_addrs,
+            [
+                vec![addr("127.0.0.2:8081"), addr("127.0.0.3:8081")],
+                vec![addr("127.0.0.1:8082")],
+            ]
+        );
+    }
+
+    #[test]
+    fn a_slot_with_both_addr_and_addrs_or_a_bad_pool_is_refused_with_key_and_line() {
+        let text = "[slots.blue]\naddr = \"127.0.0.1:1\"\naddrs = [\"127.0.0.1:2\"]\n[slots.green]\naddrs = [\"127.0.0.1:3\", \"nonsense\", \"127.0.0.1:3\"]\n";
+        let problems = Config::parse(text).expect_err("invalid");
+        let found = |key: &str, line: usize, words: &str| {
+            problems
+                .iter()
+                .any(|p| p.key == key && p.line == Some(line) && p.message.contains(words))
+        };
+        assert!(found("slots.blue.addrs", 3, "not both"), "{problems:?}");
+        assert!(
+            found("slots.green.addrs", 5, "\"nonsense\""),
+            "{problems:?}"
+        );
+        assert!(
+            found("slots.green.addrs", 5, "listed twice"),
+            "{problems:?}"
+        );
+        let empty = Config::parse("[slots.green]\naddrs = []\n").expect_err("empty");
+        assert!(
+            empty
+                .iter()
+                .any(|p| p.key == "slots.green.addrs" && p.message.contains("no address")),
+            "{empty:?}"
+        );
+    }
+
+    #[test]
     fn an_unknown_key_is_an_error_with_its_line() {
         let problems = Config::parse("[gate]\npasses = 3\npasess = 4\n").expect_err("typo");
         assert_eq!(problems.len(), 1);
