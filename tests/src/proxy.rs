@@ -29,6 +29,9 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct ProxyBuilder {
     blue: String,
     green: String,
+    /// `slots.<slot>.addrs = [...]` instead of `addr`, for a pool.
+    blue_line: Option<String>,
+    green_line: Option<String>,
     active: String,
     passes: u32,
     deadline_ms: u64,
@@ -49,6 +52,18 @@ impl ProxyBuilder {
     /// The upstream address of the green slot.
     pub fn green(mut self, addr: impl ToString) -> Self {
         self.green = addr.to_string();
+        self
+    }
+
+    /// A pool of upstreams for `slot` (`slots.<slot>.addrs`), instead of its one address.
+    pub fn pool(mut self, slot: &str, addrs: &[SocketAddr]) -> Self {
+        let list: Vec<String> = addrs.iter().map(SocketAddr::to_string).collect();
+        let line = format!("addrs = {list:?}");
+        match slot {
+            "blue" => self.blue_line = Some(line),
+            "green" => self.green_line = Some(line),
+            other => panic!("no slot {other:?}"),
+        }
         self
     }
 
@@ -99,10 +114,10 @@ status = "127.0.0.1:0"
 active = {active:?}
 
 [slots.blue]
-addr = {blue:?}
+{blue}
 
 [slots.green]
-addr = {green:?}
+{green}
 
 [gate]
 passes = {passes}
@@ -114,8 +129,14 @@ request_timeout_ms = {request_timeout_ms}
 "#,
             data_dir = data_dir.display().to_string(),
             active = self.active,
-            blue = self.blue,
-            green = self.green,
+            blue = self
+                .blue_line
+                .clone()
+                .unwrap_or_else(|| format!("addr = {:?}", self.blue)),
+            green = self
+                .green_line
+                .clone()
+                .unwrap_or_else(|| format!("addr = {:?}", self.green)),
             passes = self.passes,
             deadline_ms = self.deadline_ms,
             request_timeout_ms = self.request_timeout_ms,
@@ -190,6 +211,8 @@ impl Proxy {
         ProxyBuilder {
             blue: String::new(),
             green: String::new(),
+            blue_line: None,
+            green_line: None,
             active: "blue".to_owned(),
             passes: 3,
             deadline_ms: 10_000,
