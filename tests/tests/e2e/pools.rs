@@ -2,13 +2,14 @@
 //! killed under load costs users nothing (its requests go to the other members); all three
 //! killed, users go to the other, vetted slot; a release with one broken member is refused by
 //! the gate, which names the member; switches under load lose nothing, and every link created
-//! resolves through both releases.
+//! resolves through both releases. `scripts/deploy.sh` starts the release on every member.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use e2e::client::{REQUEST_TIMEOUT, follow};
 use e2e::postgres::PostgresServer;
+use e2e::script_run::{STOP_TIMEOUT, ScriptStack, free_addr};
 use e2e::{Proxy, Shortener, Traffic, eventually, http_client};
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -289,4 +290,52 @@ async fn switches_under_load_with_pools_lose_nothing_and_every_link_resolves_thr
         report.links.len(),
         &unresolved[..unresolved.len().min(10)]
     );
+}
+
+#[tokio::test]
+async fn deploy_sh_starts_the_release_on_every_member_of_the_idle_slot() {
+    // Arrange: green is a pool of two free addresses on 127.0.0.2 and 127.0.0.3.
+    let port = free_addr().port();
+    let members: Vec<SocketAddr> = HOSTS[..2]
+        .iter()
+        .map(|host| SocketAddr::new(IpAddr::V4(*host), port))
+        .collect();
+    let stack = ScriptStack::start("deploy.sh", |proxy| proxy.pool("green", &members)).await;
+    let client = http_client(REQUEST_TIMEOUT);
+
+    // Act: a broken release first, then a good one.
+    let (refused, refused_text) = stack.run("v2", &["--fault", "create-500"]).await;
+    let mut stopped = true;
+    for member in &members {
+        let member = *member;
+        stopped &= eventually(
+            || async move { tokio::net::TcpStream::connect(member).await.is_err() },
+            STOP_TIMEOUT,
+        )
+        .await;
+    }
+    let (output, text) = stack.run("v3", &[]).await;
+
+    // Assert
+    assert!(
+        !refused.status.success(),
+        "a broken release went live:\n{refused_text}"
+    );
+    assert!(stopped, "a refused member still listens:\n{refused_text}");
+    assert!(output.status.success(), "deploy.sh failed:\n{text}");
+    assert_eq!(stack.proxy.active().await, "green", "{text}");
+    for member in &members {
+        let answer = client
+            .get(format!("http://{member}/healthz"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("nothing listens on {member}: {e}\n{text}"));
+        assert_eq!(answer.headers()["x-release"], "v3", "{member}\n{text}");
+    }
+    for pid_file in ["green.pid", "green.1.pid"] {
+        assert!(
+            stack.instances.run_dir.join(pid_file).is_file(),
+            "no {pid_file}:\n{text}"
+        );
+    }
 }
