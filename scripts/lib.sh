@@ -192,8 +192,9 @@ admin_error_text() {
 # print_refusal: the failure of a 409 answer, one field a line.
 print_refusal() {
   local -a FIELDS=()
-  if json_fields "$ADMIN_BODY" error failure.scenario failure.step failure.expected failure.got 2>/dev/null; then
+  if json_fields "$ADMIN_BODY" error failure.scenario failure.step failure.expected failure.got failure.member 2>/dev/null; then
     if [[ -n ${FIELDS[1]} || -n ${FIELDS[2]} ]]; then
+      [[ -z ${FIELDS[5]} ]] || printf '  member:   %s\n' "${FIELDS[5]}"
       printf '  scenario: %s\n  step:     %s\n  expected: %s\n  got:      %s\n' \
         "${FIELDS[1]}" "${FIELDS[2]}" "${FIELDS[3]}" "${FIELDS[4]}"
     else
