@@ -23,7 +23,10 @@ PATHS='/ /r'
 PIN=1
 BUILD=1
 KEEP=0
-HOLD=1000
+HOLD=10000,50000
+# Seconds the held connections stay idle before the reading: long enough for
+# ours to park them (idle for a second).
+HOLD_SETTLE=3
 SWITCH_SECONDS=10
 UPGRADES=10
 UPGRADE_SECONDS=20
@@ -60,8 +63,17 @@ Sections (--sections, default $SECTIONS):
              once before it is measured, so both slots are vetted and every
              request is ready for a retry on the other one, as after a deploy.
   shortener  the same in front of the real shortener (GET /<code>, a 302).
-  memory     each proxy's RSS: idle when started, holding $HOLD open keep-alive
-             client connections (scripts/bench/hold_conns.py), and after.
+  memory     each proxy's RSS (resident memory), each started afresh for each
+             figure: idle (started, one request served), holding N idle client
+             connections (scripts/bench/hold_conns.py: one request each, then
+             held open and idle, for N in --hold), HTTP/1.1 keep-alive and
+             HTTP/2 with prior knowledge, read ${HOLD_SETTLE}s after the last one is
+             open; the KiB per connection that makes; and after they all close,
+             the RSS once back within 20% of the idle figure (read every second,
+             for at most 60s), with the seconds that took. The file limit is
+             raised to fit (ulimit -n in this script; a count the hard limit
+             cannot fit is skipped); every proxy's idle timeout is 300s here
+             and its connection limit N plus 1,024.
   switch     wrk through our proxy in front of two shorteners (v1 on blue, v2 on
              green) while the admin API switches slots every half second; tallies
              which release answered (x-release) and every error kind
@@ -71,8 +83,9 @@ Sections (--sections, default $SECTIONS):
              resumption) in front of the nginx upstream, GET /: keep-alive
              (requests/s, p50, p99), and a new connection, so a new handshake, per
              request ("Connection: close": requests/s are handshakes/s); same
-             rounds and ratios as above. wrk speaks TLS 1.2 and resumes its
-             sessions, so these handshakes are mostly abbreviated ones.
+             rounds and ratios as above. wrk (OpenSSL 3) negotiates TLS 1.3
+             and resumes its sessions: these handshakes are resumed ones,
+             each with an X25519 exchange, and no certificate signature.
              --compare builds are not measured here.
   upgrade    wrk through each proxy (in front of the nginx upstream) while it
              is upgraded --upgrades times, as its documentation recommends:
@@ -102,7 +115,7 @@ Options:
   --warmup S          seconds of an unmeasured run per target first (default $WARMUP; 0: none)
   --paths "P..."      paths measured in front of nginx (default "$PATHS")
   --sections LIST     which sections, comma-separated (default $SECTIONS)
-  --hold N            client connections held for the memory section (default $HOLD)
+  --hold N,...        client connections held for the memory section (default $HOLD)
   --switch-seconds S  length of the switch-under-load run (default $SWITCH_SECONDS)
   --upgrades N        upgrades of each proxy in the upgrade run (default $UPGRADES)
   --upgrade-seconds S length of each proxy's upgrade run (default $UPGRADE_SECONDS)
@@ -165,10 +178,13 @@ while (($#)); do
   esac
 done
 
-for n in ROUNDS DURATION CONNECTIONS HOLD SWITCH_SECONDS UPGRADES UPGRADE_SECONDS; do
+for n in ROUNDS DURATION CONNECTIONS SWITCH_SECONDS UPGRADES UPGRADE_SECONDS; do
   [[ ${!n} =~ ^[1-9][0-9]*$ ]] || die "--$(tr 'A-Z_' 'a-z-' <<<"$n") must be a positive whole number"
 done
 [[ $WARMUP =~ ^[0-9]+$ ]] || die "--warmup must be a whole number of seconds"
+[[ $HOLD =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]] || die "--hold must be positive whole numbers, comma-separated"
+HOLD_MAX=0
+for n in ${HOLD//,/ }; do ((n > HOLD_MAX)) && HOLD_MAX=$n; done
 for section in ${SECTIONS//,/ }; do
   case $section in
   nginx | shortener | memory | switch | tls | upgrade) ;;
@@ -220,8 +236,15 @@ else
   PIN_SERVER=()
 fi
 
-# 1,000 held connections, and as many to the upstream, need file descriptors.
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+# The held connections need a descriptor each, in the holder and in the
+# proxy: raised here, for this script and what it starts, not in the system
+# (root may raise the hard limit too; anyone else up to it).
+FILES=$((HOLD_MAX + 16384 > 65536 ? HOLD_MAX + 16384 : 65536))
+ulimit -n "$FILES" 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+FILE_LIMIT=$(ulimit -n)
+# What a proxy needs beside its clients: its listeners, logs, upstream
+# connections.
+FILE_MARGIN=512
 
 if ((BUILD)); then
   log "cargo build --release -p proxy -p shortener"
@@ -275,7 +298,7 @@ forget_pid() {
   PIDS=("${PIDS[@]}")
 }
 
-mapfile -t PORTS < <(free_ports $((12 + 3 * ${#COMPARE[@]} + 5)))
+mapfile -t PORTS < <(free_ports $((14 + 3 * ${#COMPARE[@]} + 5)))
 UPSTREAM_PORT=${PORTS[0]}
 OURS_PORT=${PORTS[1]}
 OURS_ADMIN_PORT=${PORTS[2]}
@@ -297,6 +320,16 @@ OURS_TABLES_EXTRA=''
 TLS_DIR=$WORK/tls
 # The upgrade section's, after those of the --compare builds.
 UPGRADE_PORTS=("${PORTS[@]: -5}")
+# HTTP/2 with prior knowledge in the memory section: nginx and HAProxy on a
+# port of its own.
+NGINX_H2_PORT=${PORTS[12]}
+HAPROXY_H2_PORT=${PORTS[13]}
+
+# The memory section's settings of every proxy (empty: the defaults): its
+# connection limit and idle timeout in seconds; nginx and HAProxy then also
+# take HTTP/2 with prior knowledge on the ports above.
+MEM_CONNS=''
+MEM_IDLE_S=300
 
 # wait_port ADDR PID WHAT: wait (bounded) until ADDR accepts connections.
 wait_port() {
@@ -351,10 +384,11 @@ start_nginx_proxy() {
   fi
   mkdir -p "$dir"
   {
-    nginx_common "$dir"
+    NGINX_WORKER_CONNECTIONS=${MEM_CONNS:-8192} nginx_common "$dir"
     cat <<EOF
 http {
 $(nginx_temp_paths "$dir")
+$(if [[ -n $MEM_CONNS ]]; then echo "  keepalive_timeout ${MEM_IDLE_S}s;"; fi)
   upstream backend {
     server $2;
     # An idle connection for every client connection: none is ever closed.
@@ -364,6 +398,7 @@ $(nginx_temp_paths "$dir")
   server {
     listen 127.0.0.1:$1$ssl backlog=4096;
 $ssl_conf
+$(if [[ -n $MEM_CONNS ]]; then echo "    listen 127.0.0.1:$NGINX_H2_PORT http2 backlog=4096;"; fi)
     location / {
       proxy_pass http://backend;
       proxy_http_version 1.1;
@@ -399,22 +434,30 @@ start_haproxy() {
     # shellcheck disable=SC2034 # read in the heredoc of the config below
     proto=https
   fi
+  local client_timeout=60s
+  [[ -n $MEM_CONNS ]] && client_timeout=${MEM_IDLE_S}s
   mkdir -p "$dir"
   cat >"$dir/haproxy.cfg" <<EOF
 global
   nbthread 1
-  maxconn 5000
+  maxconn ${MEM_CONNS:-5000}
+$(if [[ -n $MEM_CONNS ]]; then
+    # It sizes for two descriptors per connection (client and server side);
+    # idle clients need one, so a file limit below that is no reason to stop.
+    echo "  no strict-limits"
+  fi)
 
 defaults
   mode http
   timeout connect 1s
-  timeout client 60s
+  timeout client $client_timeout
   timeout server 60s
   option http-keep-alive
   http-reuse always
 
 frontend public
   bind 127.0.0.1:$1$bind_ssl
+$(if [[ -n $MEM_CONNS ]]; then echo "  bind 127.0.0.1:$HAPROXY_H2_PORT proto h2"; fi)
   default_backend upstream
 $(if [[ $BASELINE_HEADERS == same ]]; then
     cat <<HAPROXY
@@ -466,6 +509,9 @@ addr = "$green"
 $OURS_TABLES_EXTRA
 EOF
     cat "$scenarios"
+    if [[ -n $MEM_CONNS ]]; then
+      printf '\n[limits]\nmax_connections = %s\nidle_timeout_ms = %s\n' "$MEM_CONNS" "$((MEM_IDLE_S * 1000))"
+    fi
   } >"$dir/proxy.toml"
   PROXY_ADMIN_TOKEN=$TOKEN TOKIO_WORKER_THREADS=1 RUST_LOG=${BENCH_RUST_LOG:-warn} \
     start_server "$dir/proxy.log" "$bin" --config "$dir/proxy.toml"
@@ -587,29 +633,53 @@ rss_kb() {
 mib() { awk -v kb="$1" 'BEGIN { printf "%.1f", kb / 1024 }'; }
 
 MEMORY_ROWS=()
-# hold_and_measure NAME PID ADDR IDLE_KB: RSS while HOLD keep-alive client
-# connections are open on ADDR, and after they are closed.
+# hold_and_measure NAME PID ADDR PROTOCOL COUNT: RSS of PID (a proxy just
+# started, nothing else asked of it yet) idle, while COUNT client connections
+# of PROTOCOL (http1 or h2) are held open and idle on ADDR, and after they are
+# closed: a row of MEMORY_ROWS.
 hold_and_measure() {
-  local name=$1 pid=$2 addr=$3 idle=$4
-  local out=$WORK/hold-$name.out
+  local name=$1 pid=$2 addr=$3 protocol=$4 count=$5
+  local out=$WORK/hold-$name-$protocol-$count.out flag=()
+  [[ $protocol == h2 ]] && flag=(--http2)
+  # Idle: once one request has been served, as every proxy in service has;
+  # the first request initializes what every later one shares.
+  python3 "$BENCH_DIR/hold_conns.py" "$(addr_host "$addr")" "$(addr_port "$addr")" \
+    --count 1 "${flag[@]}" --seconds 0 </dev/null >/dev/null 2>&1 ||
+    die "a first request to $name ($protocol) failed"
+  sleep 1
+  local idle
+  idle=$(rss_kb "$pid")
   : >"$out"
   "${PIN_LOAD[@]}" python3 "$BENCH_DIR/hold_conns.py" "$(addr_host "$addr")" "$(addr_port "$addr")" \
-    --count "$HOLD" --seconds 120 </dev/null >"$out" 2>&1 &
+    --count "$count" "${flag[@]}" --seconds 900 --open-timeout 300 </dev/null >"$out" 2>&1 &
   local holder=$!
   PIDS+=("$holder")
-  local deadline=$((SECONDS + 90))
+  local deadline=$((SECONDS + 330))
   while ! grep -q '^held ' "$out" && ((SECONDS < deadline)); do
     pid_gone "$holder" && break
-    sleep 0.2
+    sleep 0.5
   done
-  grep -q '^held ' "$out" || die "could not open $HOLD connections to $name: $(cat "$out")"
-  sleep 1
-  local held_kb held
+  grep -q '^held ' "$out" || die "could not open $count connections to $name: $(cat "$out")"
+  local opened failed
+  read -r _ opened _ failed _ <"$out"
+  ((failed == 0)) || log "  $name: $failed of $count connections failed: $(head -c 300 "$out")"
+  sleep "$HOLD_SETTLE"
+  local held_kb
   held_kb=$(rss_kb "$pid")
-  held=$(sed -n 's/^held \([0-9]*\) failed \([0-9]*\)/\1 open, \2 failed/p' "$out")
   forget_pid "$holder"
-  sleep 1
-  MEMORY_ROWS+=("| $name | $(mib "$idle") | $(mib "$held_kb") ($held) | $(mib "$(rss_kb "$pid")") |")
+  # Back within 20% of idle, read every second for at most a minute.
+  local closed_at=$SECONDS after waited
+  while :; do
+    sleep 1
+    after=$(rss_kb "$pid")
+    waited=$((SECONDS - closed_at))
+    ((after * 10 <= idle * 12 || waited >= 60)) && break
+  done
+  local per_conn back
+  per_conn=$(awk -v a="$idle" -v b="$held_kb" -v n="$opened" 'BEGIN { printf "%.2f", n ? (b - a) / n : 0 }')
+  if ((after * 10 <= idle * 12)); then back="${waited}s"; else back="not within 60s"; fi
+  log "  $name $protocol x$count: idle $(mib "$idle") MiB, held $(mib "$held_kb") MiB ($per_conn KiB each), after $(mib "$after") MiB ($back)"
+  MEMORY_ROWS+=("| $name | $protocol | $opened | $(mib "$idle") | $(mib "$held_kb") | $per_conn | $(mib "$after") ($back) |")
 }
 
 # start_compared UPSTREAM SCENARIOS SECTION: the other builds of ours
@@ -620,7 +690,7 @@ start_compared() {
   COMPARE_TARGETS=()
   COMPARE_PIDS=()
   for i in "${!COMPARE_NAMES[@]}"; do
-    base=$((12 + 3 * i))
+    base=$((14 + 3 * i))
     start_ours "ours-${COMPARE_NAMES[i]}-$3" "${PORTS[base]}" "${PORTS[base + 1]}" "${PORTS[base + 2]}" \
       "$1" "$1" "$2" "${COMPARE_BINS[i]}"
     COMPARE_PIDS+=("$BG_PID")
@@ -630,7 +700,7 @@ start_compared() {
 }
 
 # --- Section: in front of nginx --------------------------------------------
-if want nginx || want memory; then
+if want nginx; then
   log "starting the nginx upstream and the three proxies in front of it"
   start_upstream_nginx "$UPSTREAM_PORT"
   UP=127.0.0.1:$UPSTREAM_PORT
@@ -640,31 +710,67 @@ if want nginx || want memory; then
   start_compared "$UP" "$HEALTH_SCENARIO" nginx
   start_nginx_proxy "$NGINX_PORT" "$UP"
   start_haproxy "$HAPROXY_PORT" "$UP"
-  sleep 1
-  IDLE_OURS=$(rss_kb "$OURS_PID")
-  IDLE_NGINX=$(rss_kb "$NGINX_PID")
-  IDLE_HAPROXY=$(rss_kb "$HAPROXY_PID")
 
   TARGET_PID=([upstream]=$UPSTREAM_PID [ours]=$OURS_PID [nginx]=$NGINX_PID [haproxy]=$HAPROXY_PID)
   for i in "${!COMPARE_NAMES[@]}"; do
     TARGET_PID[${COMPARE_NAMES[i]}]=${COMPARE_PIDS[i]}
   done
-  if want nginx; then
-    for path in $PATHS; do
-      measure "nginx$path" "In front of nginx: GET $path" "$path" \
-        "upstream=$UP" "ours=127.0.0.1:$OURS_PORT" "${COMPARE_TARGETS[@]}" \
-        "nginx=127.0.0.1:$NGINX_PORT" "haproxy=127.0.0.1:$HAPROXY_PORT"
-    done
-  fi
-  if want memory; then
-    log "memory: holding $HOLD keep-alive connections to each proxy"
-    hold_and_measure ours "$OURS_PID" "127.0.0.1:$OURS_PORT" "$IDLE_OURS"
-    hold_and_measure nginx "$NGINX_PID" "127.0.0.1:$NGINX_PORT" "$IDLE_NGINX"
-    hold_and_measure haproxy "$HAPROXY_PID" "127.0.0.1:$HAPROXY_PORT" "$IDLE_HAPROXY"
-  fi
+  for path in $PATHS; do
+    measure "nginx$path" "In front of nginx: GET $path" "$path" \
+      "upstream=$UP" "ours=127.0.0.1:$OURS_PORT" "${COMPARE_TARGETS[@]}" \
+      "nginx=127.0.0.1:$NGINX_PORT" "haproxy=127.0.0.1:$HAPROXY_PORT"
+  done
   for pid in "$HAPROXY_PID" "$NGINX_PID" "${COMPARE_PIDS[@]}" "$OURS_PID" "$UPSTREAM_PID"; do
     forget_pid "$pid"
   done
+fi
+
+# --- Section: memory with many idle clients ---------------------------------
+# Each figure from a proxy started for it: what one run leaves behind is not
+# the next one's idle figure.
+if want memory; then
+  log "memory: holding $HOLD idle client connections, HTTP/1.1 and HTTP/2, to each proxy"
+  start_upstream_nginx "$UPSTREAM_PORT"
+  UP=127.0.0.1:$UPSTREAM_PORT
+  for count in ${HOLD//,/ }; do
+    if ((count + FILE_MARGIN > FILE_LIMIT)); then
+      log "  skipping $count connections: the file limit is $FILE_LIMIT (hard limit $(ulimit -Hn))"
+      MEMORY_ROWS+=("| all | both | $count | skipped: the file limit here is $FILE_LIMIT (ulimit -Hn) | | | |")
+      continue
+    fi
+    MEM_CONNS=$((count + 1024))
+    for protocol in http1 h2; do
+      start_ours mem-ours "$OURS_PORT" "$OURS_ADMIN_PORT" "$STATUS_PORT" "$UP" "$UP" "$HEALTH_SCENARIO"
+      OURS_PID=$BG_PID
+      switch_to "$OURS_ADMIN_PORT" green
+      sleep 1
+      hold_and_measure ours "$OURS_PID" "127.0.0.1:$OURS_PORT" "$protocol" "$count"
+      forget_pid "$OURS_PID"
+      for i in "${!COMPARE_NAMES[@]}"; do
+        start_ours "mem-${COMPARE_NAMES[i]}" "${PORTS[14 + 3 * i]}" "${PORTS[15 + 3 * i]}" \
+          "${PORTS[16 + 3 * i]}" "$UP" "$UP" "$HEALTH_SCENARIO" "${COMPARE_BINS[i]}"
+        pid=$BG_PID
+        switch_to "${PORTS[15 + 3 * i]}" green
+        sleep 1
+        hold_and_measure "${COMPARE_NAMES[i]}" "$pid" "127.0.0.1:${PORTS[14 + 3 * i]}" "$protocol" "$count"
+        forget_pid "$pid"
+      done
+      port=$NGINX_PORT
+      [[ $protocol == h2 ]] && port=$NGINX_H2_PORT
+      start_nginx_proxy "$NGINX_PORT" "$UP"
+      sleep 1
+      hold_and_measure nginx "$NGINX_PID" "127.0.0.1:$port" "$protocol" "$count"
+      forget_pid "$NGINX_PID"
+      port=$HAPROXY_PORT
+      [[ $protocol == h2 ]] && port=$HAPROXY_H2_PORT
+      start_haproxy "$HAPROXY_PORT" "$UP"
+      sleep 1
+      hold_and_measure haproxy "$HAPROXY_PID" "127.0.0.1:$port" "$protocol" "$count"
+      forget_pid "$HAPROXY_PID"
+    done
+  done
+  MEM_CONNS=''
+  forget_pid "$UPSTREAM_PID"
 fi
 
 # --- Section: in front of the shortener -------------------------------------
@@ -808,7 +914,7 @@ key = \"$TLS_DIR/key.pem\"
     curl -sS -o /dev/null --max-time 5 --cacert "$TLS_DIR/cert.pem" "https://${target#*=}/" ||
       die "${target%%=*} does not answer over TLS (logs in $WORK; rerun with --keep)"
   done
-  measure tls-keepalive "Terminating TLS, keep-alive: GET / (HTTP/1.1 over TLS 1.2, as wrk speaks it)" / "${TLS_TARGETS[@]}"
+  measure tls-keepalive "Terminating TLS, keep-alive: GET / (HTTP/1.1 over TLS 1.3, as wrk negotiates it)" / "${TLS_TARGETS[@]}"
   WRK_EXTRA=(-H 'Connection: close')
   measure tls-handshake "Terminating TLS, a new connection (a handshake, resumed as wrk does) per request: GET /" / "${TLS_TARGETS[@]}"
   WRK_EXTRA=()
@@ -1041,10 +1147,15 @@ if [[ -s $RESULTS ]]; then
 fi
 if ((${#MEMORY_ROWS[@]})); then
   cat <<EOF
-## Memory (RSS, MiB; nginx counts master and worker)
+## Memory with idle clients (RSS, MiB; nginx counts master and worker)
 
-| proxy | idle at start | $HOLD keep-alive clients | after they close |
-|---|---:|---:|---:|
+Each proxy started afresh for each row; idle: once one request has been
+served; the connections held ${HOLD_SETTLE}s after the last one opened. KiB per
+connection: (held - idle) / connections. After they close: the first reading
+within 20% of idle (every second), or the reading at 60s.
+
+| proxy | protocol | connections | idle | held | KiB per connection | after they close |
+|---|---|---:|---:|---:|---:|---:|
 EOF
   printf '%s\n' "${MEMORY_ROWS[@]}"
   echo

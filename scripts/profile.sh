@@ -147,7 +147,10 @@ cat "$ROOT/scripts/bench/health-scenario.toml" >>"$WORK/proxy.toml"
 TOKEN=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
 CG_OUT=${OUT:-$WORK/callgrind.out}
 log "starting the proxy under callgrind (instrumentation off until the load)"
-PROXY_ADMIN_TOKEN=$TOKEN TOKIO_WORKER_THREADS=1 RUST_LOG=warn \
+# MIMALLOC_PURGE_DELAY as the proxy sets it for itself: without it, the proxy
+# would restart itself to set it, and the restarted program would run outside
+# valgrind.
+PROXY_ADMIN_TOKEN=$TOKEN TOKIO_WORKER_THREADS=1 RUST_LOG=warn MIMALLOC_PURGE_DELAY=0 \
   valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$CG_OUT" \
   "$BIN" --config "$WORK/proxy.toml" >"$WORK/proxy.log" 2>&1 &
 PROXY_PID=$!

@@ -10,9 +10,11 @@ mod tls;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, Method, StatusCode};
+use rustls::pki_types::ServerName;
 
 use crate::slot::Slot;
 
@@ -94,12 +96,31 @@ pub struct Config {
     /// Each slot's members (upstream addresses), indexed by
     /// `Slot::index()`: one to `pool::MAX_MEMBERS`, distinct.
     pub slot_addrs: [Vec<SocketAddr>; 2],
+    /// How each slot's members are reached over TLS (all alike), indexed by
+    /// `Slot::index()`; `None`: plain HTTP.
+    pub slot_tls: [Option<SlotTls>; 2],
     pub timeouts: Timeouts,
     pub gate: Gate,
     pub health: Health,
     pub limits: Limits,
     pub scenarios: Vec<Scenario>,
     pub tls: TlsCfg,
+    /// `[cluster]`: the routing state shared with other proxies in
+    /// PostgreSQL; none for a proxy on its own (the state file decides).
+    pub cluster: Option<ClusterCfg>,
+}
+
+/// A slot reached over TLS (`[slots.blue] tls = true`): HTTP/1.1, the certificate verified.
+#[derive(Debug, Clone)]
+pub struct SlotTls {
+    /// The name the upstream's certificate must be valid for, sent as SNI; unset: the
+    /// address's IP (no SNI, and the certificate must name the IP).
+    pub server_name: Option<ServerName<'static>>,
+    /// The PEM file of the CAs the certificate is verified against; unset: the system's roots.
+    pub ca: Option<PathBuf>,
+    /// The client configuration that trusts them, made by `Config::load` (which reads the
+    /// files); `None` after `Config::parse` alone.
+    pub client: Option<Arc<rustls::ClientConfig>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -181,6 +202,26 @@ pub struct IncidentsCfg {
     pub failure_threshold: u64,
     /// A quiet period this long closes it.
     pub quiet: Duration,
+}
+
+/// Where the proxies of one service keep their shared routing state.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterCfg {
+    /// The PostgreSQL server and database, password included.
+    pub store: tokio_postgres::Config,
+    /// This proxy's name in the heartbeat table and in the changes it
+    /// commits; none: the address its public listener is bound to.
+    pub name: Option<String>,
+}
+
+/// Without the store's password.
+impl std::fmt::Debug for ClusterCfg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterCfg")
+            .field("store", &self.store.get_dbname())
+            .field("name", &self.name)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -25,6 +25,8 @@ pub enum ProxyError {
     #[error("takeover: {0}")]
     Takeover(String),
     #[error("{0}")]
+    Cluster(String),
+    #[error("{0}")]
     Io(#[from] std::io::Error),
 }
 

@@ -1,6 +1,6 @@
 //! The data plane: a user's request from accept to answer, in the order it
-//! travels. `server` accepts and keeps connections (with `server::idle`'s
-//! deadlines); `forward` loads the routing snapshot once (`routing`), rewrites
+//! travels. `server` accepts and keeps connections (`server::conn` serves each
+//! and parks it while idle, with `server::idle`'s deadlines); `forward` loads the routing snapshot once (`routing`), rewrites
 //! `headers`, waits within `deadline`, and sends it through the slot's pool
 //! (`upstream`: our HTTP/1.1 client, its request body and response parser);
 //! `body` streams the answer back, `outcome` says how each attempt and

@@ -23,13 +23,17 @@
 //! and client configurations). The process: `takeover` (a new process takes
 //! the listening sockets over from the running one), `sockets` (inherited,
 //! systemd's, or bound), `background` (the tasks a takeover freezes),
-//! `systemd` (sd_notify). `run` wires the parts together; `main.rs` only
-//! parses arguments. Everything but `run`, `Listeners`, the config and the
-//! admin token is private to the crate.
+//! `systemd` (sd_notify). `cluster`: with `[cluster]`, the routing state
+//! shared by several proxies in PostgreSQL, which the controller commits to
+//! and follows. `run` wires the parts together; `main.rs` only parses
+//! arguments (and restarts itself with the allocator's options). Everything
+//! but `run`, `Listeners`, the config and the admin token is private to the
+//! crate.
 
 mod admin;
 mod atomic_file;
 mod background;
+mod cluster;
 pub mod config;
 mod control;
 pub mod error;
@@ -60,11 +64,13 @@ use tokio::net::TcpListener;
 
 use crate::admin::routes::AdminState;
 use crate::background::Plane;
+use crate::cluster::Cluster;
 use crate::control::controller::Controller;
 use crate::control::guard::GuardRecord;
 use crate::control::health::HealthTable;
 use crate::control::health::Monitor;
 use crate::control::probe::Prober;
+use crate::control::state::PersistedState;
 use crate::http::forward::Forwarder;
 use crate::http::pool::Pool;
 use crate::http::routing::{Canary, Policy, Router, Snapshot};
@@ -122,7 +128,11 @@ pub async fn run(
     let events = Arc::new(EventLog::open(&config.data_dir.join("events.jsonl")).await?);
     let prober = Prober::new(config.timeouts.connect, config.gate.request_timeout);
     let health = Arc::new(HealthTable::default());
-    let (router, guard_record) = restore(&config, &prober, &health).await?;
+    let cluster = match &config.cluster {
+        Some(cfg) => Some(Cluster::new(cfg, config.public.to_string())?),
+        None => None,
+    };
+    let (router, guard_record) = restore(&config, &prober, &health, cluster.as_deref()).await?;
     let router = Arc::new(router);
     let traffic = Arc::new(Traffic::new());
     let now = time::OffsetDateTime::now_utc();
@@ -146,6 +156,7 @@ pub async fn run(
         metrics: Arc::clone(&metrics),
         traffic: Arc::clone(&traffic),
         guard: guard_record,
+        cluster: cluster.clone(),
     }));
 
     // Stops what outlives the drain (the reloader, the notifier).
@@ -179,6 +190,15 @@ pub async fn run(
     };
     let listeners = inherited.listeners(&config).await?;
     let copies = listeners.handover_copies()?;
+    let follower = match cluster {
+        Some(cluster) => {
+            cluster.bound(listeners.public.local_addr()?);
+            Some(tokio::spawn(
+                cluster.run(Arc::clone(&controller), stop_rx.clone()),
+            ))
+        }
+        None => None,
+    };
     announce(&listeners, &token)?;
 
     let plane = Plane::start(background::Parts {
@@ -247,7 +267,7 @@ pub async fn run(
     let forwarder = Arc::new(Forwarder::new(
         Arc::clone(&router),
         traffic,
-        metrics,
+        Arc::clone(&metrics),
         monitor,
     ));
     // The listeners are ours now; the accept loop below starts at once.
@@ -305,6 +325,7 @@ pub async fn run(
         listeners.public,
         tls,
         forwarder,
+        &metrics,
         config.limits,
         config.timeouts.shutdown_grace,
         stop_accepting,
@@ -332,6 +353,9 @@ pub async fn run(
         ),
     }
     let _ = tokio::join!(reloader, notices, expiry);
+    if let Some(follower) = follower {
+        let _ = follower.await;
+    }
     match tokio::time::timeout(config.timeouts.shutdown_grace, admin).await {
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "admin listener failed"),
         Err(_) => tracing::warn!("admin listener did not stop in time"),
@@ -450,9 +474,24 @@ async fn restore(
     config: &Config,
     prober: &Prober,
     health: &HealthTable,
+    cluster: Option<&Cluster>,
 ) -> Result<(Router, GuardRecord), ProxyError> {
     let state_path = config.state_file();
     let saved = control::state::load(&state_path).await?;
+    // With a cluster, the store decides, and the state file is its cache.
+    let saved = match cluster {
+        Some(cluster) => {
+            let local = saved.unwrap_or_else(|| {
+                PersistedState::new(config.initial_active, None, config.slot_addrs.clone(), None)
+            });
+            let state = cluster.startup(local).await;
+            if let Err(e) = control::state::save(&state_path, &state).await {
+                tracing::error!(error = %e, "could not write the state file, the routing store's cache");
+            }
+            Some(state)
+        }
+        None => saved,
+    };
     let (canary, guard) = match &saved {
         Some(saved) => (
             saved
@@ -492,13 +531,23 @@ async fn restore(
         .into_iter()
         .flat_map(|slot| addrs[slot.index()].iter().map(move |a| (slot, *a)))
         .collect();
-    let results = futures_util::future::join_all(
-        members
+    let mut pools = Slot::ALL.map(|slot| {
+        Pool::new(
+            slot,
+            &addrs[slot.index()],
+            &config.timeouts,
+            config.slot_tls[slot.index()].as_ref(),
+        )
+    });
+    let endpoints = Slot::ALL.map(|slot| pools[slot.index()].endpoints());
+    let results = futures_util::future::join_all(members.iter().map(|(slot, addr)| {
+        let at = endpoints[slot.index()]
             .iter()
-            .map(|(_, addr)| control::health::check(prober, *addr, &config.health)),
-    )
+            .find(|e| e.addr == *addr)
+            .expect("the pool was built from these addresses");
+        control::health::check(prober, at, &config.health)
+    }))
     .await;
-    let mut pools = Slot::ALL.map(|slot| Pool::new(slot, &addrs[slot.index()], &config.timeouts));
     // The active slot is the operator's choice; the other takes users in a
     // failover only if every member that answers still runs the release that
     // passed the gate.

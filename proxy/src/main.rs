@@ -1,4 +1,5 @@
-//! The `proxy` binary: arguments, tracing, configuration, systemd's sockets, run.
+//! The `proxy` binary: arguments, the allocator's options, tracing, configuration,
+//! systemd's sockets, run.
 
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
@@ -15,6 +16,14 @@ use proxy::{AdminToken, TOKEN_ENV};
 // make that cheaper than the system allocator (docs/performance.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// mimalloc's delay before it gives the pages it has emptied back to the
+/// kernel. Its default (10 ms) is not a timer: it is checked when the thread
+/// next allocates or frees a page, and a proxy that goes quiet once thousands
+/// of connections have closed (or parked) never does, so their memory stays
+/// resident (24 MiB of 7.5 after 10,000 idle clients closed, against 9 with
+/// 0). With 0 the free that empties a page gives it back.
+const PURGE_DELAY: (&str, &str) = ("MIMALLOC_PURGE_DELAY", "0");
 
 #[derive(Parser)]
 #[command(
@@ -55,6 +64,8 @@ fn main() -> ExitCode {
         };
     }
 
+    restart_with_allocator_options();
+
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -79,6 +90,29 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Starts this program again with `PURGE_DELAY` set, unless the environment
+/// sets it already (the operator's value wins): mimalloc reads its options
+/// from the environment once, before `main`, and setting one from inside is
+/// an `unsafe` call. Returns only when the restart failed; the proxy then
+/// runs with mimalloc's default, which costs memory, not correctness.
+fn restart_with_allocator_options() {
+    use std::os::unix::process::CommandExt as _;
+    let (name, value) = PURGE_DELAY;
+    if std::env::var_os(name).is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let mut args = std::env::args_os();
+    let mut command = std::process::Command::new(exe);
+    if let Some(arg0) = args.next() {
+        command.arg0(arg0);
+    }
+    let error = command.args(args).env(name, value).exec();
+    eprintln!("proxy: could not restart with {name}={value} ({error}); running without it");
 }
 
 /// Task polls between two looks for new socket events on a current-thread

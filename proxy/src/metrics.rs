@@ -56,6 +56,11 @@ pub struct Metrics {
     pub budget_left_minutes: Gauge<f64, AtomicU64>,
     /// Indexed by `HandshakeFailure as usize`.
     tls_handshake_failures: [Counter; HandshakeFailure::ALL.len()],
+    /// Client connections of the public listener open; the listener counts them.
+    pub client_connections: Gauge,
+    /// Of those, the parked ones (idle HTTP/1.1, holding no buffer); the
+    /// listener counts them.
+    pub parked_connections: Gauge,
 }
 
 impl Default for Metrics {
@@ -210,6 +215,18 @@ impl Metrics {
             "Minutes of downtime the SLA still allows this year",
             budget_left_minutes.clone(),
         );
+        let client_connections = Gauge::default();
+        registry.register(
+            "client_connections",
+            "Client connections open on the public listener",
+            client_connections.clone(),
+        );
+        let parked_connections = Gauge::default();
+        registry.register(
+            "parked_connections",
+            "Idle HTTP/1.1 client connections parked: a bare socket, no buffer",
+            parked_connections.clone(),
+        );
 
         let handshake_family = Family::<Labels, Counter>::default();
         registry.register(
@@ -242,6 +259,8 @@ impl Metrics {
             budget_used_minutes,
             budget_left_minutes,
             tls_handshake_failures,
+            client_connections,
+            parked_connections,
         }
     }
 

@@ -16,7 +16,9 @@ PY
 }
 
 # nginx_common DIR: the top of an nginx config that runs unprivileged-style
-# from DIR, in the foreground, with one worker and no logs per request.
+# from DIR, in the foreground, with one worker and no logs per request; room
+# for NGINX_WORKER_CONNECTIONS connections (default 8192), which nginx sets up
+# when it starts.
 nginx_common() {
   local dir=$1
   mkdir -p "$dir/tmp"
@@ -26,7 +28,7 @@ worker_processes 1;
 worker_rlimit_nofile $(ulimit -n);
 pid $dir/nginx.pid;
 error_log $dir/error.log warn;
-events { worker_connections 8192; }
+events { worker_connections ${NGINX_WORKER_CONNECTIONS:-8192}; }
 EOF
 }
 

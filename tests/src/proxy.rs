@@ -27,6 +27,8 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// How to start a proxy: `Proxy::builder().blue(addr).green(addr).gate(3, 10_000)`.
 #[derive(Debug, Clone)]
 pub struct ProxyBuilder {
+    /// The loopback address every listener binds (port 0).
+    ip: String,
     blue: String,
     green: String,
     /// `slots.<slot>.addrs = [...]` instead of `addr`, for a pool.
@@ -36,6 +38,8 @@ pub struct ProxyBuilder {
     passes: u32,
     deadline_ms: u64,
     request_timeout_ms: u64,
+    /// More keys of `[slots.blue]` and `[slots.green]` (e.g. `tls = true`), in that order.
+    slot_keys: [String; 2],
     /// TOML appended before the scenarios (e.g. a `[timeouts]` table).
     extra: String,
     /// The `[[scenario]]` tables; the reference config's by default.
@@ -43,6 +47,13 @@ pub struct ProxyBuilder {
 }
 
 impl ProxyBuilder {
+    /// The address the listeners bind, on ephemeral ports: several proxies on distinct
+    /// loopback addresses (127.0.0.2, 127.0.0.3) stand for several hosts.
+    pub fn listen_ip(mut self, ip: &str) -> Self {
+        self.ip = ip.to_owned();
+        self
+    }
+
     /// The upstream address of the blue slot.
     pub fn blue(mut self, addr: impl ToString) -> Self {
         self.blue = addr.to_string();
@@ -56,6 +67,9 @@ impl ProxyBuilder {
     }
 
     /// A pool of upstreams for `slot` (`slots.<slot>.addrs`), instead of its one address.
+    ///
+    /// # Panics
+    /// When `slot` is neither "blue" nor "green".
     pub fn pool(mut self, slot: &str, addrs: &[SocketAddr]) -> Self {
         let list: Vec<String> = addrs.iter().map(SocketAddr::to_string).collect();
         let line = format!("addrs = {list:?}");
@@ -64,6 +78,20 @@ impl ProxyBuilder {
             "green" => self.green_line = Some(line),
             other => panic!("no slot {other:?}"),
         }
+        self
+    }
+
+    /// More keys of `[slots.<slot>]` beside its address, e.g. `tls = true\nca = "ca.pem"\n`.
+    ///
+    /// # Panics
+    /// When `slot` is neither "blue" nor "green".
+    pub fn slot_toml(mut self, slot: &str, keys: &str) -> Self {
+        let at = match slot {
+            "blue" => 0,
+            "green" => 1,
+            other => panic!("no slot {other:?}"),
+        };
+        self.slot_keys[at].push_str(keys);
         self
     }
 
@@ -106,19 +134,19 @@ impl ProxyBuilder {
 data_dir = {data_dir:?}
 
 [listen]
-public = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-status = "127.0.0.1:0"
+public = "{ip}:0"
+admin = "{ip}:0"
+status = "{ip}:0"
 
 [slots]
 active = {active:?}
 
 [slots.blue]
 {blue}
-
+{blue_keys}
 [slots.green]
 {green}
-
+{green_keys}
 [gate]
 passes = {passes}
 deadline_ms = {deadline_ms}
@@ -128,6 +156,7 @@ request_timeout_ms = {request_timeout_ms}
 {scenarios}
 "#,
             data_dir = data_dir.display().to_string(),
+            ip = self.ip,
             active = self.active,
             blue = self
                 .blue_line
@@ -137,6 +166,8 @@ request_timeout_ms = {request_timeout_ms}
                 .green_line
                 .clone()
                 .unwrap_or_else(|| format!("addr = {:?}", self.green)),
+            blue_keys = self.slot_keys[0],
+            green_keys = self.slot_keys[1],
             passes = self.passes,
             deadline_ms = self.deadline_ms,
             request_timeout_ms = self.request_timeout_ms,
@@ -209,6 +240,7 @@ impl Proxy {
             .map(|at| REFERENCE_CONFIG[at..].to_owned())
             .expect("config/proxy.toml defines the reference scenarios");
         ProxyBuilder {
+            ip: "127.0.0.1".to_owned(),
             blue: String::new(),
             green: String::new(),
             blue_line: None,
@@ -217,6 +249,7 @@ impl Proxy {
             passes: 3,
             deadline_ms: 10_000,
             request_timeout_ms: 2_000,
+            slot_keys: [String::new(), String::new()],
             extra: String::new(),
             scenarios,
         }
@@ -224,6 +257,11 @@ impl Proxy {
 
     pub fn public_addr(&self) -> SocketAddr {
         self.public
+    }
+
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
     }
 
     pub fn admin_addr(&self) -> SocketAddr {

@@ -1,12 +1,14 @@
 //! HTTPS in the harness: a test CA that issues certificates at test time (`Pki`: no key is
 //! ever committed), a proxy with a TLS listener (`TlsProxy`), a TLS client that says which
 //! certificate it was served and speaks HTTP/1.1 or HTTP/2 over it (`tls_connect`,
-//! `HttpsConn`), and an https:// webhook receiver (`HttpsReceiver`).
+//! `HttpsConn`), an https:// webhook receiver (`HttpsReceiver`), and a TLS terminator in front
+//! of a plain upstream (`TlsTerminator`), so that the shortener can be a TLS upstream.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,7 +25,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::{TlsAcceptor, TlsConnector, client};
 
 use crate::binary::binary;
@@ -58,11 +60,18 @@ impl Pki {
     /// # Panics
     /// When rcgen cannot make the CA (it always can).
     pub fn new(dir: &Path) -> Pki {
+        Pki::named(dir, "e2e test CA")
+    }
+
+    /// A CA of another name: what it issues is of an issuer that a `Pki::new` CA's
+    /// trusters do not know (a CA of the same name would be a bad signature instead).
+    ///
+    /// # Panics
+    /// When rcgen cannot make the CA (it always can).
+    pub fn named(dir: &Path, name: &str) -> Pki {
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("no names are valid");
         params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "e2e test CA");
+        params.distinguished_name.push(DnType::CommonName, name);
         let key = KeyPair::generate().expect("a key pair");
         let ca = CertifiedIssuer::self_signed(params, key).expect("a CA certificate");
         Pki {
@@ -622,6 +631,67 @@ impl HttpsReceiver {
 }
 
 impl Drop for HttpsReceiver {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// A TLS terminator on a loopback port in front of a plain upstream: each connection's
+/// handshake with `config`, then its bytes relayed both ways to `backend` as they are. It
+/// speaks no HTTP, so what reaches the backend is what the proxy sent, keep-alive included,
+/// and the proxy under test shares no code with it.
+pub struct TlsTerminator {
+    pub addr: SocketAddr,
+    handshakes: Arc<AtomicUsize>,
+    server: JoinHandle<()>,
+}
+
+impl TlsTerminator {
+    /// # Panics
+    /// When it cannot bind a loopback port.
+    pub async fn start(config: Arc<rustls::ServerConfig>, backend: SocketAddr) -> TlsTerminator {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding an ephemeral loopback port");
+        let addr = listener
+            .local_addr()
+            .expect("a bound listener has an address");
+        let handshakes = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&handshakes);
+        let acceptor = TlsAcceptor::from(config);
+        let server = tokio::spawn(async move {
+            // Dropped with the accept loop when the terminator drops (abort): that ends every
+            // relay.
+            let mut relays = JoinSet::new();
+            while let Ok((client, _)) = listener.accept().await {
+                let (acceptor, counted) = (acceptor.clone(), Arc::clone(&counted));
+                relays.spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(client).await else {
+                        return;
+                    };
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    let Ok(mut upstream) = TcpStream::connect(backend).await else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut upstream).await;
+                });
+                while relays.try_join_next().is_some() {}
+            }
+        });
+        TlsTerminator {
+            addr,
+            handshakes,
+            server,
+        }
+    }
+
+    /// Handshakes completed so far.
+    pub fn handshakes(&self) -> usize {
+        self.handshakes.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for TlsTerminator {
     fn drop(&mut self) {
         self.server.abort();
     }

@@ -123,7 +123,7 @@ impl From<ControlError> for ApiError {
                 body: json!({ "error": format!("probe failed: {failure}"), "failure": failure }),
             },
             ControlError::Conflict(why) => ApiError::new(StatusCode::CONFLICT, why),
-            e @ ControlError::HandedOver => {
+            e @ (ControlError::HandedOver | ControlError::Unavailable(_)) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
             }
             ControlError::Persist(e) => {
@@ -192,6 +192,9 @@ pub struct StatusView {
     pub error_budget: BudgetView,
     /// The TLS listener's certificates; null without one.
     pub tls: Option<TlsView>,
+    /// The generation served and each proxy's last-seen one; only with `[cluster]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::cluster::ClusterView>,
 }
 
 #[derive(Serialize)]
@@ -278,6 +281,7 @@ pub fn status_view(state: &AdminState, snap: &Snapshot) -> StatusView {
             .https
             .as_ref()
             .map(|h| h.certificates.view(time::OffsetDateTime::now_utc())),
+        cluster: controller.cluster_view(),
     }
 }
 

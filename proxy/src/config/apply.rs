@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use serde::Serialize;
 
 use super::{
-    CanaryCfg, Config, Forwarding, Gate, GuardCfg, Health, IncidentsCfg, Limits, NotifyCfg, SlaCfg,
-    Timeouts, TlsCfg,
+    CanaryCfg, ClusterCfg, Config, Forwarding, Gate, GuardCfg, Health, IncidentsCfg, Limits,
+    NotifyCfg, SlaCfg, SlotTls, Timeouts, TlsCfg,
 };
 use crate::slot::Slot;
 
@@ -94,14 +94,17 @@ impl Config {
             token_file,
             initial_active,
             slot_addrs,
+            slot_tls,
             timeouts,
             gate,
             health,
             limits,
             scenarios,
             tls,
+            cluster,
         } = file;
         let [blue, green] = slot_addrs;
+        let [blue_tls, green_tls] = slot_tls;
         let Timeouts {
             connect,
             response_header,
@@ -193,6 +196,24 @@ impl Config {
                     PUT_SLOT,
                     &run.slot_addrs[Slot::Green.index()],
                     green,
+                ),
+            ],
+            // The upstream pools, the prober and the health checks take a
+            // slot's connector when its upstream is made.
+            slot_tls: [
+                d.slot_tls(
+                    ["slots.blue.tls", "slots.blue.server_name", "slots.blue.ca"],
+                    &run.slot_tls[Slot::Blue.index()],
+                    blue_tls,
+                ),
+                d.slot_tls(
+                    [
+                        "slots.green.tls",
+                        "slots.green.server_name",
+                        "slots.green.ca",
+                    ],
+                    &run.slot_tls[Slot::Green.index()],
+                    green_tls,
                 ),
             ],
             // The prober and the upstream pools take these when they are
@@ -441,6 +462,23 @@ impl Config {
                 // new certificates, so the file's always win.
                 loaded,
             },
+            // The store is connected to, and the name announced, at start.
+            cluster: {
+                let running = run.cluster.as_ref();
+                let store = d.key(
+                    "cluster.store",
+                    RESTART,
+                    &running.map(|c| c.store.clone()),
+                    cluster.as_ref().map(|c| c.store.clone()),
+                );
+                let name = d.key(
+                    "cluster.name",
+                    RESTART,
+                    &running.and_then(|c| c.name.clone()),
+                    cluster.and_then(|c| c.name),
+                );
+                store.map(|store| ClusterCfg { store, name })
+            },
         };
         Reconciled {
             config,
@@ -472,6 +510,29 @@ impl Diff {
         match apply {
             Apply::Live => file,
             Apply::Restart { .. } | Apply::Seed { .. } => running.clone(),
+        }
+    }
+
+    /// A slot's TLS keys (`tls`, `server_name`, `ca`, named in `keys`):
+    /// each change waits for a restart, and the running value stays whole
+    /// until then. A CA file is compared by its path: new contents at the
+    /// same path are read by the next start.
+    fn slot_tls(
+        &mut self,
+        keys: [&'static str; 3],
+        running: &Option<SlotTls>,
+        file: Option<SlotTls>,
+    ) -> Option<SlotTls> {
+        let before = self.changes.len();
+        let name = |tls: &Option<SlotTls>| tls.as_ref().and_then(|t| t.server_name.clone());
+        let ca = |tls: &Option<SlotTls>| tls.as_ref().and_then(|t| t.ca.clone());
+        self.key(keys[0], RESTART, &running.is_some(), file.is_some());
+        self.key(keys[1], RESTART, &name(running), name(&file));
+        self.key(keys[2], RESTART, &ca(running), ca(&file));
+        if self.changes.len() == before {
+            file
+        } else {
+            running.clone()
         }
     }
 }
@@ -506,6 +567,12 @@ mod tests {
             "[\"127.0.0.1:1\", \"127.0.0.2:1\"]",
             PUT_SLOT,
         ),
+        ("slots.blue.tls", "true", RESTART),
+        ("slots.blue.server_name", "\"blue.test\"", RESTART),
+        ("slots.blue.ca", "\"ca.pem\"", RESTART),
+        ("slots.green.tls", "true", RESTART),
+        ("slots.green.server_name", "\"green.test\"", RESTART),
+        ("slots.green.ca", "\"ca.pem\"", RESTART),
         ("timeouts.connect_ms", "7", RESTART),
         ("timeouts.response_header_ms", "7", LIVE),
         ("timeouts.upstream_idle_ms", "7", RESTART),
@@ -565,6 +632,8 @@ mod tests {
             "[{ name = \"s\", step = [{ name = \"t\", path = \"/\" }] }]",
             LIVE,
         ),
+        ("cluster.store", "\"postgres://p@127.0.0.1:1/db\"", RESTART),
+        ("cluster.name", "\"other\"", RESTART),
     ];
 
     /// A file that sets `key` to `value` and leaves the rest to the
@@ -578,13 +647,25 @@ mod tests {
     }
 
     /// The running file of a case: `[tls]` only means something with a TLS
-    /// listener, and that needs a certificate.
+    /// listener, and that needs a certificate; a slot's `server_name` and
+    /// `ca` only with its `tls`.
     fn running_text(key: &str) -> String {
-        if key.starts_with("tls.") || key == "listen.public_tls" {
+        if key == "cluster.name" {
+            format!("[cluster]\n{CLUSTER_STORE}")
+        } else if key.starts_with("tls.") || key == "listen.public_tls" {
             format!("{TLS_LISTENER}[tls]\n{TLS_CERTIFICATE}")
+        } else if let Some(table) = slot_tls_table(key) {
+            format!("[{table}]\ntls = true\n")
         } else {
             String::new()
         }
+    }
+
+    /// `slots.blue` for `slots.blue.server_name` and `slots.blue.ca`.
+    fn slot_tls_table(key: &str) -> Option<&str> {
+        key.strip_suffix(".server_name")
+            .or_else(|| key.strip_suffix(".ca"))
+            .filter(|table| table.starts_with("slots."))
     }
 
     /// The reloaded file of a case: the running one with the case's key set.
@@ -592,13 +673,21 @@ mod tests {
         match key.strip_prefix("tls.") {
             Some("certificate") => format!("{TLS_LISTENER}[tls]\ncertificate = {value}\n"),
             Some(name) => format!("{TLS_LISTENER}[tls]\n{TLS_CERTIFICATE}{name} = {value}\n"),
+            None if key == "cluster.name" => {
+                format!("[cluster]\n{CLUSTER_STORE}name = {value}\n")
+            }
             None if key == "listen.public_tls" => {
                 format!("[listen]\npublic_tls = {value}\n[tls]\n{TLS_CERTIFICATE}")
+            }
+            None if slot_tls_table(key).is_some() => {
+                let name = key.rsplit('.').next().unwrap_or(key);
+                format!("{}{name} = {value}\n", running_text(key))
             }
             None => setting(key, value),
         }
     }
 
+    const CLUSTER_STORE: &str = "store = \"postgres://p@127.0.0.1:1/db\"\n";
     const TLS_LISTENER: &str = "[listen]\npublic_tls = \"127.0.0.1:1\"\n";
     const TLS_CERTIFICATE: &str = "certificate = [{ cert = \"a.pem\", key = \"a.key\" }]\n";
 

@@ -6,6 +6,7 @@
 //! default.
 
 mod canary;
+mod cluster;
 mod forwarding;
 mod gate;
 mod guard;
@@ -60,6 +61,7 @@ pub struct RawConfig {
     scenario: Vec<scenario::RawScenario>,
     #[serde(default)]
     tls: super::tls::RawTls,
+    cluster: Option<cluster::RawCluster>,
 }
 
 /// `[admin]`: nothing to check here; the token file is read, and refused if
@@ -91,6 +93,7 @@ impl RawConfig {
             notify,
             scenario,
             tls,
+            cluster,
         } = self;
         let mut p = Problems::default();
         let public_tls = listen.public_tls.clone();
@@ -108,6 +111,7 @@ impl RawConfig {
         let notify = notify.validate(&mut p);
         let limits = limits.validate(&mut p);
         let scenarios = scenario::validate(scenario, &mut p);
+        let cluster = cluster.and_then(|c| c.validate(&mut p));
         p.finish()?;
         Ok(Config {
             data_dir: data_dir.unwrap_or_else(|| PathBuf::from(d::DATA_DIR)),
@@ -124,12 +128,14 @@ impl RawConfig {
             token_file: admin.token_file,
             initial_active: slots.initial_active,
             slot_addrs: slots.addrs,
+            slot_tls: slots.tls,
             timeouts,
             gate,
             health,
             limits,
             scenarios,
             tls,
+            cluster,
         })
     }
 }

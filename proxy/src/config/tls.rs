@@ -1,9 +1,10 @@
 //! The TLS keys: `listen.public_tls` and the `[tls]` section (`[[tls.certificate]]`,
 //! `redirect_http`, `hsts_max_age`) as written and validated, and `read_files`, which reads
 //! and checks every file the configuration names (the certificates and keys, the webhooks'
-//! CA files): the only I/O of a configuration besides its own text, run by `Config::load`
-//! after the pure parse, so that `check-config`, the start and a reload all refuse a broken
-//! file with its key, its line and the reason.
+//! and the TLS slots' CA files, and the system's roots for a TLS slot without one): the
+//! only I/O of a configuration besides its own text, run by `Config::load` after the pure
+//! parse, so that `check-config`, the start and a reload all refuse a broken file with its
+//! key, its line and the reason.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,7 +13,9 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::{Config, Problem};
+use crate::slot::Slot;
 use crate::tls::certs::{Certificate, Certificates, Part};
+use crate::tls::client::{self, Trust};
 
 #[derive(Debug, Default, Deserialize)]
 pub struct RawTls {
@@ -138,8 +141,9 @@ impl RawTls {
 }
 
 /// Reads and checks every file `config` names: each certificate with its key (kept in
-/// `config.tls.loaded`), each webhook's CA file. Every problem names the key of the file, the
-/// file and what is wrong with it.
+/// `config.tls.loaded`), each webhook's CA file, each TLS slot's trust (its CA file, else the
+/// system's roots), made into its client configuration (`SlotTls::client`). Every problem
+/// names the key of the file, the file and what is wrong with it.
 pub fn read_files(config: &mut Config) -> Vec<Problem> {
     let mut problems = Vec::new();
     let mut loaded = Vec::with_capacity(config.tls.certificates.len());
@@ -169,6 +173,30 @@ pub fn read_files(config: &mut Config) -> Vec<Problem> {
                 format!("notify.webhook[{i}].ca"),
                 format!("{}: {why}", ca.display()),
             ));
+        }
+    }
+    let mut system = None;
+    for slot in Slot::ALL {
+        let Some(tls) = config.slot_tls[slot.index()].as_mut() else {
+            continue;
+        };
+        let roots = match &tls.ca {
+            Some(ca) => client::read_ca(ca)
+                .and_then(|certs| client::roots(&Trust::Ca(certs)))
+                .map_err(|why| {
+                    (
+                        format!("slots.{slot}.ca"),
+                        format!("{}: {why}", ca.display()),
+                    )
+                }),
+            None => system
+                .get_or_insert_with(|| client::roots(&Trust::System))
+                .clone()
+                .map_err(|why| (format!("slots.{slot}.tls"), why)),
+        };
+        match roots {
+            Ok(roots) => tls.client = Some(Arc::new(client::config(roots, &[b"http/1.1"]))),
+            Err((key, why)) => problems.push(problem(key, why)),
         }
     }
     problems
@@ -237,6 +265,60 @@ mod tests {
         assert!(config.tls.redirect_http);
         assert_eq!(config.tls.hsts_max_age, Some(300));
         assert!(config.tls.loaded.is_none());
+    }
+
+    #[test]
+    fn a_slots_tls_keys_need_its_tls_and_a_name_must_be_one() {
+        assert_eq!(
+            keys(
+                "[slots.blue]\nserver_name = \"b.test\"\n[slots.green]\ntls = false\nca = \"ca.pem\"\n"
+            ),
+            ["slots.blue.server_name", "slots.green.ca"]
+        );
+        assert_eq!(
+            keys("[slots.blue]\ntls = true\nserver_name = \"not a name\"\nca = \"\"\n"),
+            ["slots.blue.server_name", "slots.blue.ca"]
+        );
+        let config = Config::parse("[slots.green]\ntls = true\n").expect("valid");
+        let green = config.slot_tls[Slot::Green.index()]
+            .as_ref()
+            .expect("green is TLS");
+        assert!(green.server_name.is_none() && green.ca.is_none() && green.client.is_none());
+        assert!(config.slot_tls[Slot::Blue.index()].is_none());
+    }
+
+    #[test]
+    fn a_tls_slot_trusts_its_ca_file_and_a_broken_one_is_blamed() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (cert, key) = crate::tls::certs::tests::pem(&["up.test"]);
+        std::fs::write(dir.path().join("ca.pem"), &cert).expect("write");
+        std::fs::write(dir.path().join("key.pem"), &key).expect("write");
+        let text = |ca: &str| {
+            format!(
+                "[slots.blue]\ntls = true\nserver_name = \"up.test\"\nca = {:?}\n",
+                dir.path().join(ca)
+            )
+        };
+
+        let mut good = Config::parse(&text("ca.pem")).expect("valid");
+        assert_eq!(read_files(&mut good), []);
+        let blue = good.slot_tls[0].as_ref().expect("blue is TLS");
+        let client = blue.client.as_ref().expect("a client configuration");
+        assert_eq!(client.alpn_protocols, [b"http/1.1".to_vec()]);
+
+        let mut broken = Config::parse(&text("key.pem")).expect("valid");
+        let problems = read_files(&mut broken);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].key, "slots.blue.ca");
+        assert!(
+            problems[0].message.contains("key.pem: no certificate"),
+            "{problems:?}"
+        );
+        assert!(
+            broken.slot_tls[0]
+                .as_ref()
+                .is_some_and(|t| t.client.is_none())
+        );
     }
 
     #[test]

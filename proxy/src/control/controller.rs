@@ -14,13 +14,14 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 use time::OffsetDateTime;
 
+use crate::cluster::{Base, Cluster, ClusterView};
 use crate::config::{Config, GuardCfg, Scenario, Step, StepBody, StepTarget};
 use crate::control::gate;
 use crate::control::guard::{
     Breach, CanaryChange, Cutover, Deployment, Guard, GuardRecord, Verdict,
 };
 use crate::control::health::{self, HealthTable};
-use crate::control::probe::{ProbeFailure, Prober};
+use crate::control::probe::{Endpoint, ProbeFailure, Prober};
 use crate::control::state::{self, PersistedCanary, PersistedState};
 use crate::error::ProxyError;
 use crate::http::pool::Pool;
@@ -53,6 +54,9 @@ pub enum ControlError {
     /// This process handed its listeners to a new one and is draining.
     #[error("this proxy handed over to a new process; send the request again")]
     HandedOver,
+    /// The shared routing store cannot be reached (`cluster`).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 pub use crate::control::guard::{GuardView, Override};
@@ -91,6 +95,9 @@ pub struct Controller {
     /// What the guard watches and what it pulled back. A std mutex: a few
     /// field writes, never held across an `.await`.
     guard: Mutex<Guard>,
+    /// The routing state shared with other proxies; none: the state file
+    /// alone decides.
+    cluster: Option<Arc<Cluster>>,
 }
 
 /// The parts the controller works with.
@@ -104,6 +111,7 @@ pub struct Parts {
     pub traffic: Arc<Traffic>,
     /// The guard's record from the state file.
     pub guard: GuardRecord,
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 impl Controller {
@@ -138,17 +146,22 @@ impl Controller {
             retired: tokio::sync::watch::Sender::new(false),
             last_probe: Default::default(),
             guard: Mutex::new(guard),
+            cluster: parts.cluster,
         }
     }
 
     /// Serializes changes; gives up once this process handed over.
     async fn lock_ops(&self) -> Result<tokio::sync::MutexGuard<'_, ()>, ControlError> {
         let mut retired = self.retired.subscribe();
-        tokio::select! {
+        let op = tokio::select! {
             biased;
             _ = retired.wait_for(|r| *r) => Err(ControlError::HandedOver),
             op = self.ops.lock() => Ok(op),
+        }?;
+        if let Some(cluster) = &self.cluster {
+            cluster.pin();
         }
+        Ok(op)
     }
 
     /// Holds routing changes while a takeover hands the state file over.
@@ -180,6 +193,10 @@ impl Controller {
 
     pub fn events(&self) -> &Arc<EventLog> {
         &self.events
+    }
+
+    pub fn traffic(&self) -> &Arc<Traffic> {
+        &self.traffic
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -300,7 +317,13 @@ impl Controller {
         )
         .await?;
         // Every member unknown until checked: never routed to before it is.
-        let pool = Arc::new(Pool::new(slot, &addrs, &self.config.load().timeouts));
+        let config = self.config.load();
+        let pool = Arc::new(Pool::new(
+            slot,
+            &addrs,
+            &config.timeouts,
+            config.slot_tls[slot.index()].as_ref(),
+        ));
         self.health.reset(slot, &addrs);
         let next = self.router.update(|snap| {
             let mut next = snap.to_builder();
@@ -445,7 +468,8 @@ impl Controller {
         let Some(canary) = current.canary else {
             return Err(ControlError::Conflict("there is no canary to abort".into()));
         };
-        let (next, _) = self.clear_canary(canary).await;
+        self.commit_canary_end(&current, Base::Pinned).await?;
+        let (next, _) = self.clear_canary(canary, Base::Pinned).await;
         self.metrics.aborts.inc();
         self.events.record(
             Event::new(EventKind::CanaryAbort, "an operator aborted the canary")
@@ -482,7 +506,13 @@ impl Controller {
         let (verdict, watching) = {
             let guard = self.lock_guard();
             (
-                guard.evaluate(&snap, &*self.traffic, &cfg, now),
+                match &self.cluster {
+                    // Every proxy's users, not only this one's.
+                    Some(cluster) => {
+                        cluster.judge(&self.traffic, |all| guard.evaluate(&snap, all, &cfg, now))
+                    }
+                    None => guard.evaluate(&snap, &*self.traffic, &cfg, now),
+                },
                 guard.view(&snap, now).watching,
             )
         };
@@ -521,7 +551,23 @@ impl Controller {
     /// an operator's gate to be protected.
     async fn guard_abort(&self, canary: Canary, breach: Breach) {
         let watched = self.traffic.watch_counts();
-        let (next, cleared) = self.clear_canary(canary).await;
+        let current = self.router.load_full();
+        if !current.canary.is_some_and(|c| c.slot == canary.slot) {
+            return;
+        }
+        match self.commit_canary_end(&current, Base::Served).await {
+            Ok(()) => {}
+            // Another proxy's change came first: this proxy reads it now,
+            // and judges again what it serves then.
+            Err(ControlError::Conflict(why)) => {
+                tracing::info!(%why, "the guard's abort lost to a change committed meanwhile");
+                return;
+            }
+            // Users first: the canary ends here, though the others still
+            // serve it until the store is back.
+            Err(e) => tracing::warn!(error = %e, "the guard aborts the canary on this proxy only"),
+        }
+        let (next, cleared) = self.clear_canary(canary, Base::Served).await;
         if !cleared {
             return;
         }
@@ -529,7 +575,7 @@ impl Controller {
         let Breach { reason, failed } = breach;
         self.lock_guard()
             .canary_pulled(pulled, reason.clone(), OffsetDateTime::now_utc());
-        self.save_state().await;
+        self.save_state_from(Base::Served).await;
         self.metrics.aborts.inc();
         tracing::warn!(slot = %canary.slot, %reason, "the guard aborted the canary");
         self.events.record(
@@ -594,7 +640,7 @@ impl Controller {
 
     /// Removes `canary` from routing; `true` when this call removed it
     /// (not when it was already gone).
-    async fn clear_canary(&self, canary: Canary) -> (Arc<Snapshot>, bool) {
+    async fn clear_canary(&self, canary: Canary, base: Base) -> (Arc<Snapshot>, bool) {
         let mut cleared = false;
         let next = self.router.update(|snap| {
             let mut next = snap.to_builder();
@@ -609,7 +655,7 @@ impl Controller {
         if self.traffic.watched() == Some(canary.slot) {
             self.traffic.unwatch();
         }
-        self.save_state().await;
+        self.save_state_from(base).await;
         self.metrics.set_routing(next.active, 0);
         (next, cleared)
     }
@@ -652,16 +698,16 @@ impl Controller {
             config.scenarios.clone()
         };
         let active = current.active;
-        let candidates = current.pool(candidate).addrs();
+        let candidates = current.pool(candidate).endpoints();
         // The active release's members that are up read the candidate's
         // writes; with none up, those steps run against the candidate.
-        let readers: Vec<SocketAddr> = if cross_check == CrossCheck::WithActive {
+        let readers: Vec<Endpoint> = if cross_check == CrossCheck::WithActive {
             let pool = current.pool(active);
             pool.members()
                 .iter()
                 .enumerate()
                 .filter(|(at, _)| pool.member_healthy(*at))
-                .map(|(_, m)| m.addr)
+                .map(|(_, m)| Endpoint::of(m))
                 .collect()
         } else {
             Vec::new()
@@ -730,7 +776,8 @@ impl Controller {
         let from = current.active;
         let now = OffsetDateTime::now_utc();
         let addrs = Slot::ALL.map(|s| current.pool(s).addrs());
-        self.refresh_release(to, &addrs[to.index()]).await;
+        self.refresh_release(to, &current.pool(to).endpoints())
+            .await;
         if let Some(canary) = builds_on
             && self.router.load().canary != Some(canary)
         {
@@ -794,15 +841,15 @@ impl Controller {
 
     /// The gate just exercised the slot: its release label is worth
     /// refreshing before it is named in events and the status.
-    async fn refresh_release(&self, slot: Slot, addrs: &[SocketAddr]) {
+    async fn refresh_release(&self, slot: Slot, members: &[Endpoint]) {
         let cfg = self.config.load().health.clone();
-        let checks = addrs
+        let checks = members
             .iter()
-            .map(|addr| health::check(&self.prober, *addr, &cfg));
+            .map(|at| health::check(&self.prober, at, &cfg));
         let results = futures_util::future::join_all(checks).await;
-        for (addr, result) in addrs.iter().zip(results) {
+        for (at, result) in members.iter().zip(results) {
             if let Ok(release) = result {
-                self.health.set_release(slot, *addr, release);
+                self.health.set_release(slot, at.addr, release);
             }
         }
     }
@@ -829,17 +876,128 @@ impl Controller {
     /// applied (the guard's part is known only then). A failure is logged:
     /// the change itself stands, and the next one writes the file again.
     async fn save_state(&self) {
+        self.save_state_from(Base::Pinned).await;
+    }
+
+    async fn save_state_from(&self, base: Base) {
         let state = self.state_of(&self.router.load());
-        if let Err(e) = self.persist(&state).await {
+        if let Err(e) = self.persist_from(&state, base).await {
             tracing::error!(error = %e, "could not save the routing state");
         }
     }
 
     async fn persist(&self, state: &PersistedState) -> Result<(), ControlError> {
+        self.persist_from(state, Base::Pinned).await
+    }
+
+    /// With a cluster, the commit to the shared store decides; the state
+    /// file is then its cache, and failing to write it is only logged.
+    async fn persist_from(&self, state: &PersistedState, base: Base) -> Result<(), ControlError> {
         let path = self.config.load().state_file();
-        state::save(&path, state)
-            .await
-            .map_err(ControlError::Persist)
+        let Some(cluster) = &self.cluster else {
+            return state::save(&path, state)
+                .await
+                .map_err(ControlError::Persist);
+        };
+        cluster.commit(state, base).await?;
+        if let Err(e) = state::save(&path, state).await {
+            tracing::error!(error = %e, "could not write the state file, the routing store's cache");
+        }
+        Ok(())
+    }
+
+    /// With a cluster, commits the end of `current`'s canary before this
+    /// proxy ends it, so that a change that lost changes nothing.
+    async fn commit_canary_end(&self, current: &Snapshot, base: Base) -> Result<(), ControlError> {
+        let Some(cluster) = &self.cluster else {
+            return Ok(());
+        };
+        let state = self.state_of(current).with_canary(None);
+        cluster.commit(&state, base).await.map(|_| ())
+    }
+
+    /// The routing and the guard as they stand, as the state file holds them.
+    pub fn routing_state(&self) -> PersistedState {
+        self.state_of(&self.router.load())
+    }
+
+    /// The cluster part of the status; none for a proxy on its own.
+    pub fn cluster_view(&self) -> Option<ClusterView> {
+        self.cluster.as_ref().map(|c| c.view())
+    }
+
+    /// Serves a routing state another proxy committed to the shared store
+    /// (its gate ran there), and keeps it in the state file. A slot whose
+    /// member list changed gets a new pool, every member unknown until
+    /// checked, as `set_addr` leaves it; a slot whose list is the same keeps
+    /// its pool and the health verdicts on its members.
+    pub async fn adopt(&self, state: &PersistedState) {
+        let config = self.config.load_full();
+        let current = self.router.load_full();
+        let addrs = state.addrs();
+        let canary = state
+            .canary
+            .filter(|c| c.slot != state.active)
+            .map(|c| Canary {
+                slot: c.slot,
+                percent: c.percent,
+            });
+        let moved = Slot::ALL.map(|slot| current.pool(slot).addrs() != addrs[slot.index()]);
+        let pools = Slot::ALL.map(|slot| {
+            if moved[slot.index()] {
+                self.health.reset(slot, &addrs[slot.index()]);
+                Arc::new(Pool::new(
+                    slot,
+                    &addrs[slot.index()],
+                    &config.timeouts,
+                    config.slot_tls[slot.index()].as_ref(),
+                ))
+            } else {
+                Arc::clone(current.pool(slot))
+            }
+        });
+        let next = self.router.update(|snap| {
+            let mut next = snap.to_builder();
+            next.active = state.active;
+            next.previous = state.previous;
+            next.last_switch = state.last_switch;
+            next.canary = canary;
+            for slot in Slot::ALL {
+                let i = slot.index();
+                let serves = slot == state.active || canary.is_some_and(|c| c.slot == slot);
+                // The proxy that committed it found the serving slot up; until
+                // this proxy's own checks say otherwise, every member counts.
+                let pool = if moved[i] { &pools[i] } else { &snap.pools[i] };
+                next.pools[i] = if serves && !pool.is_healthy() {
+                    Arc::new(pool.all_healthy())
+                } else {
+                    Arc::clone(pool)
+                };
+                next.vetted[i] = serves || (!moved[i] && state.vetted[i].is_some());
+            }
+            next
+        });
+        let now = Instant::now();
+        let guard = Guard::restore(
+            state.guard.clone(),
+            canary.is_some(),
+            now,
+            OffsetDateTime::now_utc(),
+        );
+        let watching = guard.view(&next, now).watching;
+        *self.lock_guard() = guard;
+        match watching {
+            Some(_) => {
+                let slot = canary.map_or(next.active, |c| c.slot);
+                self.arm_tripwire(slot);
+            }
+            None => self.traffic.unwatch(),
+        }
+        self.metrics
+            .set_routing(next.active, canary.map_or(0, |c| c.percent));
+        if let Err(e) = state::save(&config.state_file(), state).await {
+            tracing::error!(error = %e, "could not write the state file, the routing store's cache");
+        }
     }
 }
 

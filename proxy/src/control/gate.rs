@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::config::{Gate, Scenario};
-use crate::control::probe::{ProbeFailure, Prober, Targets};
+use crate::control::probe::{Endpoint, ProbeFailure, Prober, Targets};
 
 /// Runs the gate against every member at once, each with the active
 /// member of the same rank in `active` (cycled) for its cross-release
@@ -16,13 +16,13 @@ pub async fn run_members(
     prober: &Prober,
     scenarios: &[Scenario],
     gate: &Gate,
-    candidates: &[SocketAddr],
-    active: &[SocketAddr],
+    candidates: &[Endpoint],
+    active: &[Endpoint],
 ) -> Result<(), ProbeFailure> {
     let runs = candidates.iter().enumerate().map(|(i, candidate)| {
         let targets = Targets {
-            candidate: *candidate,
-            active: (!active.is_empty()).then(|| active[i % active.len()]),
+            candidate: candidate.clone(),
+            active: (!active.is_empty()).then(|| active[i % active.len()].clone()),
         };
         run(prober, scenarios, gate, targets)
     });
@@ -43,7 +43,7 @@ pub async fn run(
     let rounds = async {
         for _ in 0..gate.passes {
             for scenario in scenarios {
-                prober.run(scenario, targets).await?;
+                prober.run(scenario, &targets).await?;
             }
             passes += 1;
         }
@@ -52,7 +52,7 @@ pub async fn run(
     match tokio::time::timeout(gate.deadline, rounds).await {
         Ok(result) => result,
         Err(_) => Err(deadline_failure(
-            targets.candidate,
+            targets.candidate.addr,
             gate.passes,
             gate.deadline,
             passes,

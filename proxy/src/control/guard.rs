@@ -419,7 +419,9 @@ mod tests {
     fn snapshot(active: Slot, canary: Option<Canary>) -> Snapshot {
         let config = Config::parse("").expect("defaults");
         let pools = Slot::ALL.map(|s| {
-            Arc::new(Pool::new(s, &config.slot_addrs[s.index()], &config.timeouts).all_healthy())
+            Arc::new(
+                Pool::new(s, &config.slot_addrs[s.index()], &config.timeouts, None).all_healthy(),
+            )
         });
         Snapshot {
             active,

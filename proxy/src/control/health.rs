@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use time::OffsetDateTime;
 
 use crate::config::Health;
-use crate::control::probe::Prober;
+use crate::control::probe::{Endpoint, Prober};
 use crate::http::routing::Router;
 use crate::ops::events::{Event, EventKind, EventLog};
 use crate::slot::Slot;
@@ -137,12 +137,8 @@ impl HealthTable {
 }
 
 /// One liveness check: the release label on success, what went wrong otherwise.
-pub async fn check(
-    prober: &Prober,
-    addr: SocketAddr,
-    cfg: &Health,
-) -> Result<Option<String>, String> {
-    let response = prober.get(addr, &cfg.path, cfg.timeout).await?;
+pub async fn check(prober: &Prober, to: &Endpoint, cfg: &Health) -> Result<Option<String>, String> {
+    let response = prober.get(to, &cfg.path, cfg.timeout).await?;
     if !response.status.is_success() {
         return Err(format!(
             "{} answered status {}",
@@ -179,21 +175,24 @@ impl Monitor {
     ) {
         let mut ticker = Ticker::new(self.cfg.interval, shutdown);
         while ticker.tick().await {
-            let members: Vec<(Slot, SocketAddr)> = {
+            let members: Vec<(Slot, Endpoint)> = {
                 let snap = self.router.load();
                 Slot::ALL
                     .into_iter()
-                    .flat_map(|slot| snap.pool(slot).addrs().into_iter().map(move |a| (slot, a)))
+                    .flat_map(|slot| {
+                        snap.pool(slot)
+                            .endpoints()
+                            .into_iter()
+                            .map(move |e| (slot, e))
+                    })
                     .collect()
             };
             let results = futures_util::future::join_all(
-                members
-                    .iter()
-                    .map(|(_, addr)| check(&prober, *addr, &self.cfg)),
+                members.iter().map(|(_, at)| check(&prober, at, &self.cfg)),
             )
             .await;
-            for ((slot, addr), result) in members.into_iter().zip(results) {
-                self.checked(slot, addr, &result);
+            for ((slot, at), result) in members.into_iter().zip(results) {
+                self.checked(slot, at.addr, &result);
             }
         }
     }

@@ -1,6 +1,7 @@
 //! Probe scenarios: multi-step HTTP checks that do what users do (create a
-//! link, follow it), sent straight to a slot's upstream address, never
-//! through the public listener, and marked with a probe header.
+//! link, follow it), sent straight to a slot's upstream address (over the
+//! slot's own connector: TLS when the slot says so), never through the
+//! public listener, and marked with a probe header.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -10,12 +11,11 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::TokioIo;
 use serde::Serialize;
 
 use crate::config::{Capture, Scenario, Step, StepBody, StepTarget};
+use crate::http::upstream::{Connector, Upstream};
 
 /// The header every probe request carries, valued with the scenario's name.
 pub static PROBE_HEADER: HeaderName = HeaderName::from_static("x-bluegreen-probe");
@@ -49,20 +49,49 @@ impl std::fmt::Display for ProbeFailure {
     }
 }
 
-/// The two addresses a scenario's steps can be sent to.
-#[derive(Debug, Clone, Copy)]
-pub struct Targets {
-    pub candidate: SocketAddr,
-    /// The slot serving users; `None` when it is down, and then its steps
-    /// run against the candidate (a dead release has no rows to check).
-    pub active: Option<SocketAddr>,
+/// Where a probe or a liveness check goes: an upstream's address and how
+/// the slot reaches it.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub connector: Connector,
 }
 
-/// Sends probe requests. Cheap to clone (the client is shared).
+impl Endpoint {
+    pub fn of(upstream: &Upstream) -> Endpoint {
+        Endpoint {
+            addr: upstream.addr,
+            connector: upstream.connector.clone(),
+        }
+    }
+}
+
+/// The two upstreams a scenario's steps can be sent to.
+#[derive(Debug, Clone)]
+pub struct Targets {
+    pub candidate: Endpoint,
+    /// The slot serving users; `None` when it is down, and then its steps
+    /// run against the candidate (a dead release has no rows to check).
+    pub active: Option<Endpoint>,
+}
+
+/// Sends probe requests, each on a connection of its own: a probe must
+/// connect like a new user would, and a stale pooled socket must not fail a
+/// healthy release. Cheap to clone.
 #[derive(Clone)]
 pub struct Prober {
-    client: Client<HttpConnector, Full<Bytes>>,
+    connect_timeout: Duration,
     request_timeout: Duration,
+}
+
+/// Ends a probe connection's task when the exchange that needed it ends,
+/// however it ends (a timeout drops the exchange).
+struct Driver(tokio::task::JoinHandle<()>);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A probe answer, body read in full (bounded).
@@ -74,34 +103,26 @@ pub struct ProbeResponse {
 
 impl Prober {
     pub fn new(connect_timeout: Duration, request_timeout: Duration) -> Prober {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.set_nodelay(true);
-        // No pooling: a probe must open its own connection like a new user
-        // would, and a stale pooled socket must not fail a healthy release.
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(0)
-            .build(connector);
         Prober {
-            client,
+            connect_timeout,
             request_timeout,
         }
     }
 
     /// Runs every step of `scenario` in order; the first unmet expectation
     /// is the failure.
-    pub async fn run(&self, scenario: &Scenario, targets: Targets) -> Result<(), ProbeFailure> {
+    pub async fn run(&self, scenario: &Scenario, targets: &Targets) -> Result<(), ProbeFailure> {
         let mut vars = HashMap::new();
         vars.insert("random".to_string(), random_token());
         for step in &scenario.steps {
-            let addr = match step.target {
-                StepTarget::Candidate => targets.candidate,
-                StepTarget::Active => targets.active.unwrap_or(targets.candidate),
+            let to = match step.target {
+                StepTarget::Candidate => &targets.candidate,
+                StepTarget::Active => targets.active.as_ref().unwrap_or(&targets.candidate),
             };
-            self.run_step(scenario, step, addr, &mut vars)
+            self.run_step(scenario, step, to, &mut vars)
                 .await
                 .map_err(|(expected, got)| ProbeFailure {
-                    member: Some(targets.candidate.to_string()),
+                    member: Some(targets.candidate.addr.to_string()),
                     scenario: scenario.name.clone(),
                     step: step.name.clone(),
                     expected,
@@ -115,14 +136,14 @@ impl Prober {
         &self,
         scenario: &Scenario,
         step: &Step,
-        addr: SocketAddr,
+        to: &Endpoint,
         vars: &mut HashMap<String, String>,
     ) -> Result<(), (String, String)> {
         let path = substitute(&step.path, vars);
         let mut builder = Request::builder()
             .method(step.method.clone())
-            .uri(format!("http://{addr}{path}"))
-            .header(header::HOST, addr.to_string())
+            .uri(path)
+            .header(header::HOST, to.addr.to_string())
             .header(&PROBE_HEADER, scenario.name.as_str());
         for (name, value) in &step.headers {
             builder = builder.header(name, substitute(value, vars));
@@ -152,7 +173,7 @@ impl Prober {
             )
         })?;
         let response = self
-            .send(request)
+            .send(to, request)
             .await
             .map_err(|got| (format!("status {}", step.expect_status.as_u16()), got))?;
 
@@ -228,17 +249,31 @@ impl Prober {
         Ok(())
     }
 
-    /// Sends one request and reads the whole (bounded) answer within the
-    /// request timeout; the error is what came back instead, in words.
-    pub async fn send(&self, request: Request<Full<Bytes>>) -> Result<ProbeResponse, String> {
+    /// Sends one request (its target in origin form) on a new connection
+    /// and reads the whole (bounded) answer within the request timeout; the
+    /// error is what came back instead, in words.
+    pub async fn send(
+        &self,
+        to: &Endpoint,
+        request: Request<Full<Bytes>>,
+    ) -> Result<ProbeResponse, String> {
         let exchange = async {
-            let response = self.client.request(request).await.map_err(|e| {
-                if e.is_connect() {
-                    format!("no connection ({e})")
-                } else {
-                    format!("no response ({e})")
-                }
-            })?;
+            let stream = to
+                .connector
+                .connect(to.addr, self.connect_timeout)
+                .await
+                .map_err(|e| format!("no connection ({e})"))?;
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(|e| format!("no connection ({e})"))?;
+            let _driver = Driver(tokio::spawn(async move {
+                let _ = connection.await;
+            }));
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(|e| format!("no response ({e})"))?;
             let (parts, body) = response.into_parts();
             let body = Limited::new(body, MAX_PROBE_BODY)
                 .collect()
@@ -269,18 +304,18 @@ impl Prober {
     /// A plain GET, for liveness checks.
     pub async fn get(
         &self,
-        addr: SocketAddr,
+        to: &Endpoint,
         path: &str,
         timeout: Duration,
     ) -> Result<ProbeResponse, String> {
         let request = Request::builder()
             .method(Method::GET)
-            .uri(format!("http://{addr}{path}"))
-            .header(header::HOST, addr.to_string())
+            .uri(path)
+            .header(header::HOST, to.addr.to_string())
             .header(&PROBE_HEADER, HeaderValue::from_static("health"))
             .body(Full::new(Bytes::new()))
             .map_err(|e| e.to_string())?;
-        tokio::time::timeout(timeout, self.send(request))
+        tokio::time::timeout(timeout, self.send(to, request))
             .await
             .unwrap_or_else(|_| Err(format!("no answer within {} ms", timeout.as_millis())))
     }

@@ -221,10 +221,20 @@ impl Alarm {
 impl Drop for Alarm {
     fn drop(&mut self) {
         if let Some(owner) = self.owner.upgrade() {
-            lock(&owner.alarms).remove(&self.id);
+            let mut alarms = lock(&owner.alarms);
+            alarms.remove(&self.id);
+            // A map never shrinks by itself: one that held 10,000 alarms
+            // would keep 300 KB after their connections closed.
+            if alarms.capacity() > MIN_ALARMS_CAPACITY && alarms.len() < alarms.capacity() / 4 {
+                let len = alarms.len();
+                alarms.shrink_to(len * 2);
+            }
         }
     }
 }
+
+/// Below this many, the alarms' map is not worth shrinking.
+const MIN_ALARMS_CAPACITY: usize = 1024;
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)

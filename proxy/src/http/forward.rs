@@ -542,7 +542,7 @@ impl Forwarder {
     /// the request went to it while watched, and the stable release's
     /// answer is counted too.
     fn charge_watched(&self, slot: crate::slot::Slot, outcome: Outcome, started: Instant) {
-        if !outcome.counts() {
+        if !outcome.judges_release() {
             return;
         }
         let now = Instant::now();
@@ -696,11 +696,15 @@ fn classify(e: SendError, shared: &BodyShared) -> AttemptFailed {
     let body = shared.take_for_resend();
     match e {
         SendError::Connect { why, parts } => AttemptFailed {
-            error: UpstreamError::Connect(why),
             failure: Failure {
-                kind: FailureKind::Connect,
+                kind: if why.is_handshake() {
+                    FailureKind::Handshake
+                } else {
+                    FailureKind::Connect
+                },
                 retry: Retry::Unsent,
             },
+            error: UpstreamError::Connect(why.to_string()),
             body,
             parts: Some(parts),
         },

@@ -23,6 +23,11 @@ pub enum Source {
 pub enum FailureKind {
     /// No connection could be opened.
     Connect,
+    /// The TLS handshake with the upstream failed (its certificate did not
+    /// verify, or TLS found nothing in common): nothing of the request was
+    /// sent. It says how the slot is reached (its certificate, the proxy's
+    /// trust), not how the release behaves.
+    Handshake,
     /// No response head within the response timeout.
     Timeout,
     /// A new connection closed or reset before any response came back.
@@ -49,8 +54,9 @@ pub enum FailureKind {
 
 impl FailureKind {
     /// Every kind, for the metrics' label sets.
-    pub const ALL: [FailureKind; 11] = [
+    pub const ALL: [FailureKind; 12] = [
         FailureKind::Connect,
+        FailureKind::Handshake,
         FailureKind::Timeout,
         FailureKind::Reset,
         FailureKind::Stale,
@@ -66,6 +72,7 @@ impl FailureKind {
     pub fn source(self) -> Source {
         match self {
             FailureKind::Connect
+            | FailureKind::Handshake
             | FailureKind::Timeout
             | FailureKind::Reset
             | FailureKind::Stale
@@ -80,15 +87,20 @@ impl FailureKind {
     }
 
     /// Whether it says the upstream may be down, for passive health: it
-    /// refused a connection, or dropped a new one without answering. A
-    /// stale pooled connection, a bad answer or a slow one say it is up.
+    /// refused a connection or a handshake, or dropped a new connection
+    /// without answering. A stale pooled connection, a bad answer or a slow
+    /// one say it is up.
     pub fn says_down(self) -> bool {
-        matches!(self, FailureKind::Connect | FailureKind::Reset)
+        matches!(
+            self,
+            FailureKind::Connect | FailureKind::Handshake | FailureKind::Reset
+        )
     }
 
     pub fn as_str(self) -> &'static str {
         match self {
             FailureKind::Connect => "connect",
+            FailureKind::Handshake => "tls_handshake",
             FailureKind::Timeout => "timeout",
             FailureKind::Reset => "reset",
             FailureKind::Stale => "stale",
@@ -167,6 +179,14 @@ impl Outcome {
             Outcome::Failed(kind) => kind.source() == Source::Upstream,
         }
     }
+
+    /// Whether the guard judges the release by it: what `counts`, but a
+    /// failed TLS handshake, which says the slot cannot be reached as
+    /// configured (health takes it down, and users go elsewhere) and nothing
+    /// about what the release does with a request.
+    pub fn judges_release(self) -> bool {
+        self.counts() && self != Outcome::Failed(FailureKind::Handshake)
+    }
 }
 
 #[cfg(test)]
@@ -183,6 +203,17 @@ mod tests {
             assert!(!kind.says_down() || upstream, "{kind:?}");
         }
         assert!(Outcome::Answered(503).is_failure());
+        let judged: Vec<FailureKind> = FailureKind::ALL
+            .into_iter()
+            .filter(|&kind| {
+                Outcome::Failed(kind).counts() != Outcome::Failed(kind).judges_release()
+            })
+            .collect();
+        assert_eq!(
+            judged,
+            [FailureKind::Handshake],
+            "only a handshake is not the release's"
+        );
         assert!(!Outcome::Answered(413).is_failure());
         assert!(Outcome::Answered(413).counts());
     }

@@ -7,8 +7,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::config::Timeouts;
-use crate::http::upstream::Upstream;
+use crate::config::{SlotTls, Timeouts};
+use crate::control::probe::Endpoint;
+use crate::http::upstream::{Connector, Upstream};
 use crate::slot::Slot;
 
 /// The most members a slot may have: the health verdicts and the members a
@@ -35,14 +36,27 @@ pub struct Pool {
 
 impl Pool {
     /// A pool of new upstreams at `addrs`, every member down until checked.
-    pub fn new(slot: Slot, addrs: &[SocketAddr], timeouts: &Timeouts) -> Pool {
+    /// Every member is reached as the slot's `tls` says, each with a
+    /// connector of its own: with no `server_name`, a member's certificate
+    /// must name that member's IP.
+    pub fn new(
+        slot: Slot,
+        addrs: &[SocketAddr],
+        timeouts: &Timeouts,
+        tls: Option<&SlotTls>,
+    ) -> Pool {
         Pool::of(
             addrs
                 .iter()
                 .take(MAX_MEMBERS)
-                .map(|addr| Upstream::new(slot, *addr, timeouts))
+                .map(|addr| Upstream::new(slot, *addr, timeouts, Connector::new(tls, *addr)))
                 .collect(),
         )
+    }
+
+    /// Where a probe or a health check reaches each member, in order.
+    pub fn endpoints(&self) -> Vec<Endpoint> {
+        self.members.iter().map(|m| Endpoint::of(m)).collect()
     }
 
     /// A pool of these members, every one down until checked.
@@ -188,7 +202,7 @@ mod tests {
         let addrs: Vec<SocketAddr> = (1..=n)
             .map(|port| SocketAddr::from(([127, 0, 0, 1], port)))
             .collect();
-        Pool::new(Slot::Blue, &addrs, &timeouts())
+        Pool::new(Slot::Blue, &addrs, &timeouts(), None)
     }
 
     fn up(pool: Pool) -> Pool {

@@ -234,7 +234,9 @@ mod tests {
         let mut config = Config::parse("").expect("defaults");
         config.canary.preview_secret = secret.map(str::to_string);
         let pools = Slot::ALL.map(|s| {
-            Arc::new(Pool::new(s, &config.slot_addrs[s.index()], &config.timeouts).all_healthy())
+            Arc::new(
+                Pool::new(s, &config.slot_addrs[s.index()], &config.timeouts, None).all_healthy(),
+            )
         });
         Snapshot {
             active: Slot::Blue,

@@ -1,29 +1,26 @@
 //! The public listeners, plain and TLS (`tls`: the handshake): accept
 //! connections (bounded in number, both together), serve HTTP/1.1 and HTTP/2
-//! on each through hyper-util (with the header and idle deadlines of `idle`),
-//! and on shutdown stop accepting and drain connections within the grace
-//! period.
+//! on each through hyper (`conn`, which parks idle plain HTTP/1.1
+//! connections, with the header and idle deadlines of `idle`), and on
+//! shutdown stop accepting and drain connections within the grace period.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use http::header::{CONNECTION, HeaderValue};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::io::{AsyncRead, AsyncWrite};
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::config::Limits;
-use crate::http::forward::{ClientConn, Forwarder};
+use crate::http::forward::Forwarder;
 use crate::http::https::Transport;
+use crate::metrics::Metrics;
 
+mod conn;
 mod idle;
 pub mod tls;
 
@@ -59,13 +56,13 @@ pub async fn serve(
     listener: TcpListener,
     tls: Option<TlsListener>,
     forwarder: Arc<Forwarder>,
+    metrics: &Metrics,
     limits: Limits,
     grace: Duration,
     shutdown: impl Future<Output = ()>,
 ) -> Drain {
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+    let mut http1 = http1::Builder::new();
+    http1
         .timer(TokioTimer::new())
         // Both the header and the idle deadline are `idle::TimedIo`'s: hyper's
         // would start at the end of the previous response and cut idle
@@ -81,21 +78,24 @@ pub async fn serve(
         // read makes it allocate a new 8 KiB buffer per request while the
         // request's headers still point into the old one.
         .half_close(true);
-    builder
-        .http2()
+    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    http2
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
-    let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
+    let settings = Arc::new(conn::Settings {
+        http1,
+        http2,
+        limits,
+        open: metrics.client_connections.clone(),
+        parked: metrics.parked_connections.clone(),
+        draining: AtomicBool::new(false),
+    });
+    let graceful = conn::DrainSignal::new();
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let https_port = tls
         .as_ref()
         .and_then(|t| t.listener.local_addr().ok())
         .map(|addr| addr.port());
-    // Set when the drain starts: every HTTP/1 answer from then on closes its
-    // connection, so its client opens the next one where the listener is
-    // accepted (after a takeover, in the new process).
-    let draining = Arc::new(AtomicBool::new(false));
     tokio::pin!(shutdown);
 
     loop {
@@ -120,27 +120,22 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let conn = Conn {
-            builder: Arc::clone(&builder),
-            client: forwarder.client_conn(peer, transport),
-            limits,
-            watcher: graceful.watcher(),
-            peer,
-            draining: Arc::clone(&draining),
-        };
+        let client = forwarder.client_conn(peer, transport);
+        let settings = Arc::clone(&settings);
+        let watcher = graceful.watcher();
         match (transport, &tls) {
             (Transport::Tls, Some(tls)) => {
                 let handshake = tls.handshake.clone();
                 tokio::spawn(async move {
                     if let Some(stream) = handshake.run(stream, peer).await {
-                        conn.serve(stream).await;
+                        conn::serve_unparked(stream, peer, client, settings, watcher).await;
                     }
                     drop(permit);
                 });
             }
             _ => {
                 tokio::spawn(async move {
-                    conn.serve(stream).await;
+                    conn::serve(stream, peer, client, settings, watcher).await;
                     drop(permit);
                 });
             }
@@ -149,7 +144,10 @@ pub async fn serve(
 
     drop(tls);
     drop(listener);
-    draining.store(true, Ordering::Relaxed);
+    // Every HTTP/1 answer from now on closes its connection, so its client
+    // opens the next one where the listener is accepted (after a takeover, in
+    // the new process).
+    settings.draining.store(true, Ordering::Relaxed);
     let open = graceful.count();
     tracing::info!(
         connections = open,
@@ -186,59 +184,6 @@ async fn accept_tls(
     match tls {
         Some(tls) => tls.listener.accept().await,
         None => std::future::pending().await,
-    }
-}
-
-/// One accepted connection, ready to be served once its bytes are readable as HTTP (at
-/// once in plain text, after the handshake over TLS).
-struct Conn {
-    builder: Arc<Builder<TokioExecutor>>,
-    client: ClientConn,
-    limits: Limits,
-    /// Counts the connection in the drain from its accept.
-    watcher: Watcher,
-    peer: SocketAddr,
-    /// The server's drain flag (see `serve`).
-    draining: Arc<AtomicBool>,
-}
-
-impl Conn {
-    /// Serves its requests until it closes, with the header and idle deadlines.
-    async fn serve<I>(self, io: I)
-    where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let activity = Arc::new(idle::Activity::new());
-        let io = idle::TimedIo::new(
-            io,
-            Arc::clone(&activity),
-            self.limits.idle_timeout,
-            self.limits.header_read_timeout,
-        );
-        let client = Arc::new(self.client);
-        let draining = self.draining;
-        let service = service_fn(move |req| {
-            let client = Arc::clone(&client);
-            let busy = activity.start();
-            let http1 = req.version() < http::Version::HTTP_2;
-            let draining = Arc::clone(&draining);
-            async move {
-                let mut response = client.handle(req).await;
-                if http1 && draining.load(Ordering::Relaxed) {
-                    response
-                        .headers_mut()
-                        .insert(CONNECTION, HeaderValue::from_static("close"));
-                }
-                Ok::<_, Infallible>(response.map(|body| idle::Tracked::new(body, busy)))
-            }
-        });
-        let conn = self
-            .builder
-            .serve_connection(TokioIo::new(io), service)
-            .into_owned();
-        if let Err(e) = self.watcher.watch(conn).await {
-            tracing::debug!(peer = %self.peer, error = %e, "connection ended with an error");
-        }
     }
 }
 

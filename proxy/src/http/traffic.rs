@@ -242,7 +242,9 @@ impl Traffic {
 
     /// Records one user request's outcome, which came `at` (the caller's
     /// reading of the clock for the latency: one read fewer per request).
-    /// Outcomes that do not judge the slot are not recorded. `true` for a
+    /// Outcomes that do not judge the slot are not recorded; one that does
+    /// not judge the release (a failed TLS handshake) is counted in the
+    /// totals of what users saw, not in the guard's window. `true` for a
     /// failure of the slot the guard watches.
     pub fn record(&self, slot: Slot, outcome: Outcome, latency: Duration, at: Instant) -> bool {
         if !outcome.counts() {
@@ -253,15 +255,16 @@ impl Traffic {
         if outcome.is_failure() {
             s.failures.fetch_add(1, Ordering::Relaxed);
         }
-        self.judge(slot, outcome, latency, at)
+        outcome.judges_release() && self.judge(slot, outcome, latency, at)
     }
 
     /// Charges `slot` with an attempt whose failure the user did not see
     /// (another slot answered): the guard judges it, the totals of what
     /// users saw (incidents, budget) do not count it. A client's fault or
-    /// the proxy's is not charged, as `record` does not count it.
+    /// the proxy's is not charged, nor what does not judge the release
+    /// (`Outcome::judges_release`).
     pub fn charge(&self, slot: Slot, outcome: Outcome, latency: Duration, at: Instant) -> bool {
-        if !outcome.counts() {
+        if !outcome.judges_release() {
             return false;
         }
         self.judge(slot, outcome, latency, at)
@@ -417,6 +420,33 @@ mod tests {
                 requests: 1,
                 failures: 1
             }
+        );
+    }
+
+    #[test]
+    fn a_failed_handshake_is_what_users_saw_but_not_the_releases_doing() {
+        // Arrange
+        let t = Traffic::new();
+        let handshake = Outcome::Failed(FailureKind::Handshake);
+
+        // Act
+        let recorded = t.record(Slot::Green, handshake, Duration::ZERO, Instant::now());
+        let charged = t.charge(Slot::Green, handshake, Duration::ZERO, Instant::now());
+
+        // Assert
+        assert!(!recorded && !charged);
+        assert_eq!(
+            t.window(Slot::Green, Duration::from_secs(30)),
+            WindowStats::default(),
+            "the guard's window holds nothing"
+        );
+        assert_eq!(
+            t.totals(Slot::Green),
+            Totals {
+                requests: 1,
+                failures: 1
+            },
+            "the user's failed request is counted"
         );
     }
 

@@ -2,7 +2,8 @@
 //! connections, and the count of requests in flight on it.
 //!
 //! The connections are the proxy's own HTTP/1.1 client (`conn`, reading
-//! responses with `response`) under a small idle stack: one upstream is one
+//! responses with `response`, over what `connector` opened: TCP, or TLS over
+//! it) under a small idle stack: one upstream is one
 //! address, so there is no pool key to hash, no URI to parse per request,
 //! and a connection goes back to the stack when its response body ends.
 
@@ -14,7 +15,6 @@ use std::time::{Duration, Instant};
 use http::request::Parts;
 use http::uri::{Authority, Uri};
 use http::{Method, Request, Response};
-use tokio::net::TcpStream;
 use tokio::task::AbortHandle;
 
 use crate::config::Timeouts;
@@ -23,12 +23,16 @@ use crate::slot::Slot;
 use request_body::RequestBody;
 
 mod conn;
+mod connector;
 #[cfg(test)]
 mod differential;
 pub mod request_body;
 mod response;
 
 pub use conn::{Conn, Failed, ResponseBody, ResponseBodyError};
+#[cfg(test)]
+use connector::Stream;
+pub use connector::{ConnectError, Connector};
 
 /// Idle connections kept per upstream at most; more are closed when they
 /// become idle.
@@ -46,6 +50,8 @@ pub struct Upstream {
     pub addr: SocketAddr,
     /// The address as a URI authority, for a `CONNECT` request's target.
     authority: Authority,
+    /// How connections are opened: the slot's, for as long as the process runs.
+    pub connector: Connector,
     connect_timeout: Duration,
     /// How long a connection may sit idle and still be reused.
     idle_timeout: Duration,
@@ -77,20 +83,29 @@ struct Idle {
 pub enum SendError {
     /// No connection could be opened: nothing of the request was sent, and
     /// here is its head to send elsewhere (its body stayed unread).
-    Connect { why: String, parts: Box<Parts> },
+    Connect {
+        why: ConnectError,
+        parts: Box<Parts>,
+    },
     /// The exchange failed once the request was on its way (or its body
     /// could not be read): some of it may have reached the upstream.
     Failed(Failed),
 }
 
 impl Upstream {
-    pub fn new(slot: Slot, addr: SocketAddr, timeouts: &Timeouts) -> Arc<Upstream> {
+    pub fn new(
+        slot: Slot,
+        addr: SocketAddr,
+        timeouts: &Timeouts,
+        connector: Connector,
+    ) -> Arc<Upstream> {
         let authority = Authority::try_from(addr.to_string().as_str())
             .expect("a socket address is a valid authority");
         Arc::new(Upstream {
             slot,
             addr,
             authority,
+            connector,
             connect_timeout: timeouts.connect,
             idle_timeout: timeouts.upstream_idle,
             read_timeout: timeouts.upstream_read,
@@ -140,7 +155,7 @@ impl Upstream {
     fn checkout(&self, now: Instant) -> Option<Box<Conn>> {
         let mut idle = self.idle.lock().expect("pool lock is never poisoned");
         // Bounded by the stack, which only shrinks here.
-        while let Some(Idle { conn, since }) = idle.pop() {
+        while let Some(Idle { mut conn, since }) = idle.pop() {
             if now.saturating_duration_since(since) >= self.idle_timeout {
                 // The rest is older still.
                 idle.clear();
@@ -164,17 +179,14 @@ impl Upstream {
         }
     }
 
-    async fn connect(self: &Arc<Self>) -> Result<Box<Conn>, String> {
+    async fn connect(self: &Arc<Self>) -> Result<Box<Conn>, ConnectError> {
         self.sweeper.get_or_init(|| {
             tokio::spawn(sweep(Arc::downgrade(self), self.idle_timeout)).abort_handle()
         });
-        let stream =
-            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => return Err(format!("tcp connect error: {e}")),
-                Err(_) => return Err("tcp connect timed out".to_string()),
-            };
-        let _ = stream.set_nodelay(true);
+        let stream = self
+            .connector
+            .connect(self.addr, self.connect_timeout)
+            .await?;
         Ok(Conn::new(stream, self.read_timeout))
     }
 
@@ -183,7 +195,7 @@ impl Upstream {
         let mut idle = self.idle.lock().expect("pool lock is never poisoned");
         let fresh = idle.partition_point(|c| c.since.elapsed() >= self.idle_timeout);
         idle.drain(..fresh);
-        idle.retain(|c| c.conn.is_usable());
+        idle.retain_mut(|c| c.conn.is_usable());
     }
 
     pub fn in_flight(&self) -> usize {
@@ -315,7 +327,7 @@ mod tests {
             upstream_read: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(1),
         };
-        Upstream::new(Slot::Blue, addr, &timeouts)
+        Upstream::new(Slot::Blue, addr, &timeouts, Connector::Plain)
     }
 
     fn get() -> Request<RequestBody> {
@@ -379,6 +391,25 @@ mod tests {
             assert_eq!(exchange(&upstream).await, body);
         }
         accepted.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn a_refused_body_costs_its_connection_and_a_refused_get_does_not() {
+        // Arrange: an upstream that answers 413 to everything and says
+        // nothing about closing, as hyper's server does before it closes.
+        let answer = b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 0\r\n\r\n";
+        let (addr, accepted) = scripted_server(answer, usize::MAX).await;
+        let upstream = upstream(addr, Duration::from_secs(60));
+        let post = || request(Method::POST, vec![Bytes::from_static(b"{}")]);
+
+        // Act
+        for req in [post(), post(), get(), get()] {
+            let (status, _) = exchange_with(&upstream, req).await.expect("an answer");
+            assert_eq!(status, http::StatusCode::PAYLOAD_TOO_LARGE);
+        }
+
+        // Assert: each refused POST left its connection; the GETs shared one.
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test]

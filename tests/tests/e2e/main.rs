@@ -14,8 +14,12 @@
 //! - `tls`: HTTPS end to end: HTTP/1.1 and HTTP/2 over TLS, SNI, certificates swapped and
 //!   refused by reload and check-config, the http-to-https redirect, handshake timeouts, https
 //!   webhooks.
+//! - `upstream_tls`: a slot reached over TLS: probed, checked and served on kept-alive
+//!   connections; one whose certificate does not verify is down with the reason, and refused.
 //! - `large_body`: 32 MB bodies intact both ways, with a length, chunked, and over HTTP/2.
 //! - `half_close`: a client that half-closes after its request still gets its answer.
+//! - `parking`: idle HTTP/1.1 connections parked without buffers and served as before when
+//!   their next bytes come (requests, pipelined bytes, a half-close); many at once; the drain.
 //! - `limits`: the listener's limits (slow or large heads and bodies, idle connections, the
 //!   connection cap) and the upstream timeouts, each with its own status.
 //! - `failover`: a dead active hands its users to a vetted slot without an error, and back;
@@ -37,6 +41,10 @@
 //! - `takeover`: a second proxy takes the listeners over: twenty in a row under load lose no
 //!   request; an invalid or killed successor leaves the old one serving; the canary survives
 //!   a takeover and a restart; a crash's downtime counts in the budget, a takeover's not.
+//! - `cluster`: several proxies on one routing state in PostgreSQL: a switch through one is
+//!   served by the others within a second, one of two racing changes wins, the guard judges
+//!   every proxy's users and its abort acts once for all, a stopped store stops changes (503) but not serving, a restarted proxy
+//!   starts on the current generation.
 //! - `canary_split`: the sticky bucket split, the preview secret, canaries that are refused.
 //! - `bake`: a switched release that fails during the bake is rolled back by the guard.
 //! - `admin`: the admin API's refusals (token, active slot, bad input, unknown routes) and
@@ -69,15 +77,18 @@ mod headers;
 mod hostile_host;
 mod large_body;
 mod limits;
+mod parking;
 mod shutdown;
 mod smuggling;
 mod tls;
 mod upstream_conformance;
+mod upstream_tls;
 
 // Control plane.
 mod admin;
 mod bake;
 mod canary_split;
+mod cluster;
 mod cross_release;
 mod dead_green;
 mod pools;

@@ -237,12 +237,6 @@ async fn row01_an_early_answer_then_a_reset_is_the_upstreams_answer_and_no_failu
     assert!(setup.blue_healthy().await, "blue was marked down");
 }
 
-// Fails about one run in two: one try in twenty gets a 502. The shortener
-// closes with most of the upload unread, so its kernel answers the rest with
-// a reset, which can overtake our read of its 413. Kept runnable (`--ignored`)
-// until the race is closed (issue 19 stays open for it); the raw-socket row 1
-// test above covers the proxy's side deterministically.
-#[ignore = "races the shortener's reset against its 413: issue 19"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn row01_the_shortener_refusing_a_large_upload_is_always_its_413() {
     // Arrange

@@ -1,7 +1,8 @@
 //! The deadlines of a client connection while no request of it is being
 //! served: its request head must arrive within `limits.header_read_timeout`
 //! of the first byte (or of the accept), and a connection with nothing in
-//! flight is closed after `limits.idle_timeout`.
+//! flight is closed after `limits.idle_timeout`; and when an HTTP/1.1
+//! connection has been idle long enough to be parked (see `conn`).
 //!
 //! hyper's own `header_read_timeout` starts when hyper begins waiting for a
 //! head, that is as soon as a keep-alive connection goes idle, so it would
@@ -13,7 +14,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -28,12 +29,23 @@ const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
 const H2_PREFACE_START: &[u8; 4] = b"PRI ";
 
 /// `now + after`; a timeout too long to add is as good as none.
-fn later(now: Instant, after: Duration) -> Instant {
+pub fn later(now: Instant, after: Duration) -> Instant {
     now.checked_add(after).unwrap_or(now + FAR_FUTURE)
 }
 
+/// The alarm's step: the shortest time after which something may be due.
+fn step(
+    idle_timeout: Duration,
+    header_read_timeout: Duration,
+    park_after: Option<Duration>,
+) -> Duration {
+    let step = header_read_timeout.min(idle_timeout);
+    park_after.map_or(step, |after| step.min(after))
+}
+
 /// One connection's requests in flight, shared by its socket wrapper and its
-/// service. One word, so a reader never sees a count and a generation that
+/// service (and by `conn`, which parks the connection when the wrapper says
+/// so). One word, so a reader never sees a count and a generation that
 /// disagree: the low 32 bits count requests in flight, the high 32 bits
 /// count the starts and ends of requests.
 ///
@@ -48,6 +60,9 @@ pub struct Activity {
     /// When a request last ended, in nanoseconds after `since`.
     ended: AtomicU64,
     since: Instant,
+    /// Set by the socket wrapper when the connection may be parked now (see
+    /// `TimedIo::parkable`), taken by `conn` after hyper's poll returns.
+    park: AtomicBool,
 }
 
 const IN_FLIGHT_MASK: u64 = u32::MAX as u64;
@@ -59,7 +74,15 @@ impl Activity {
             state: AtomicU64::new(0),
             ended: AtomicU64::new(0),
             since: Instant::now(),
+            park: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the socket wrapper asked for the connection to be parked
+    /// since the last call; one relaxed load when it did not, as the
+    /// connection's own task writes and reads it.
+    pub fn take_park(&self) -> bool {
+        self.park.load(Ordering::Relaxed) && self.park.swap(false, Ordering::Relaxed)
     }
 
     /// A request of this connection is being served until the guard drops
@@ -76,7 +99,7 @@ impl Activity {
     }
 
     /// When a request last ended; read after a `load` that saw its end.
-    fn ended(&self) -> Instant {
+    pub fn ended(&self) -> Instant {
         self.since + Duration::from_nanos(self.ended.load(Ordering::Relaxed))
     }
 }
@@ -158,6 +181,12 @@ pub struct TimedIo<T> {
     activity: Arc<Activity>,
     idle_timeout: Duration,
     header_read_timeout: Duration,
+    /// How long an HTTP/1.1 connection idles before it is parked; `None`:
+    /// never (HTTP/2, whose state lives as long as the connection).
+    park_after: Option<Duration>,
+    /// Whether the last write found the socket full, so that hyper still
+    /// holds bytes to write: a connection is parked only once they are out.
+    write_blocked: bool,
     phase: Phase,
     protocol: Protocol,
     /// The generation of `activity` the deadline was last set for.
@@ -169,37 +198,74 @@ pub struct TimedIo<T> {
     /// per read (a read of the clock costs as much as a few hundred
     /// instructions on a virtual machine).
     restart: Option<Duration>,
-    /// A timer that fires at `due` or before: when early, it is armed again.
-    /// Arming a timer costs more than reading the clock, and the deadline
-    /// moves two or three times per request; armed no later than the
-    /// shorter timeout from now, the timer never needs to move earlier, so
-    /// it is armed once per that timeout at most, whatever the traffic.
+    /// A timer that fires at `due` (or at the time to park) or before: when
+    /// early, it is armed again. Arming a timer costs more than reading the
+    /// clock, and the deadline moves two or three times per request; armed
+    /// no later than the shortest of the timeouts (`step`) from now, the
+    /// timer never needs to move earlier, so it is armed once per step at
+    /// most, whatever the traffic.
     alarm: Pin<Box<Sleep>>,
 }
 
+/// What the alarm found when it rang.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rang {
+    /// Nothing due yet (or not rung): armed again.
+    Nothing,
+    /// The deadline in force has passed.
+    Expired,
+    /// The connection may be parked now; `Activity::take_park` says so too.
+    Park,
+}
+
 impl<T> TimedIo<T> {
-    /// Wraps a just-accepted socket: its first request head is due within
-    /// `header_read_timeout`.
+    /// Wraps a socket with no request head begun (just accepted, or just
+    /// unparked with its next bytes waiting): its next request head is due
+    /// within `header_read_timeout`. With `park_after`, the connection asks
+    /// to be parked once it has had nothing in flight for that long.
     pub fn new(
         inner: T,
         activity: Arc<Activity>,
         idle_timeout: Duration,
         header_read_timeout: Duration,
+        park_after: Option<Duration>,
     ) -> TimedIo<T> {
+        let step = step(idle_timeout, header_read_timeout, park_after);
+        // Requests of the connection before it was parked are not news.
+        let (seen, _) = activity.load();
         TimedIo {
             inner,
             activity,
             idle_timeout,
             header_read_timeout,
+            park_after,
+            write_blocked: false,
             phase: Phase::Head,
             protocol: Protocol::Unknown {
                 seen: [0; 4],
                 len: 0,
             },
-            seen: 0,
+            seen,
             due: later(Instant::now(), header_read_timeout),
             restart: None,
-            alarm: Box::pin(tokio::time::sleep(header_read_timeout.min(idle_timeout))),
+            alarm: Box::pin(tokio::time::sleep(step)),
+        }
+    }
+
+    /// The socket, for the connection to park.
+    pub fn into_inner(self) -> T {
+        self.inner
+    }
+
+    fn step(&self) -> Duration {
+        step(self.idle_timeout, self.header_read_timeout, self.park_after)
+    }
+
+    /// When this connection is to be parked, if it is idle and parks.
+    fn park_at(&self) -> Option<Instant> {
+        match (self.park_after, self.phase) {
+            (Some(after), Phase::Idle) => Some(later(self.activity.ended(), after)),
+            _ => None,
         }
     }
 
@@ -234,14 +300,15 @@ impl<T> TimedIo<T> {
         in_flight > 0
     }
 
-    /// Whether the deadline has passed; when not, leaves the alarm armed to
-    /// wake the task no later than the deadline.
-    fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
-        let step = self.header_read_timeout.min(self.idle_timeout);
+    /// Whether the deadline has passed or the connection may be parked;
+    /// unless expired, leaves the alarm armed to wake the task no later than
+    /// the deadline (and the time to park).
+    fn poll_alarm(&mut self, cx: &mut Context<'_>) -> Rang {
+        let step = self.step();
         // Twice at most: a ring before the deadline re-arms for later.
         for _ in 0..2 {
             if self.alarm.as_mut().poll(cx).is_pending() {
-                return false;
+                return Rang::Nothing;
             }
             let now = Instant::now();
             if self.follow_activity() {
@@ -249,15 +316,28 @@ impl<T> TimedIo<T> {
                 continue;
             }
             if now >= self.due {
-                return true;
+                return Rang::Expired;
             }
-            self.alarm.as_mut().reset(self.due.min(later(now, step)));
+            let mut next = self.due.min(later(now, step));
+            if let Some(park_at) = self.park_at() {
+                // hyper holds no unread bytes here: phase `Idle` means none
+                // came since the last request ended, and a read just found
+                // none waiting.
+                if now >= park_at && !self.write_blocked {
+                    self.activity.park.store(true, Ordering::Relaxed);
+                    // Armed still, in case the connection is not parked.
+                    self.alarm.as_mut().reset(next);
+                    return Rang::Park;
+                }
+                next = next.min(park_at);
+            }
+            self.alarm.as_mut().reset(next);
         }
         // Re-armed and still ringing (a 1 ms timeout inside the timer's
         // current millisecond): no waker is registered, so ask to be polled
         // again rather than sleep past the deadline.
         cx.waker().wake_by_ref();
-        false
+        Rang::Nothing
     }
 
     /// Notes what bytes from the client say about the deadline.
@@ -315,7 +395,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for TimedIo<T> {
                 }
                 // Polled while busy too, so that the alarm is armed when the
                 // last request ends: nothing else wakes this task for that.
-                if !this.poll_expired(cx) {
+                if this.poll_alarm(cx) != Rang::Expired {
                     return Poll::Pending;
                 }
                 let why = match this.phase {
@@ -335,7 +415,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TimedIo<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.write_blocked = written.is_pending();
+        written
     }
 
     fn poll_write_vectored(
@@ -343,7 +426,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TimedIo<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.write_blocked = written.is_pending();
+        written
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -378,7 +464,7 @@ mod tests {
         let (server, client) = tokio::io::duplex(1024);
         let activity = Arc::new(Activity::new());
         (
-            TimedIo::new(server, Arc::clone(&activity), IDLE, HEAD),
+            TimedIo::new(server, Arc::clone(&activity), IDLE, HEAD, None),
             client,
             activity,
         )
@@ -507,5 +593,94 @@ mod tests {
         let _ = io.read(&mut buf).await.expect("the preface");
         let waited = time_to_error(&mut io).await;
         assert!(waited >= IDLE, "HTTP/2 has no heads to time: {waited:?}");
+    }
+
+    /// How long a connection idles before it asks to be parked, in the
+    /// parking tests, whose deadlines are both `IDLE`, far longer: none
+    /// interferes.
+    const PARK: Duration = Duration::from_millis(50);
+
+    fn parking_pair() -> (
+        TimedIo<tokio::io::DuplexStream>,
+        tokio::io::DuplexStream,
+        Arc<Activity>,
+    ) {
+        let (server, client) = tokio::io::duplex(1024);
+        let activity = Arc::new(Activity::new());
+        let io = TimedIo::new(server, Arc::clone(&activity), IDLE, IDLE, Some(PARK));
+        (io, client, activity)
+    }
+
+    /// Keeps a read waiting (as hyper does between requests) for `within`;
+    /// when the wrapper asked for the connection to be parked, if it did.
+    async fn asked_to_park(
+        io: &mut TimedIo<tokio::io::DuplexStream>,
+        activity: &Activity,
+        within: Duration,
+    ) -> Option<Instant> {
+        let until = Instant::now() + within;
+        let mut buf = [0u8; 64];
+        while Instant::now() < until {
+            let read = tokio::time::timeout(Duration::from_millis(5), io.read(&mut buf)).await;
+            assert!(read.is_err(), "the client sends nothing here");
+            if activity.take_park() {
+                return Some(Instant::now());
+            }
+        }
+        None
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_asks_to_be_parked_once_idle_for_park_after() {
+        let (mut io, mut client, activity) = parking_pair();
+        receive_head(&mut io, &mut client).await;
+        let busy = activity.start();
+        assert_eq!(
+            asked_to_park(&mut io, &activity, PARK * 3).await,
+            None,
+            "while busy"
+        );
+        let ended = Instant::now();
+        drop(busy);
+        let asked = asked_to_park(&mut io, &activity, HANG).await;
+        let asked = asked.expect("an idle connection asks to be parked");
+        assert!(
+            asked - ended >= PARK,
+            "asked {:?} after the end",
+            asked - ended
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connection_with_a_head_begun_is_not_parked() {
+        let (mut io, mut client, activity) = parking_pair();
+        receive_head(&mut io, &mut client).await;
+        drop(activity.start());
+        client.write_all(b"GE").await.expect("write");
+        let mut buf = [0u8; 64];
+        let _ = io.read(&mut buf).await.expect("the start of a head");
+        assert_eq!(asked_to_park(&mut io, &activity, PARK * 3).await, None);
+    }
+
+    #[tokio::test]
+    async fn a_connection_with_bytes_left_to_write_is_parked_only_once_they_are_out() {
+        let (mut io, mut client, activity) = parking_pair();
+        receive_head(&mut io, &mut client).await;
+        drop(activity.start());
+        // More than the pipe holds: the last write finds it full.
+        let answer = vec![b'x'; 4096];
+        let written = tokio::time::timeout(PARK, io.write_all(&answer)).await;
+        assert!(written.is_err(), "the pipe holds only 1024 bytes");
+        assert_eq!(
+            asked_to_park(&mut io, &activity, PARK * 3).await,
+            None,
+            "while blocked"
+        );
+        let mut drained = vec![0u8; 4096];
+        let n = client.read(&mut drained).await.expect("the client reads");
+        assert!(n > 0);
+        io.write_all(b"x").await.expect("room again");
+        let asked = asked_to_park(&mut io, &activity, HANG).await;
+        assert!(asked.is_some(), "once written out, the connection parks");
     }
 }

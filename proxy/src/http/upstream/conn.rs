@@ -21,9 +21,9 @@ use http::request::Parts;
 use http::{Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncReadExt as _, AsyncWrite};
-use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
+use super::connector::Stream;
 use super::request_body::{RequestBody, RequestBodyError};
 use super::response::{Decoded, Framing, ResponseError, parse_head};
 use crate::http::deadline::Progress;
@@ -89,7 +89,7 @@ pub struct Failed {
 
 /// A connection to an upstream, between requests or during one.
 pub struct Conn {
-    io: TcpStream,
+    io: Stream,
     /// Bytes read and not yet used. Bodies are handed on as slices of it,
     /// so it is grown only when its free room runs out (and then reclaimed
     /// when those slices are gone).
@@ -138,7 +138,7 @@ struct Outgoing {
 }
 
 impl Conn {
-    pub fn new(io: TcpStream, read_timeout: Duration) -> Box<Conn> {
+    pub fn new(io: Stream, read_timeout: Duration) -> Box<Conn> {
         Box::new(Conn {
             io,
             read: BytesMut::new(),
@@ -151,13 +151,10 @@ impl Conn {
     /// Whether the connection can take a request: nothing unread and no close
     /// from the upstream. Costs no system call unless the socket has become
     /// readable since the last response, which for an idle connection means
-    /// closed (or sending what nobody asked for).
-    pub fn is_usable(&self) -> bool {
-        if !self.read.is_empty() {
-            return false;
-        }
-        let mut probe = [0u8; 1];
-        matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    /// closed (or sending what nobody asked for; over TLS, also a session
+    /// ticket, which leaves it usable).
+    pub fn is_usable(&mut self) -> bool {
+        self.read.is_empty() && self.io.is_usable()
     }
 
     /// Sends `req` and reads the response head; the response's body owns
@@ -201,8 +198,15 @@ impl Conn {
                 });
             }
         };
+        // An upstream that refuses a request with a body (a 413, a 401) often
+        // closes without reading the rest of the body and without saying
+        // `Connection: close` (hyper's server does): kept, the connection
+        // would take the next request just as the close arrives, and a write
+        // cannot be resent. The rare refusal costs one new connection.
+        let refused_body = head.status.as_u16() >= 400
+            && matches!(out.sending, Sending::Length(_) | Sending::Chunked);
         let mut response = Response::new(ResponseBody {
-            keep_alive: head.keep_alive && !out.failed,
+            keep_alive: head.keep_alive && !out.failed && !refused_body,
             stall: None,
             progressed: false,
             conn: Some(self),
@@ -312,7 +316,13 @@ impl Conn {
                 }
                 continue;
             }
+            // What TLS took in may wait in its buffer for a writable socket; a
+            // plain socket has nothing to flush.
+            let flushed = Pin::new(&mut self.io)
+                .poll_flush(cx)
+                .map_err(ExchangeError::Write)?;
             if out.body.is_none() {
+                ready!(flushed);
                 if self.write.capacity() > WRITE_GATHER {
                     // A large body's buffer is not kept by an idle connection.
                     self.write = Vec::new();

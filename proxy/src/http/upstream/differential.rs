@@ -304,7 +304,11 @@ async fn ours_bytes(bytes: Vec<u8>, method: Method) -> Verdict {
     });
     let stream = TcpStream::connect(addr).await.expect("connect");
     let mut close = Some(close);
-    let exchange = exchange(Conn::new(stream, LIMIT), method, &mut close);
+    let exchange = exchange(
+        Conn::new(super::Stream::Plain(stream), LIMIT),
+        method,
+        &mut close,
+    );
     let verdict = tokio::time::timeout(LIMIT, exchange)
         .await
         .expect("our client hung")
@@ -336,7 +340,9 @@ async fn exchange(conn: Box<Conn>, method: Method, close: &mut Close) -> Option<
     let status = response.status().as_u16();
     let mut body = response.into_body();
     let data = read_to_end(&mut body, close).await?;
-    let reusable = body.take_reusable().is_some_and(|conn| conn.is_usable());
+    let reusable = body
+        .take_reusable()
+        .is_some_and(|mut conn| conn.is_usable());
     Some(Verdict::Complete {
         status,
         body: data,
