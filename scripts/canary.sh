@@ -16,7 +16,7 @@ usage() {
   cat <<EOF
 Usage: scripts/canary.sh --release LABEL [--steps 5,25,50,100] [--pause 30] [options]
 
-Starts shortener release LABEL on the proxy's idle slot (like deploy.sh), then
+Starts shortener release LABEL on the proxy's idle slot (every member of a pool, like deploy.sh), then
 for each percentage in --steps POSTs /canary {"slot":..,"percent":P} (the
 proxy probes the release before it gets any traffic), and at 100 POSTs
 /promote. Between steps it waits --pause seconds, reading GET /status every

@@ -12,8 +12,9 @@ usage() {
   cat <<EOF
 Usage: scripts/deploy.sh --release LABEL [options]
 
-Starts shortener release LABEL on the proxy's idle slot (the address comes from
-the proxy's GET /status), waits until it listens, then POSTs /switch to it.
+Starts shortener release LABEL on the proxy's idle slot, on every member when
+the slot is a pool (the addresses come from the proxy's GET /status), waits
+until each listens, then POSTs /switch to it.
 The proxy probes the new release first and moves traffic only if every probe
 scenario passes. The old release keeps running for POST /rollback.
 

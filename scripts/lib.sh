@@ -192,8 +192,9 @@ admin_error_text() {
 # print_refusal: the failure of a 409 answer, one field a line.
 print_refusal() {
   local -a FIELDS=()
-  if json_fields "$ADMIN_BODY" error failure.scenario failure.step failure.expected failure.got 2>/dev/null; then
+  if json_fields "$ADMIN_BODY" error failure.scenario failure.step failure.expected failure.got failure.member 2>/dev/null; then
     if [[ -n ${FIELDS[1]} || -n ${FIELDS[2]} ]]; then
+      [[ -z ${FIELDS[5]} ]] || printf '  member:   %s\n' "${FIELDS[5]}"
       printf '  scenario: %s\n  step:     %s\n  expected: %s\n  got:      %s\n' \
         "${FIELDS[1]}" "${FIELDS[2]}" "${FIELDS[3]}" "${FIELDS[4]}"
     else
@@ -424,15 +425,44 @@ check_release_options() {
 }
 
 # State of the new instance, read by the EXIT trap of deploy.sh and canary.sh.
+# A slot that is a pool gets one shortener per member: NEW_PIDS, NEW_ADDRS and
+# NEW_LOGS list them in the pool's order; NEW_PID, NEW_ADDR and NEW_LOG are the
+# first member's.
 NEW_PID=''
 NEW_SLOT=''
 NEW_ADDR=''
+NEW_PIDS=()
+NEW_ADDRS=()
+NEW_LOGS=()
 # 1 once traffic is known to be on the new instance: it must then be kept.
 NEW_KEEP=0
 
-# start_on_idle_slot: read /status, stop our old instance on the idle slot,
-# start RELEASE there and wait for it. Sets ACTIVE, ACTIVE_RELEASE, NEW_SLOT,
-# NEW_ADDR, NEW_PID, NEW_LOG.
+# member_pid_file SLOT N: the pid file of member N (from 0) of SLOT: the first
+# member's is RUN_DIR/SLOT.pid, as for a slot of one.
+member_pid_file() {
+  if (($2 == 0)); then
+    printf '%s/%s.pid' "$RUN_DIR" "$1"
+  else
+    printf '%s/%s.%s.pid' "$RUN_DIR" "$1" "$2"
+  fi
+}
+
+# slot_members BODY SLOT: the addresses of SLOT's members in a /status answer,
+# one a line (its one addr when the proxy lists no members).
+slot_members() {
+  printf '%s' "$1" | python3 -c '
+import json, sys
+slot = json.load(sys.stdin)["slots"][sys.argv[1]]
+for member in slot.get("members") or [{"addr": slot.get("addr")}]:
+    if member.get("addr"):
+        print(member["addr"])
+' "$2"
+}
+
+# start_on_idle_slot: read /status, stop our old instances on the idle slot,
+# start RELEASE on each of its members and wait for them. Sets ACTIVE,
+# ACTIVE_RELEASE, NEW_SLOT, NEW_ADDRS, NEW_PIDS, NEW_LOGS (and NEW_ADDR, NEW_PID,
+# NEW_LOG: the first member's).
 start_on_idle_slot() {
   read_status
   local -a FIELDS=()
@@ -443,39 +473,73 @@ start_on_idle_slot() {
   [[ -z ${FIELDS[0]} ]] ||
     die "a canary on ${FIELDS[0]} takes ${FIELDS[1]}% of traffic: finish it first (POST $ADMIN_URL/promote or /abort)"
   NEW_SLOT=$(other_slot "$ACTIVE")
-  json_fields "$STATUS_BODY" "slots.$ACTIVE.release" "slots.$NEW_SLOT.addr"
+  json_fields "$STATUS_BODY" "slots.$ACTIVE.release"
   ACTIVE_RELEASE=${FIELDS[0]:-unknown}
-  local addr=${FIELDS[1]}
-  [[ $addr == *:* ]] || die "the proxy's /status gives no address for the idle slot $NEW_SLOT: ${STATUS_BODY:0:200}"
-  log "active: $ACTIVE (release $ACTIVE_RELEASE); deploying $RELEASE to $NEW_SLOT ($addr)"
+  local -a addrs=()
+  mapfile -t addrs < <(slot_members "$STATUS_BODY" "$NEW_SLOT" 2>/dev/null || true)
+  ((${#addrs[@]} > 0)) || die "the proxy's /status gives no address for the idle slot $NEW_SLOT: ${STATUS_BODY:0:200}"
+  local addr n
+  for addr in "${addrs[@]}"; do
+    [[ $addr == *:* ]] || die "the proxy's /status gives a bad address for the idle slot $NEW_SLOT: $addr"
+  done
+  log "active: $ACTIVE (release $ACTIVE_RELEASE); deploying $RELEASE to $NEW_SLOT (${addrs[*]})"
 
-  stop_slot_instance "$RUN_DIR" "$NEW_SLOT" "$addr"
-  if addr_in_use "$addr"; then
-    local who
-    who=$(who_listens "$addr")
-    die "the idle slot's address $addr is in use${who:+ by $who}, by a process this script did not start: stop it, or point the slot elsewhere (PUT /slots/$NEW_SLOT)"
-  fi
+  for n in "${!addrs[@]}"; do
+    addr=${addrs[n]}
+    stop_member_instance "$NEW_SLOT" "$n" "$addr"
+    if addr_in_use "$addr"; then
+      local who
+      who=$(who_listens "$addr")
+      die "the idle slot's address $addr is in use${who:+ by $who}, by a process this script did not start: stop it, or point the slot elsewhere (PUT /slots/$NEW_SLOT)"
+    fi
+  done
 
-  NEW_LOG=$LOG_DIR/shortener-$NEW_SLOT-$RELEASE.log
-  start_shortener "$BINARY" "$addr" "$DB" "$RELEASE" "$NEW_LOG" "${FAULTS[@]}"
-  NEW_PID=$STARTED_PID
-  NEW_ADDR=$addr
-  printf '%s\n' "$NEW_PID" >"$RUN_DIR/$NEW_SLOT.pid"
-  log "started shortener $RELEASE on $NEW_SLOT (pid $NEW_PID${FAULTS[*]:+, faults: ${FAULTS[*]}}); log: $NEW_LOG"
-  wait_listening "$NEW_PID" "$NEW_LOG" "shortener listening on" "$addr" "$READY_SECONDS" "the new shortener"
-  log "$RELEASE is listening on $addr"
+  for n in "${!addrs[@]}"; do
+    addr=${addrs[n]}
+    local log_file=$LOG_DIR/shortener-$NEW_SLOT-$RELEASE.log
+    ((n == 0)) || log_file=$LOG_DIR/shortener-$NEW_SLOT-$RELEASE.$n.log
+    start_shortener "$BINARY" "$addr" "$DB" "$RELEASE" "$log_file" "${FAULTS[@]}"
+    NEW_PIDS+=("$STARTED_PID")
+    NEW_ADDRS+=("$addr")
+    NEW_LOGS+=("$log_file")
+    NEW_PID=${NEW_PIDS[0]}
+    NEW_ADDR=${NEW_ADDRS[0]}
+    NEW_LOG=${NEW_LOGS[0]}
+    printf '%s\n' "$STARTED_PID" >"$(member_pid_file "$NEW_SLOT" "$n")"
+    log "started shortener $RELEASE on $NEW_SLOT at $addr (pid $STARTED_PID${FAULTS[*]:+, faults: ${FAULTS[*]}}); log: $log_file"
+  done
+  for n in "${!NEW_ADDRS[@]}"; do
+    wait_listening "${NEW_PIDS[n]}" "${NEW_LOGS[n]}" "shortener listening on" "${NEW_ADDRS[n]}" "$READY_SECONDS" "the new shortener on ${NEW_ADDRS[n]}"
+    log "$RELEASE is listening on ${NEW_ADDRS[n]}"
+  done
 }
 
-# stop_new_instance: stop the instance start_on_idle_slot started, unless it
-# now takes traffic. Safe to call twice.
+# stop_member_instance SLOT N ADDR: stop_slot_instance for member N of SLOT.
+stop_member_instance() {
+  local pid_file
+  pid_file=$(member_pid_file "$1" "$2")
+  if (($2 == 0)); then
+    stop_slot_instance "$RUN_DIR" "$1" "$3"
+  else
+    stop_slot_instance "$RUN_DIR" "$(basename -- "$pid_file" .pid)" "$3"
+  fi
+}
+
+# stop_new_instance: stop the instances start_on_idle_slot started, unless
+# they now take traffic. Safe to call twice.
 stop_new_instance() {
   [[ -n $NEW_PID && $NEW_KEEP != 1 ]] || return 0
-  log "stopping the new instance ($RELEASE on $NEW_SLOT, pid $NEW_PID); log kept: $NEW_LOG"
-  stop_pid "$NEW_PID" "the new shortener"
-  local pid_file=$RUN_DIR/$NEW_SLOT.pid recorded=''
-  [[ -f $pid_file ]] && IFS= read -r recorded <"$pid_file"
-  [[ $recorded != "$NEW_PID" ]] || rm -f "$pid_file"
+  local n pid_file recorded
+  for n in "${!NEW_PIDS[@]}"; do
+    log "stopping the new instance ($RELEASE on $NEW_SLOT at ${NEW_ADDRS[n]}, pid ${NEW_PIDS[n]}); log kept: ${NEW_LOGS[n]}"
+    stop_pid "${NEW_PIDS[n]}" "the new shortener"
+    pid_file=$(member_pid_file "$NEW_SLOT" "$n")
+    recorded=''
+    [[ -f $pid_file ]] && IFS= read -r recorded <"$pid_file"
+    [[ $recorded != "${NEW_PIDS[n]}" ]] || rm -f "$pid_file"
+  done
   NEW_PID=''
+  NEW_PIDS=()
 }
 
 # release_exit_trap: the EXIT trap of deploy.sh and canary.sh. When the script

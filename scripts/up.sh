@@ -214,7 +214,8 @@ up_exit_trap() {
     rm -f "$RUN_DIR/proxy.pid"
   fi
   local slot pid
-  for slot in blue green; do
+  # A pool's other members (deploy.sh, canary.sh) have <slot>.<n>.pid files.
+  for slot in blue green $(cd "$RUN_DIR" && compgen -G '*.[0-9]*.pid' | sed 's/\.pid$//'); do
     [[ -f $RUN_DIR/$slot.pid ]] || continue
     IFS= read -r pid <"$RUN_DIR/$slot.pid" || true
     if is_shortener "$pid"; then

@@ -93,9 +93,11 @@ pub struct Config {
     pub notify: NotifyCfg,
     pub token_file: Option<PathBuf>,
     pub initial_active: Slot,
-    /// Upstream addresses indexed by `Slot::index()`.
-    pub slot_addrs: [SocketAddr; 2],
-    /// How each slot is reached over TLS, indexed by `Slot::index()`; `None`: plain HTTP.
+    /// Each slot's members (upstream addresses), indexed by
+    /// `Slot::index()`: one to `pool::MAX_MEMBERS`, distinct.
+    pub slot_addrs: [Vec<SocketAddr>; 2],
+    /// How each slot's members are reached over TLS (all alike), indexed by
+    /// `Slot::index()`; `None`: plain HTTP.
     pub slot_tls: [Option<SlotTls>; 2],
     pub timeouts: Timeouts,
     pub gate: Gate,
@@ -471,6 +473,47 @@ mod tests {
         assert!(
             keys.contains(&("slots.green.addr", Some(7))),
             "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn a_slot_takes_one_addr_or_a_pool_in_addrs() {
+        let text = "[slots.blue]\naddrs = [\"127.0.0.2:8081\", \"127.0.0.3:8081\"]\n";
+        let config = Config::parse(text).expect("a pool is valid");
+        let addr = |a: &str| a.parse::<SocketAddr>().expect("addr");
+        assert_eq!(
+            config.slot_addrs,
+            [
+                vec![addr("127.0.0.2:8081"), addr("127.0.0.3:8081")],
+                vec![addr("127.0.0.1:8082")],
+            ]
+        );
+    }
+
+    #[test]
+    fn a_slot_with_both_addr_and_addrs_or_a_bad_pool_is_refused_with_key_and_line() {
+        let text = "[slots.blue]\naddr = \"127.0.0.1:1\"\naddrs = [\"127.0.0.1:2\"]\n[slots.green]\naddrs = [\"127.0.0.1:3\", \"nonsense\", \"127.0.0.1:3\"]\n";
+        let problems = Config::parse(text).expect_err("invalid");
+        let found = |key: &str, line: usize, words: &str| {
+            problems
+                .iter()
+                .any(|p| p.key == key && p.line == Some(line) && p.message.contains(words))
+        };
+        assert!(found("slots.blue.addrs", 3, "not both"), "{problems:?}");
+        assert!(
+            found("slots.green.addrs", 5, "\"nonsense\""),
+            "{problems:?}"
+        );
+        assert!(
+            found("slots.green.addrs", 5, "listed twice"),
+            "{problems:?}"
+        );
+        let empty = Config::parse("[slots.green]\naddrs = []\n").expect_err("empty");
+        assert!(
+            empty
+                .iter()
+                .any(|p| p.key == "slots.green.addrs" && p.message.contains("no address")),
+            "{empty:?}"
         );
     }
 

@@ -14,6 +14,7 @@ pub mod forward;
 pub mod headers;
 pub mod https;
 pub mod outcome;
+pub mod pool;
 pub mod routing;
 pub mod server;
 pub mod tally;

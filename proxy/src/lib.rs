@@ -55,6 +55,7 @@ pub use error::ProxyError;
 
 use std::future::Future;
 use std::io::Write;
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -68,13 +69,13 @@ use crate::control::controller::Controller;
 use crate::control::guard::GuardRecord;
 use crate::control::health::HealthTable;
 use crate::control::health::Monitor;
-use crate::control::probe::{Endpoint, Prober};
+use crate::control::probe::Prober;
 use crate::control::state::PersistedState;
 use crate::http::forward::Forwarder;
+use crate::http::pool::Pool;
 use crate::http::routing::{Canary, Policy, Router, Snapshot};
 use crate::http::server::{Drain, Handshake, TlsListener};
 use crate::http::traffic::Traffic;
-use crate::http::upstream::{Connector, Upstream};
 use crate::metrics::Metrics;
 use crate::ops::budget::{Budget, Downtime};
 use crate::ops::events::{Event, EventKind, EventLog};
@@ -473,7 +474,7 @@ async fn restore(
     let saved = match cluster {
         Some(cluster) => {
             let local = saved.unwrap_or_else(|| {
-                PersistedState::new(config.initial_active, None, config.slot_addrs, None)
+                PersistedState::new(config.initial_active, None, config.slot_addrs.clone(), None)
             });
             let state = cluster.startup(local).await;
             if let Err(e) = control::state::save(&state_path, &state).await {
@@ -498,7 +499,7 @@ async fn restore(
     };
     let (active, previous, addrs, last_switch, vetted_releases) = match saved {
         Some(saved) => {
-            tracing::info!(file = %state_path.display(), active = %saved.active, blue = %saved.blue, green = %saved.green, "restored routing state");
+            tracing::info!(file = %state_path.display(), active = %saved.active, blue = ?saved.blue.0, green = ?saved.green.0, "restored routing state");
             (
                 saved.active,
                 saved.previous,
@@ -512,40 +513,62 @@ async fn restore(
             (
                 config.initial_active,
                 None,
-                config.slot_addrs,
+                config.slot_addrs.clone(),
                 None,
                 [None, None],
             )
         }
     };
-    let upstreams = Slot::ALL.map(|slot| {
-        let addr = addrs[slot.index()];
-        let connector = Connector::new(config.slot_tls[slot.index()].as_ref(), addr);
-        Upstream::new(slot, addr, &config.timeouts, connector)
+    let members: Vec<(Slot, SocketAddr)> = Slot::ALL
+        .into_iter()
+        .flat_map(|slot| addrs[slot.index()].iter().map(move |a| (slot, *a)))
+        .collect();
+    let mut pools = Slot::ALL.map(|slot| {
+        Pool::new(
+            slot,
+            &addrs[slot.index()],
+            &config.timeouts,
+            config.slot_tls[slot.index()].as_ref(),
+        )
     });
-    let [blue_at, green_at] = upstreams.each_ref().map(|u| Endpoint::of(u));
-    let (blue, green) = tokio::join!(
-        control::health::check(prober, &blue_at, &config.health),
-        control::health::check(prober, &green_at, &config.health)
-    );
-    let mut healthy = [false; 2];
+    let endpoints = Slot::ALL.map(|slot| pools[slot.index()].endpoints());
+    let results = futures_util::future::join_all(members.iter().map(|(slot, addr)| {
+        let at = endpoints[slot.index()]
+            .iter()
+            .find(|e| e.addr == *addr)
+            .expect("the pool was built from these addresses");
+        control::health::check(prober, at, &config.health)
+    }))
+    .await;
     // The active slot is the operator's choice; the other takes users in a
-    // failover only if it still runs the release that passed the gate.
+    // failover only if every member that answers still runs the release that
+    // passed the gate.
     let mut vetted = [false; 2];
     vetted[active.index()] = true;
-    for (slot, result) in [(Slot::Blue, blue), (Slot::Green, green)] {
-        let addr = addrs[slot.index()];
-        health.reset(slot, addr);
+    let mut same_release = [true; 2];
+    for slot in Slot::ALL {
+        health.reset(slot, &addrs[slot.index()]);
+    }
+    for ((slot, addr), result) in members.into_iter().zip(results) {
         match &result {
             Ok(release) => {
-                health.set_release(slot, release.clone());
-                healthy[slot.index()] = true;
-                if release.is_some() && *release == vetted_releases[slot.index()] {
-                    vetted[slot.index()] = true;
+                health.set_release(slot, addr, release.clone());
+                let pool = &mut pools[slot.index()];
+                if let Some(at) = pool.position(addr) {
+                    *pool = pool.with_health(at, true);
+                }
+                if release.is_none() || *release != vetted_releases[slot.index()] {
+                    same_release[slot.index()] = false;
                 }
                 tracing::info!(%slot, %addr, release = release.as_deref().unwrap_or("?"), "upstream answers");
             }
+            // A member down is no sign of another release.
             Err(e) => tracing::warn!(%slot, %addr, error = %e, "upstream does not answer yet"),
+        }
+    }
+    for slot in Slot::ALL {
+        if pools[slot.index()].is_healthy() && same_release[slot.index()] {
+            vetted[slot.index()] = true;
         }
     }
     if let Some(canary) = canary {
@@ -556,8 +579,7 @@ async fn restore(
     let router = Router::new(Snapshot {
         active,
         previous,
-        upstreams,
-        healthy,
+        pools: pools.map(Arc::new),
         vetted,
         last_switch,
         canary,

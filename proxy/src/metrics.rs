@@ -2,6 +2,7 @@
 //! the request path touches are made once at start, so a request costs a few
 //! atomic adds and no label lookup.
 
+use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::text::encode;
@@ -28,6 +29,9 @@ pub struct Metrics {
     /// `[slot][failure kind]`: failed attempts, by the upstream's doing
     /// (only those kinds are ever counted).
     upstream_failures: [[Counter; KINDS]; 2],
+    /// The same failures by slot, member (its address) and kind: made on a
+    /// member's first failure, so only failing members are listed.
+    member_failures: Family<Labels, Counter>,
     /// `[slot][failure kind]`: requests the client's doing ended (only those
     /// kinds are ever counted).
     client_failures: [[Counter; KINDS]; 2],
@@ -79,6 +83,12 @@ impl Metrics {
             "upstream_failures",
             "Attempts of user requests the upstream failed (retried or not), by slot and kind",
             failures_family.clone(),
+        );
+        let member_failures = Family::<Labels, Counter>::default();
+        registry.register(
+            "member_failures",
+            "Attempts of user requests the upstream failed, by slot, member (address) and kind",
+            member_failures.clone(),
         );
         let client_family = Family::<Labels, Counter>::default();
         registry.register(
@@ -232,6 +242,7 @@ impl Metrics {
             registry,
             requests,
             upstream_failures,
+            member_failures,
             client_failures,
             reconnects,
             retries,
@@ -274,10 +285,18 @@ impl Metrics {
         };
     }
 
-    /// Counts one attempt the upstream failed, retried or not.
-    pub fn upstream_failure(&self, slot: Slot, kind: FailureKind) {
+    /// Counts one attempt the member at `member` failed, retried or not.
+    /// The member's label is looked up here, on the failure path only.
+    pub fn upstream_failure(&self, slot: Slot, member: SocketAddr, kind: FailureKind) {
         if kind.source() == Source::Upstream {
             self.upstream_failures[slot.index()][kind_index(kind)].inc();
+            self.member_failures
+                .get_or_create(&vec![
+                    ("slot", slot.to_string()),
+                    ("member", member.to_string()),
+                    ("kind", kind.as_str().to_string()),
+                ])
+                .inc();
         }
     }
 

@@ -31,6 +31,9 @@ pub struct ProxyBuilder {
     ip: String,
     blue: String,
     green: String,
+    /// `slots.<slot>.addrs = [...]` instead of `addr`, for a pool.
+    blue_line: Option<String>,
+    green_line: Option<String>,
     active: String,
     passes: u32,
     deadline_ms: u64,
@@ -60,6 +63,21 @@ impl ProxyBuilder {
     /// The upstream address of the green slot.
     pub fn green(mut self, addr: impl ToString) -> Self {
         self.green = addr.to_string();
+        self
+    }
+
+    /// A pool of upstreams for `slot` (`slots.<slot>.addrs`), instead of its one address.
+    ///
+    /// # Panics
+    /// When `slot` is neither "blue" nor "green".
+    pub fn pool(mut self, slot: &str, addrs: &[SocketAddr]) -> Self {
+        let list: Vec<String> = addrs.iter().map(SocketAddr::to_string).collect();
+        let line = format!("addrs = {list:?}");
+        match slot {
+            "blue" => self.blue_line = Some(line),
+            "green" => self.green_line = Some(line),
+            other => panic!("no slot {other:?}"),
+        }
         self
     }
 
@@ -124,10 +142,10 @@ status = "{ip}:0"
 active = {active:?}
 
 [slots.blue]
-addr = {blue:?}
+{blue}
 {blue_keys}
 [slots.green]
-addr = {green:?}
+{green}
 {green_keys}
 [gate]
 passes = {passes}
@@ -140,8 +158,14 @@ request_timeout_ms = {request_timeout_ms}
             data_dir = data_dir.display().to_string(),
             ip = self.ip,
             active = self.active,
-            blue = self.blue,
-            green = self.green,
+            blue = self
+                .blue_line
+                .clone()
+                .unwrap_or_else(|| format!("addr = {:?}", self.blue)),
+            green = self
+                .green_line
+                .clone()
+                .unwrap_or_else(|| format!("addr = {:?}", self.green)),
             blue_keys = self.slot_keys[0],
             green_keys = self.slot_keys[1],
             passes = self.passes,
@@ -219,6 +243,8 @@ impl Proxy {
             ip: "127.0.0.1".to_owned(),
             blue: String::new(),
             green: String::new(),
+            blue_line: None,
+            green_line: None,
             active: "blue".to_owned(),
             passes: 3,
             deadline_ms: 10_000,

@@ -134,8 +134,20 @@ pub struct ScriptInstances {
 
 impl Drop for ScriptInstances {
     fn drop(&mut self) {
-        for slot in ["blue", "green"] {
-            let Ok(text) = std::fs::read_to_string(self.run_dir.join(format!("{slot}.pid"))) else {
+        // `<slot>.pid`, and `<slot>.<n>.pid` for the other members of a pool.
+        let pid_files = std::fs::read_dir(&self.run_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| entry.path())
+            .filter(|path| {
+                path.extension().is_some_and(|e| e == "pid")
+                    && path
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with(['b', 'g']))
+            });
+        for pid_file in pid_files {
+            let Ok(text) = std::fs::read_to_string(pid_file) else {
                 continue;
             };
             let Ok(pid) = text.trim().parse::<u32>() else {

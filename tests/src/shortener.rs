@@ -25,9 +25,18 @@ pub struct ShortenerBuilder {
     release: String,
     faults: Vec<String>,
     db: Option<PathBuf>,
+    /// The loopback address it listens on (a free port of it).
+    host: std::net::IpAddr,
 }
 
 impl ShortenerBuilder {
+    /// The loopback address to listen on (127.0.0.2 and up reach the loopback interface on
+    /// Linux), for a pool of several shorteners; 127.0.0.1 by default.
+    pub fn host(mut self, host: std::net::IpAddr) -> Self {
+        self.host = host;
+        self
+    }
+
     /// The release label it reports (`x-release`, `/healthz`) and writes into its links.
     pub fn release(mut self, label: &str) -> Self {
         self.release = label.to_owned();
@@ -40,7 +49,7 @@ impl ShortenerBuilder {
         self
     }
 
-    /// The SQLite file; defaults to `links.db` in the directory given to [`Self::start`].
+    /// The SQLite file or a PostgreSQL URL; defaults to `links.db` in the directory given to [`Self::start`].
     pub fn db(mut self, path: impl Into<PathBuf>) -> Self {
         self.db = Some(path.into());
         self
@@ -60,7 +69,8 @@ impl ShortenerBuilder {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let name = format!("shortener {} #{id}", self.release);
         let log = dir.join(format!("shortener-{}-{id}.log", self.release));
-        let (process, addr) = spawn(&name, &log, &self, &db, "127.0.0.1:0").await;
+        let listen = SocketAddr::new(self.host, 0).to_string();
+        let (process, addr) = spawn(&name, &log, &self, &db, &listen).await;
         Shortener {
             process,
             addr,
@@ -85,6 +95,7 @@ impl Shortener {
             release: "v1".to_owned(),
             faults: Vec::new(),
             db: None,
+            host: std::net::Ipv4Addr::LOCALHOST.into(),
         }
     }
 

@@ -19,6 +19,7 @@ use crate::admin::auth::AdminToken;
 use crate::config::Change;
 use crate::control::controller::{ControlError, Controller, GuardView, Override, ProbeReport};
 use crate::control::reload;
+use crate::http::pool::MAX_MEMBERS;
 use crate::http::routing::Snapshot;
 use crate::ops::budget::{Budget, BudgetView};
 use crate::ops::events::Event;
@@ -208,6 +209,8 @@ pub struct SlotsView {
     pub green: SlotView,
 }
 
+/// A slot as a whole (its first member's address, up while any member is,
+/// the requests in flight on all of them) and each of its members.
 #[derive(Serialize)]
 pub struct SlotView {
     pub addr: SocketAddr,
@@ -216,19 +219,46 @@ pub struct SlotView {
     pub in_flight: usize,
     pub last_probe: Option<ProbeReport>,
     pub last_error: Option<String>,
+    pub members: Vec<MemberView>,
+}
+
+#[derive(Serialize)]
+pub struct MemberView {
+    pub addr: SocketAddr,
+    pub release: Option<String>,
+    pub healthy: bool,
+    pub in_flight: usize,
+    pub last_error: Option<String>,
 }
 
 pub fn status_view(state: &AdminState, snap: &Snapshot) -> StatusView {
     let controller = &state.controller;
     let slot = |s: Slot| {
         let health = controller.health().get(s);
+        let pool = snap.pool(s);
+        let members: Vec<MemberView> = pool
+            .members()
+            .iter()
+            .enumerate()
+            .map(|(at, member)| {
+                let checked = health.members.iter().find(|m| m.addr == member.addr);
+                MemberView {
+                    addr: member.addr,
+                    release: checked.and_then(|m| m.release.clone()),
+                    healthy: pool.member_healthy(at),
+                    in_flight: member.in_flight(),
+                    last_error: checked.and_then(|m| m.last_error.clone()),
+                }
+            })
+            .collect();
         SlotView {
-            addr: snap.upstream(s).addr,
+            addr: pool.first().addr,
             release: health.release,
             healthy: snap.is_healthy(s),
-            in_flight: snap.upstream(s).in_flight(),
+            in_flight: members.iter().map(|m| m.in_flight).sum(),
             last_probe: controller.last_probe(s),
             last_error: health.last_error,
+            members,
         }
     };
     StatusView {
@@ -284,10 +314,53 @@ async fn rollback(State(state): State<AdminState>) -> Result<Json<StatusView>, A
     Ok(Json(status_view(&state, &snap)))
 }
 
+/// One upstream in `addr`, or a pool in `addrs`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SlotRequest {
-    addr: String,
+    addr: Option<String>,
+    addrs: Option<Vec<String>>,
+}
+
+impl SlotRequest {
+    /// The members asked for: one or more distinct socket addresses.
+    fn members(self) -> Result<Vec<SocketAddr>, ApiError> {
+        let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, message);
+        let (key, texts) = match (self.addr, self.addrs) {
+            (Some(one), None) => ("addr", vec![one]),
+            (None, Some(list)) => ("addrs", list),
+            (Some(_), Some(_)) => {
+                return Err(bad(
+                    "give addr (one upstream) or addrs (a pool), not both".into()
+                ));
+            }
+            (None, None) => {
+                return Err(bad(
+                    "give addr (one upstream) or addrs (a pool of upstreams)".into(),
+                ));
+            }
+        };
+        if texts.is_empty() {
+            return Err(bad("addrs lists no address".into()));
+        }
+        if texts.len() > MAX_MEMBERS {
+            return Err(bad(format!(
+                "addrs lists {} addresses; a slot takes at most {MAX_MEMBERS}",
+                texts.len()
+            )));
+        }
+        let mut addrs = Vec::with_capacity(texts.len());
+        for text in &texts {
+            let addr: SocketAddr = text
+                .parse()
+                .map_err(|_| bad(format!("{key} {text:?} is not an IP address with a port")))?;
+            if addrs.contains(&addr) {
+                return Err(bad(format!("{text:?} is listed twice")));
+            }
+            addrs.push(addr);
+        }
+        Ok(addrs)
+    }
 }
 
 async fn put_slot(
@@ -298,13 +371,8 @@ async fn put_slot(
     let slot: Slot = slot
         .parse()
         .map_err(|e: String| ApiError::new(StatusCode::NOT_FOUND, e))?;
-    let addr: SocketAddr = req.addr.parse().map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("addr {:?} is not an IP address with a port", req.addr),
-        )
-    })?;
-    let snap = state.controller.set_addr(slot, addr).await?;
+    let addrs = req.members()?;
+    let snap = state.controller.set_addrs(slot, addrs).await?;
     Ok(Json(status_view(&state, &snap)))
 }
 

@@ -17,11 +17,15 @@ pub fn describe(before: &PersistedState, after: &PersistedState, last: &str) -> 
             before.active, after.active
         ));
     }
-    let (old, new) = (as_value(before), as_value(after));
+    let (old, new) = (before.addrs(), after.addrs());
     for slot in Slot::ALL {
-        let key = slot.as_str();
-        if old.get(key) != new.get(key) {
-            let shown = new.get(key).map_or_else(String::new, Value::to_string);
+        let members = &new[slot.index()];
+        if old[slot.index()] != *members {
+            let shown = members
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
             parts.push(format!("{slot} now points at {shown}"));
         }
     }
@@ -73,12 +77,17 @@ mod tests {
     use crate::control::state::PersistedCanary;
 
     fn state(active: Slot, green: &str) -> PersistedState {
+        pool(active, &[green])
+    }
+
+    /// A state whose green slot is a pool of `green`.
+    fn pool(active: Slot, green: &[&str]) -> PersistedState {
         PersistedState::new(
             active,
             None,
             [
-                "127.0.0.1:1".parse().expect("addr"),
-                green.parse().expect("addr"),
+                vec!["127.0.0.1:1".parse().expect("addr")],
+                green.iter().map(|a| a.parse().expect("addr")).collect(),
             ],
             None,
         )
@@ -104,7 +113,17 @@ mod tests {
             (
                 &blue,
                 &state(Slot::Blue, "127.0.0.1:9"),
-                "green now points at \"127.0.0.1:9\"",
+                "green now points at 127.0.0.1:9",
+            ),
+            (
+                &blue,
+                &pool(Slot::Blue, &["127.0.0.2:2", "127.0.0.3:2"]),
+                "green now points at 127.0.0.2:2, 127.0.0.3:2",
+            ),
+            (
+                &pool(Slot::Blue, &["127.0.0.2:2", "127.0.0.3:2"]),
+                &pool(Slot::Blue, &["127.0.0.2:2"]),
+                "green now points at 127.0.0.2:2",
             ),
             (&blue, &canary, "a canary on green at 10%"),
             (&canary, &wider, "the canary on green: 10% -> 50%"),

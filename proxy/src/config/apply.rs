@@ -3,6 +3,8 @@
 //! state exists. `Config::reconcile` names every field of the typed config,
 //! so a field added without saying how a reload applies it does not compile.
 
+use std::net::SocketAddr;
+
 use serde::Serialize;
 
 use super::{
@@ -58,6 +60,18 @@ const SWITCH: Apply = Apply::Seed {
 const PUT_SLOT: Apply = Apply::Seed {
     via: "PUT /slots/{slot}",
 };
+
+/// The key a change of a slot's members is reported under: `addrs` when
+/// either side is a pool, `addr` for one upstream as before.
+fn members_key(slot: Slot, running: &[SocketAddr], file: &[SocketAddr]) -> &'static str {
+    let pool = running.len() > 1 || file.len() > 1;
+    match (slot, pool) {
+        (Slot::Blue, false) => "slots.blue.addr",
+        (Slot::Blue, true) => "slots.blue.addrs",
+        (Slot::Green, false) => "slots.green.addr",
+        (Slot::Green, true) => "slots.green.addrs",
+    }
+}
 
 impl Config {
     /// Splits `file` into what a running proxy takes now and what waits.
@@ -172,13 +186,13 @@ impl Config {
             initial_active: d.key("slots.active", SWITCH, &run.initial_active, initial_active),
             slot_addrs: [
                 d.key(
-                    "slots.blue.addr",
+                    members_key(Slot::Blue, &run.slot_addrs[Slot::Blue.index()], &blue),
                     PUT_SLOT,
                     &run.slot_addrs[Slot::Blue.index()],
                     blue,
                 ),
                 d.key(
-                    "slots.green.addr",
+                    members_key(Slot::Green, &run.slot_addrs[Slot::Green.index()], &green),
                     PUT_SLOT,
                     &run.slot_addrs[Slot::Green.index()],
                     green,
@@ -543,6 +557,16 @@ mod tests {
         ("slots.active", "\"green\"", SWITCH),
         ("slots.blue.addr", "\"127.0.0.1:1\"", PUT_SLOT),
         ("slots.green.addr", "\"127.0.0.1:1\"", PUT_SLOT),
+        (
+            "slots.blue.addrs",
+            "[\"127.0.0.1:1\", \"127.0.0.2:1\"]",
+            PUT_SLOT,
+        ),
+        (
+            "slots.green.addrs",
+            "[\"127.0.0.1:1\", \"127.0.0.2:1\"]",
+            PUT_SLOT,
+        ),
         ("slots.blue.tls", "true", RESTART),
         ("slots.blue.server_name", "\"blue.test\"", RESTART),
         ("slots.blue.ca", "\"ca.pem\"", RESTART),

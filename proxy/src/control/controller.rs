@@ -21,12 +21,12 @@ use crate::control::guard::{
     Breach, CanaryChange, Cutover, Deployment, Guard, GuardRecord, Verdict,
 };
 use crate::control::health::{self, HealthTable};
-use crate::control::probe::{Endpoint, ProbeFailure, Prober, Targets};
+use crate::control::probe::{Endpoint, ProbeFailure, Prober};
 use crate::control::state::{self, PersistedCanary, PersistedState};
 use crate::error::ProxyError;
+use crate::http::pool::Pool;
 use crate::http::routing::{Canary, Policy, Router, Snapshot};
 use crate::http::traffic::Traffic;
-use crate::http::upstream::{Connector, Upstream};
 use crate::metrics::Metrics;
 use crate::ops::events::{Event, EventKind, EventLog};
 use crate::slot::Slot;
@@ -284,11 +284,11 @@ impl Controller {
         .await
     }
 
-    /// Points the idle slot at another upstream address.
-    pub async fn set_addr(
+    /// Points the idle slot at other upstreams (one, or a pool).
+    pub async fn set_addrs(
         &self,
         slot: Slot,
-        addr: SocketAddr,
+        addrs: Vec<SocketAddr>,
     ) -> Result<Arc<Snapshot>, ControlError> {
         let _op = self.lock_ops().await?;
         let current = self.router.load_full();
@@ -302,45 +302,50 @@ impl Controller {
                 "{slot} has a canary share; abort it first"
             )));
         }
-        if current.upstream(slot).addr == addr {
+        if current.pool(slot).addrs() == addrs {
             return Ok(current);
         }
-        let mut addrs = [
-            current.upstream(Slot::Blue).addr,
-            current.upstream(Slot::Green).addr,
-        ];
-        addrs[slot.index()] = addr;
+        let mut all = Slot::ALL.map(|s| current.pool(s).addrs());
+        all[slot.index()].clone_from(&addrs);
         let mut vetted = current.vetted;
         vetted[slot.index()] = false;
         self.persist(
-            &PersistedState::new(current.active, current.previous, addrs, current.last_switch)
+            &PersistedState::new(current.active, current.previous, all, current.last_switch)
                 .with_vetted(self.vetted_releases(vetted))
                 .with_canary(current.canary.map(persisted_canary))
                 .with_guard(self.guard_record()),
         )
         .await?;
+        // Every member unknown until checked: never routed to before it is.
         let config = self.config.load();
-        let connector = Connector::new(config.slot_tls[slot.index()].as_ref(), addr);
-        let upstream = Upstream::new(slot, addr, &config.timeouts, connector);
-        self.health.reset(slot, addr);
+        let pool = Arc::new(Pool::new(
+            slot,
+            &addrs,
+            &config.timeouts,
+            config.slot_tls[slot.index()].as_ref(),
+        ));
+        self.health.reset(slot, &addrs);
         let next = self.router.update(|snap| {
             let mut next = snap.to_builder();
-            next.upstreams[slot.index()] = Arc::clone(&upstream);
-            // Unknown until checked: never routed to before it is.
-            next.healthy[slot.index()] = false;
+            next.pools[slot.index()] = Arc::clone(&pool);
             next.vetted[slot.index()] = false;
             next
         });
         *self.last_probe[slot.index()]
             .lock()
             .expect("probe report lock is never poisoned") = None;
+        let listed = addrs
+            .iter()
+            .map(SocketAddr::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
         self.events.record(
             Event::new(
                 EventKind::SlotChanged,
-                format!("{slot} now points at {addr}"),
+                format!("{slot} now points at {listed}"),
             )
             .slot_to(slot)
-            .detail(serde_json::json!({ "addr": addr })),
+            .detail(serde_json::json!({ "addr": addrs[0], "addrs": addrs })),
         );
         Ok(next)
     }
@@ -398,8 +403,8 @@ impl Controller {
             let mut next = snap.to_builder();
             next.canary = Some(Canary { slot, percent });
             if change == CanaryChange::Start {
-                // It just passed the gate.
-                next.healthy[slot.index()] = true;
+                // Every member just passed the gate.
+                next.pools[slot.index()] = Arc::new(snap.pool(slot).all_healthy());
                 next.vetted[slot.index()] = true;
             }
             next
@@ -659,7 +664,7 @@ impl Controller {
     fn deployment(&self, slot: Slot, snap: &Snapshot) -> Deployment {
         Deployment {
             slot,
-            addr: snap.upstream(slot).addr,
+            addr: snap.pool(slot).first().addr,
             release: self.release(slot),
         }
     }
@@ -693,12 +698,28 @@ impl Controller {
             config.scenarios.clone()
         };
         let active = current.active;
-        let targets = Targets {
-            candidate: Endpoint::of(current.upstream(candidate)),
-            active: (cross_check == CrossCheck::WithActive && current.is_healthy(active))
-                .then(|| Endpoint::of(current.upstream(active))),
+        let candidates = current.pool(candidate).endpoints();
+        // The active release's members that are up read the candidate's
+        // writes; with none up, those steps run against the candidate.
+        let readers: Vec<Endpoint> = if cross_check == CrossCheck::WithActive {
+            let pool = current.pool(active);
+            pool.members()
+                .iter()
+                .enumerate()
+                .filter(|(at, _)| pool.member_healthy(*at))
+                .map(|(_, m)| Endpoint::of(m))
+                .collect()
+        } else {
+            Vec::new()
         };
-        let result = gate::run(&self.prober, &scenarios, &config.gate, targets).await;
+        let result = gate::run_members(
+            &self.prober,
+            &scenarios,
+            &config.gate,
+            &candidates,
+            &readers,
+        )
+        .await;
         let report = ProbeReport {
             ok: result.is_ok(),
             at: OffsetDateTime::now_utc(),
@@ -754,11 +775,8 @@ impl Controller {
         let current = self.router.load_full();
         let from = current.active;
         let now = OffsetDateTime::now_utc();
-        let addrs = [
-            current.upstream(Slot::Blue).addr,
-            current.upstream(Slot::Green).addr,
-        ];
-        self.refresh_release(to, &Endpoint::of(current.upstream(to)))
+        let addrs = Slot::ALL.map(|s| current.pool(s).addrs());
+        self.refresh_release(to, &current.pool(to).endpoints())
             .await;
         if let Some(canary) = builds_on
             && self.router.load().canary != Some(canary)
@@ -789,7 +807,8 @@ impl Controller {
             let mut next = snap.to_builder();
             next.active = to;
             next.previous = Some(from);
-            next.healthy[to.index()] = true;
+            // Every member just passed the gate.
+            next.pools[to.index()] = Arc::new(snap.pool(to).all_healthy());
             next.vetted[to.index()] = true;
             next.last_switch = Some(now);
             next.canary = None;
@@ -822,10 +841,16 @@ impl Controller {
 
     /// The gate just exercised the slot: its release label is worth
     /// refreshing before it is named in events and the status.
-    async fn refresh_release(&self, slot: Slot, at: &Endpoint) {
+    async fn refresh_release(&self, slot: Slot, members: &[Endpoint]) {
         let cfg = self.config.load().health.clone();
-        if let Ok(release) = health::check(&self.prober, at, &cfg).await {
-            self.health.set_release(slot, release);
+        let checks = members
+            .iter()
+            .map(|at| health::check(&self.prober, at, &cfg));
+        let results = futures_util::future::join_all(checks).await;
+        for (at, result) in members.iter().zip(results) {
+            if let Ok(release) = result {
+                self.health.set_release(slot, at.addr, release);
+            }
         }
     }
 
@@ -840,10 +865,7 @@ impl Controller {
 
     /// The state file's contents for `snap` and the guard as they stand.
     fn state_of(&self, snap: &Snapshot) -> PersistedState {
-        let addrs = [
-            snap.upstream(Slot::Blue).addr,
-            snap.upstream(Slot::Green).addr,
-        ];
+        let addrs = Slot::ALL.map(|s| snap.pool(s).addrs());
         PersistedState::new(snap.active, snap.previous, addrs, snap.last_switch)
             .with_vetted(self.vetted_releases(snap.vetted))
             .with_canary(snap.canary.map(persisted_canary))
@@ -906,7 +928,9 @@ impl Controller {
 
     /// Serves a routing state another proxy committed to the shared store
     /// (its gate ran there), and keeps it in the state file. A slot whose
-    /// address changed is unknown until checked, as `set_addr` leaves it.
+    /// member list changed gets a new pool, every member unknown until
+    /// checked, as `set_addr` leaves it; a slot whose list is the same keeps
+    /// its pool and the health verdicts on its members.
     pub async fn adopt(&self, state: &PersistedState) {
         let config = self.config.load_full();
         let current = self.router.load_full();
@@ -918,15 +942,18 @@ impl Controller {
                 slot: c.slot,
                 percent: c.percent,
             });
-        let moved = Slot::ALL.map(|slot| current.upstream(slot).addr != addrs[slot.index()]);
-        let upstreams = Slot::ALL.map(|slot| {
+        let moved = Slot::ALL.map(|slot| current.pool(slot).addrs() != addrs[slot.index()]);
+        let pools = Slot::ALL.map(|slot| {
             if moved[slot.index()] {
-                self.health.reset(slot, addrs[slot.index()]);
-                let addr = addrs[slot.index()];
-                let connector = Connector::new(config.slot_tls[slot.index()].as_ref(), addr);
-                Upstream::new(slot, addr, &config.timeouts, connector)
+                self.health.reset(slot, &addrs[slot.index()]);
+                Arc::new(Pool::new(
+                    slot,
+                    &addrs[slot.index()],
+                    &config.timeouts,
+                    config.slot_tls[slot.index()].as_ref(),
+                ))
             } else {
-                Arc::clone(current.upstream(slot))
+                Arc::clone(current.pool(slot))
             }
         });
         let next = self.router.update(|snap| {
@@ -937,9 +964,15 @@ impl Controller {
             next.canary = canary;
             for slot in Slot::ALL {
                 let i = slot.index();
-                next.upstreams[i] = Arc::clone(&upstreams[i]);
                 let serves = slot == state.active || canary.is_some_and(|c| c.slot == slot);
-                next.healthy[i] = serves || (!moved[i] && snap.healthy[i]);
+                // The proxy that committed it found the serving slot up; until
+                // this proxy's own checks say otherwise, every member counts.
+                let pool = if moved[i] { &pools[i] } else { &snap.pools[i] };
+                next.pools[i] = if serves && !pool.is_healthy() {
+                    Arc::new(pool.all_healthy())
+                } else {
+                    Arc::clone(pool)
+                };
                 next.vetted[i] = serves || (!moved[i] && state.vetted[i].is_some());
             }
             next

@@ -1,12 +1,38 @@
-//! The cutover gate: a candidate must pass every scenario N times in a row
-//! within a deadline; the first failure refuses it.
+//! The cutover gate: every member of a candidate slot must pass every
+//! scenario N times in a row within a deadline; the first failure refuses
+//! it, naming the member.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::config::{Gate, Scenario};
-use crate::control::probe::{ProbeFailure, Prober, Targets};
+use crate::control::probe::{Endpoint, ProbeFailure, Prober, Targets};
 
-/// Runs the gate. `Ok` means the candidate may take traffic.
+/// Runs the gate against every member at once, each with the active
+/// member of the same rank in `active` (cycled) for its cross-release
+/// steps. `Ok` means the candidate may take traffic; a refusal names the
+/// first failing member in the pool's order.
+pub async fn run_members(
+    prober: &Prober,
+    scenarios: &[Scenario],
+    gate: &Gate,
+    candidates: &[Endpoint],
+    active: &[Endpoint],
+) -> Result<(), ProbeFailure> {
+    let runs = candidates.iter().enumerate().map(|(i, candidate)| {
+        let targets = Targets {
+            candidate: candidate.clone(),
+            active: (!active.is_empty()).then(|| active[i % active.len()].clone()),
+        };
+        run(prober, scenarios, gate, targets)
+    });
+    futures_util::future::join_all(runs)
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// Runs the gate against one member. `Ok` means it may take traffic.
 pub async fn run(
     prober: &Prober,
     scenarios: &[Scenario],
@@ -25,12 +51,23 @@ pub async fn run(
     };
     match tokio::time::timeout(gate.deadline, rounds).await {
         Ok(result) => result,
-        Err(_) => Err(deadline_failure(gate.passes, gate.deadline, passes)),
+        Err(_) => Err(deadline_failure(
+            targets.candidate.addr,
+            gate.passes,
+            gate.deadline,
+            passes,
+        )),
     }
 }
 
-fn deadline_failure(wanted: u32, deadline: Duration, done: u32) -> ProbeFailure {
+fn deadline_failure(
+    member: SocketAddr,
+    wanted: u32,
+    deadline: Duration,
+    done: u32,
+) -> ProbeFailure {
     ProbeFailure {
+        member: Some(member.to_string()),
         scenario: "(gate)".into(),
         step: "deadline".into(),
         expected: format!(

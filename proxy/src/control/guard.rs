@@ -388,7 +388,7 @@ mod tests {
     use super::rule::tests::{cfg, stats};
     use super::*;
     use crate::config::Config;
-    use crate::http::upstream::Upstream;
+    use crate::http::pool::Pool;
     use std::cell::RefCell;
     use std::collections::HashMap;
     use std::net::SocketAddr;
@@ -418,19 +418,15 @@ mod tests {
     /// `active` serves, both slots healthy and vetted, with `canary` if given.
     fn snapshot(active: Slot, canary: Option<Canary>) -> Snapshot {
         let config = Config::parse("").expect("defaults");
-        let upstreams = Slot::ALL.map(|s| {
-            Upstream::new(
-                s,
-                config.slot_addrs[s.index()],
-                &config.timeouts,
-                crate::http::upstream::Connector::Plain,
+        let pools = Slot::ALL.map(|s| {
+            Arc::new(
+                Pool::new(s, &config.slot_addrs[s.index()], &config.timeouts, None).all_healthy(),
             )
         });
         Snapshot {
             active,
             previous: Some(active.other()),
-            upstreams,
-            healthy: [true, true],
+            pools,
             vetted: [true, true],
             last_switch: None,
             canary,

@@ -26,6 +26,10 @@ const MAX_PROBE_BODY: usize = 1024 * 1024;
 /// Where one failed probe went wrong, in words an operator can act on.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct ProbeFailure {
+    /// The candidate's member (its address) that failed: a slot's release
+    /// passes only when every member does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
     pub scenario: String,
     pub step: String,
     pub expected: String,
@@ -34,6 +38,9 @@ pub struct ProbeFailure {
 
 impl std::fmt::Display for ProbeFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(member) = &self.member {
+            write!(f, "member {member}: ")?;
+        }
         write!(
             f,
             "scenario '{}' step '{}': expected {}, got {}",
@@ -115,6 +122,7 @@ impl Prober {
             self.run_step(scenario, step, to, &mut vars)
                 .await
                 .map_err(|(expected, got)| ProbeFailure {
+                    member: Some(targets.candidate.addr.to_string()),
                     scenario: scenario.name.clone(),
                     step: step.name.clone(),
                     expected,

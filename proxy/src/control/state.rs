@@ -1,5 +1,5 @@
 //! The persisted routing state: which slot is active, the previous one, the
-//! slot addresses, the releases that passed the gate, the canary and the
+//! slots' members, the releases that passed the gate, the canary and the
 //! guard's record (bake, blocks). Written on every change through `persist`
 //! (atomically, off the runtime), so a crash leaves the old or the new file,
 //! never a torn one.
@@ -12,6 +12,7 @@ use time::OffsetDateTime;
 
 use crate::control::guard::GuardRecord;
 use crate::error::ProxyError;
+use crate::http::pool::MAX_MEMBERS;
 use crate::persist;
 use crate::slot::Slot;
 
@@ -23,8 +24,8 @@ pub struct PersistedState {
     pub version: u32,
     pub active: Slot,
     pub previous: Option<Slot>,
-    pub blue: SocketAddr,
-    pub green: SocketAddr,
+    pub blue: Members,
+    pub green: Members,
     #[serde(with = "time::serde::rfc3339::option")]
     pub last_switch: Option<OffsetDateTime>,
     /// The release label that passed the gate on each slot `[blue, green]`:
@@ -52,15 +53,16 @@ impl PersistedState {
     pub fn new(
         active: Slot,
         previous: Option<Slot>,
-        addrs: [SocketAddr; 2],
+        addrs: [Vec<SocketAddr>; 2],
         last_switch: Option<OffsetDateTime>,
     ) -> Self {
+        let [blue, green] = addrs;
         PersistedState {
             version: VERSION,
             active,
             previous,
-            blue: addrs[Slot::Blue.index()],
-            green: addrs[Slot::Green.index()],
+            blue: Members(blue),
+            green: Members(green),
             last_switch,
             vetted: [None, None],
             canary: None,
@@ -83,8 +85,44 @@ impl PersistedState {
         self
     }
 
-    pub fn addrs(&self) -> [SocketAddr; 2] {
-        [self.blue, self.green]
+    pub fn addrs(&self) -> [Vec<SocketAddr>; 2] {
+        [self.blue.0.clone(), self.green.0.clone()]
+    }
+}
+
+/// A slot's members in the state file: one address as a string (the form
+/// a slot of one has always had, which earlier builds read), several as a
+/// list. Never empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Members(pub Vec<SocketAddr>);
+
+impl Serialize for Members {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0.as_slice() {
+            [one] => one.serialize(s),
+            many => many.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Members {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            One(SocketAddr),
+            Many(Vec<SocketAddr>),
+        }
+        match Form::deserialize(d)? {
+            Form::One(addr) => Ok(Members(vec![addr])),
+            Form::Many(list) if list.is_empty() => {
+                Err(serde::de::Error::custom("a slot lists no member"))
+            }
+            Form::Many(list) if list.len() > MAX_MEMBERS => Err(serde::de::Error::custom(format!(
+                "a slot has at most {MAX_MEMBERS} members"
+            ))),
+            Form::Many(list) => Ok(Members(list)),
+        }
     }
 }
 
@@ -114,8 +152,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("state.json");
         let addrs = [
-            "127.0.0.1:1".parse().expect("addr"),
-            "127.0.0.1:2".parse().expect("addr"),
+            vec!["127.0.0.1:1".parse().expect("addr")],
+            vec!["127.0.0.1:2".parse().expect("addr")],
         ];
         let state = PersistedState::new(Slot::Blue, None, addrs, None)
             .with_canary(Some(PersistedCanary {
@@ -154,8 +192,8 @@ mod tests {
             Slot::Green,
             Some(Slot::Blue),
             [
-                "127.0.0.1:1".parse().expect("addr"),
-                "127.0.0.1:2".parse().expect("addr"),
+                vec!["127.0.0.1:1".parse().expect("addr")],
+                vec!["127.0.0.1:2".parse().expect("addr")],
             ],
             Some(OffsetDateTime::UNIX_EPOCH),
         );
@@ -168,5 +206,38 @@ mod tests {
             err.contains("state.json") && err.contains("corrupt"),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_pool_is_saved_as_a_list_and_a_slot_of_one_as_an_address_as_before() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.json");
+        let addr = |a: &str| a.parse::<SocketAddr>().expect("addr");
+        let state = PersistedState::new(
+            Slot::Blue,
+            None,
+            [
+                vec![addr("127.0.0.2:1"), addr("127.0.0.3:1")],
+                vec![addr("127.0.0.1:2")],
+            ],
+            None,
+        );
+        save(&path, &state).await.expect("save");
+        let text = std::fs::read_to_string(&path).expect("read");
+        let json: serde_json::Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(
+            json["blue"],
+            serde_json::json!(["127.0.0.2:1", "127.0.0.3:1"])
+        );
+        assert_eq!(json["green"], serde_json::json!("127.0.0.1:2"));
+        assert_eq!(load(&path).await.expect("load"), Some(state));
+
+        std::fs::write(
+            &path,
+            r#"{"version":1,"active":"blue","previous":null,"blue":[],"green":"127.0.0.1:2","last_switch":null}"#,
+        )
+        .expect("write");
+        let err = load(&path).await.expect_err("an empty pool").to_string();
+        assert!(err.contains("no member"), "{err}");
     }
 }

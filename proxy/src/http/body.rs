@@ -70,7 +70,9 @@ impl PendingOutcome {
                 | ResponseBodyError::Decode(_) => FailureKind::Body,
             };
             tracing::warn!(slot = %upstream.slot, upstream = %upstream.addr, status = self.status, %error, "the response body broke off");
-            tally.metrics.upstream_failure(upstream.slot, kind);
+            tally
+                .metrics
+                .upstream_failure(upstream.slot, upstream.addr, kind);
             tally.request(
                 upstream.slot,
                 Outcome::Failed(kind),

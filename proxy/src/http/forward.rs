@@ -23,6 +23,7 @@ use crate::http::deadline::{Alarm, Deadlines, Progress, Waited};
 use crate::http::headers::{ClientAddr, Seen, X_REQUEST_ID, list_items, rewrite_request};
 use crate::http::https::{self, Transport};
 use crate::http::outcome::{Failure, FailureKind, Outcome, Retry, Source};
+use crate::http::pool::{Pool, Tried};
 use crate::http::routing::{Policy, Router};
 use crate::http::tally::Tally;
 use crate::http::traffic::Traffic;
@@ -102,8 +103,8 @@ impl Sending {
 /// The request went to the release the guard watches, and the stable one
 /// may answer for it when the upstream fails it.
 struct Watched<'a> {
-    /// The other slot, which can take over.
-    stable: &'a Arc<Upstream>,
+    /// The other slot's pool, which can take over.
+    stable: &'a Pool,
     /// The request's head, for a resend after a 5xx or a timeout (which give
     /// none back); kept only when a replay is safe.
     parts: Option<Box<Parts>>,
@@ -130,6 +131,27 @@ impl AttemptFailed {
             parts: None,
         }
     }
+}
+
+/// A member a request was sent to, and the pool it belongs to.
+#[derive(Clone, Copy)]
+struct Hop<'a> {
+    at: &'a Arc<Upstream>,
+    pool: &'a Pool,
+}
+
+/// Where a failed attempt may go next.
+enum Next {
+    /// The same member, on a new connection.
+    Reconnect,
+    /// Another member of the slot, else the other slot.
+    Elsewhere,
+    Stop,
+}
+
+/// `tried` with `member`'s index in `pool`.
+fn tried_with(tried: Tried, pool: &Pool, member: &Arc<Upstream>) -> Tried {
+    pool.index_of(member).map_or(tried, |at| tried.with(at))
 }
 
 /// How a request ended up: the response and the upstream that gave it, or
@@ -210,17 +232,18 @@ impl Forwarder {
         // references to three parts of it.
         let snap = self.router.load_full();
         let route = snap.route(&parts.headers);
-        let upstream = snap.upstream(route.slot);
+        let pool = &**snap.pool(route.slot);
+        let upstream = pool.pick();
         let other = route.slot.other();
         let alternate =
-            (snap.policy.retry && snap.can_take_over(other)).then(|| snap.upstream(other));
+            (snap.policy.retry && snap.can_take_over(other)).then(|| &**snap.pool(other));
         let policy = &*snap.policy;
         // The release the guard watches is judged by its own answers, but a
         // user gets the stable release's when the upstream fails it.
         let stable = (policy.answer_from_stable
             && self.tally.traffic.watched() == Some(route.slot)
             && snap.can_take_over(other))
-        .then(|| snap.upstream(other));
+        .then(|| &**snap.pool(other));
         if seen.content_length()
             && let Some(length) = content_length(&parts)
             && length > policy.max_body_bytes
@@ -298,7 +321,8 @@ impl Forwarder {
                 .await
             }
             Attempt::Failed(failed) => {
-                Box::pin(self.resend(upstream, alternate, watched, failed, policy, alarm)).await
+                let from = Hop { at: upstream, pool };
+                Box::pin(self.resend(from, alternate, watched, failed, policy, alarm)).await
             }
         };
         let finished = Instant::now();
@@ -351,7 +375,9 @@ impl Forwarder {
         let status = response.status().as_u16();
         drop((response, in_flight));
         self.charge_watched(at.slot, Outcome::Answered(status), started);
-        tracing::info!(from = %at.slot, to = %stable.slot, status, "the stable release answers for the watched one");
+        let pool = stable;
+        let stable = pool.pick();
+        tracing::info!(from = %at.slot, to = %stable.slot, member = %stable.addr, status, "the stable release answers for the watched one");
         self.tally.metrics.retried();
         let clock = Clock {
             alarm,
@@ -366,30 +392,40 @@ impl Forwarder {
                 self.answered_by_stable(at.slot);
                 (Ok((response, in_flight)), stable)
             }
-            // It may yet go once more on a new connection to the stable slot.
-            Attempt::Failed(failed) => self.resend(stable, None, None, failed, policy, alarm).await,
+            // It may yet go once more on a new connection to the stable
+            // slot, or to another of its members.
+            Attempt::Failed(failed) => {
+                let from = Hop { at: stable, pool };
+                self.resend(from, None, None, failed, policy, alarm).await
+            }
         }
     }
 
-    /// After a failed first attempt on `at`: sends the request again as the
-    /// failure allows (to the stable release when `at` is watched and the
-    /// upstream failed it, once more on a new connection to the same slot,
-    /// once to `alternate`), until it is answered or may not go again.
+    /// After a failed first attempt on `from`: sends the request again as
+    /// the failure allows (to the stable release when `from` is watched and
+    /// the upstream failed it, once more on a new connection to the same
+    /// member, to another healthy member of the same slot, once to
+    /// `alternate` when none is left), until it is answered or may not go
+    /// again.
     async fn resend<'a>(
         &self,
-        mut at: &'a Arc<Upstream>,
-        alternate: Option<&'a Arc<Upstream>>,
+        from: Hop<'a>,
+        alternate: Option<&'a Pool>,
         mut watched: Option<Watched<'a>>,
         mut failed: AttemptFailed,
         policy: &Policy,
         alarm: &Alarm,
     ) -> Ended<'a> {
+        let Hop { mut at, mut pool } = from;
+        let mut tried = tried_with(Tried::default(), pool, at);
         let mut reconnected = false;
         let mut moved = false;
         // Set once the request left the watched release for the stable one.
         let mut answering_for = None;
         // Each turn sends again or returns; a turn sets `reconnected` (once
-        // per slot) or `moved` (once), so there are four attempts at most.
+        // per member), adds a member to `tried` (each member of a slot once)
+        // or sets `moved` (once), so the attempts are bounded by the
+        // members of the two slots.
         loop {
             let replay_safe = failed
                 .parts
@@ -407,12 +443,15 @@ impl Forwarder {
             {
                 self.record_failure(at, &failed);
                 self.charge_watched(at.slot, Outcome::Failed(failed.failure.kind), w.started);
-                tracing::info!(from = %at.slot, to = %w.stable.slot, error = %failed.error, "the stable release answers for the watched one");
+                pool = w.stable;
+                let stable = pool.pick();
+                tracing::info!(from = %at.slot, to = %stable.slot, member = %stable.addr, error = %failed.error, "the stable release answers for the watched one");
                 self.tally.metrics.retried();
                 answering_for = Some(at.slot);
                 moved = true;
                 reconnected = false;
-                at = w.stable;
+                at = stable;
+                tried = tried_with(Tried::default(), pool, at);
                 watched = None;
                 let clock = Clock {
                     alarm,
@@ -433,13 +472,31 @@ impl Forwarder {
                     }
                 }
             }
-            let (next, fresh) = match failed.failure.retry {
-                Retry::Reconnect if replay_safe && !reconnected => (Some(at), true),
-                Retry::Unsent if !moved => (alternate, false),
-                Retry::Replayable if replay_safe && !moved => (alternate, false),
-                _ => (None, false),
+            let elsewhere = match failed.failure.retry {
+                Retry::Reconnect if replay_safe && !reconnected => Next::Reconnect,
+                Retry::Unsent => Next::Elsewhere,
+                Retry::Replayable if replay_safe => Next::Elsewhere,
+                _ => Next::Stop,
             };
-            let (Some(next), Some(parts), Some(body)) =
+            let next = match elsewhere {
+                Next::Reconnect => Some((at, true)),
+                Next::Elsewhere if policy.retry => match pool.pick_untried(tried) {
+                    Some((member, next)) => {
+                        tried = tried.with(member);
+                        Some((next, false))
+                    }
+                    None if !moved => alternate.map(|other| {
+                        pool = other;
+                        let next = other.pick();
+                        tried = tried_with(Tried::default(), pool, next);
+                        moved = true;
+                        (next, false)
+                    }),
+                    None => None,
+                },
+                Next::Elsewhere | Next::Stop => None,
+            };
+            let (Some((next, fresh)), Some(parts), Some(body)) =
                 (next, failed.parts.take(), failed.body.take())
             else {
                 self.record_failure(at, &failed);
@@ -448,14 +505,13 @@ impl Forwarder {
             if fresh {
                 // The upstream closed an idle connection as the request went
                 // out on it: no failure of the slot.
-                tracing::debug!(slot = %at.slot, error = %failed.error, "a pooled connection was closed under the request; sending it again on a new one");
+                tracing::debug!(slot = %at.slot, member = %at.addr, error = %failed.error, "a pooled connection was closed under the request; sending it again on a new one");
                 self.tally.metrics.reconnected(at.slot);
                 reconnected = true;
             } else {
                 self.record_failure(at, &failed);
-                tracing::info!(from = %at.slot, to = %next.slot, error = %failed.error, "retrying on the other slot");
+                tracing::info!(from = %at.slot, from_member = %at.addr, to = %next.slot, to_member = %next.addr, error = %failed.error, "retrying elsewhere");
                 self.tally.metrics.retried();
-                moved = true;
                 reconnected = false;
             }
             at = next;
@@ -581,7 +637,9 @@ impl Forwarder {
             return;
         }
         tracing::warn!(slot = %upstream.slot, upstream = %upstream.addr, error = %failed.error, "upstream failed");
-        self.tally.metrics.upstream_failure(upstream.slot, kind);
+        self.tally
+            .metrics
+            .upstream_failure(upstream.slot, upstream.addr, kind);
         if kind.says_down() {
             let consecutive = upstream.passive_failure();
             self.monitor.passive_failure(

@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 
 use crate::config::{CanaryCfg, Config};
 use crate::http::https::Https;
-use crate::http::upstream::Upstream;
+use crate::http::pool::Pool;
 use crate::slot::Slot;
 
 /// A share of user traffic sent to the slot that is not active.
@@ -74,10 +74,9 @@ pub struct Snapshot {
     pub active: Slot,
     /// The slot that was active before the last switch: where a rollback goes.
     pub previous: Option<Slot>,
-    /// Indexed by `Slot::index()`.
-    pub upstreams: [Arc<Upstream>; 2],
-    /// The health checker's verdict, indexed by `Slot::index()`.
-    pub healthy: [bool; 2],
+    /// Each slot's members and the health checker's verdict on each,
+    /// indexed by `Slot::index()`. A slot is up while any member is.
+    pub pools: [Arc<Pool>; 2],
     /// Whether the release now on each slot passed the gate (or is the
     /// active one). Only a vetted slot takes users in a failover or a
     /// retry: a release nobody gated never sees a user request.
@@ -140,8 +139,8 @@ impl Snapshot {
         Route { slot, new_bucket }
     }
 
-    pub fn upstream(&self, slot: Slot) -> &Arc<Upstream> {
-        &self.upstreams[slot.index()]
+    pub fn pool(&self, slot: Slot) -> &Arc<Pool> {
+        &self.pools[slot.index()]
     }
 
     /// Healthy and vetted: may take users the active slot cannot serve.
@@ -150,7 +149,7 @@ impl Snapshot {
     }
 
     pub fn is_healthy(&self, slot: Slot) -> bool {
-        self.healthy[slot.index()]
+        self.pools[slot.index()].is_healthy()
     }
 
     /// Where user requests go now: the active slot, unless it is down and the
@@ -170,8 +169,7 @@ impl Snapshot {
         Snapshot {
             active: self.active,
             previous: self.previous,
-            upstreams: self.upstreams.clone(),
-            healthy: self.healthy,
+            pools: self.pools.clone(),
             vetted: self.vetted,
             last_switch: self.last_switch,
             canary: self.canary,
@@ -235,19 +233,15 @@ mod tests {
     fn snapshot(canary: Option<Canary>, secret: Option<&str>) -> Snapshot {
         let mut config = Config::parse("").expect("defaults");
         config.canary.preview_secret = secret.map(str::to_string);
-        let upstreams = Slot::ALL.map(|s| {
-            Upstream::new(
-                s,
-                config.slot_addrs[s.index()],
-                &config.timeouts,
-                crate::http::upstream::Connector::Plain,
+        let pools = Slot::ALL.map(|s| {
+            Arc::new(
+                Pool::new(s, &config.slot_addrs[s.index()], &config.timeouts, None).all_healthy(),
             )
         });
         Snapshot {
             active: Slot::Blue,
             previous: None,
-            upstreams,
-            healthy: [true, true],
+            pools,
             vetted: [true, true],
             last_switch: None,
             canary,
@@ -322,14 +316,14 @@ mod tests {
             }),
             None,
         );
-        snap.healthy = [true, false];
+        snap.pools[1] = Arc::new(snap.pools[1].with_health(0, false));
         assert_eq!(snap.route(&with_cookie("bg_bucket=1")).slot, Slot::Blue);
     }
 
     #[tokio::test]
     async fn a_down_active_fails_over_only_to_a_vetted_slot() {
         let mut snap = snapshot(None, None);
-        snap.healthy = [false, true];
+        snap.pools[0] = Arc::new(snap.pools[0].with_health(0, false));
         snap.vetted = [true, false];
         assert_eq!(
             snap.serving(),

@@ -1,9 +1,10 @@
 //! Several proxies on one routing truth in PostgreSQL (`[cluster]`), each on its own loopback
 //! address as on its own host, in front of the same blue (v1) and green (v2) shorteners: a
-//! switch or a slot's address set through one is served by the others within a second; of two
-//! changes at once exactly one wins; the guard judges a canary on every proxy's users and its
-//! abort acts once for all; with PostgreSQL stopped every proxy keeps serving and changes
-//! answer 503; a proxy started again serves the current generation from its first request.
+//! switch or a slot's address set through one is served by the others within a second, and a
+//! pool set through one is the others' pool; of two changes at once exactly one wins; the
+//! guard judges a canary on every proxy's users and its abort acts once for all; with
+//! PostgreSQL stopped every proxy keeps serving and changes answer 503; a proxy started again
+//! serves the current generation from its first request.
 
 use std::time::{Duration, Instant};
 
@@ -499,4 +500,65 @@ async fn a_slot_address_set_through_one_proxy_is_the_others_within_a_second() {
         generation(&a.status().await),
         "{status}"
     );
+}
+
+/// The addresses of `slot`'s members in a proxy's `/status`, in order.
+fn members(status: &Value, slot: &str) -> Vec<String> {
+    status["slots"][slot]["members"]
+        .as_array()
+        .map(|members| {
+            members
+                .iter()
+                .filter_map(|m| m["addr"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pool_set_through_one_proxy_is_the_others_pool_and_so_is_its_end() {
+    // Arrange
+    let db = PostgresServer::shared().await.create_database().await;
+    let fleet = Fleet::start(&db, 2).await;
+    let [a, b] = &fleet.proxies[..] else {
+        unreachable!("two proxies")
+    };
+    let status = a.status().await;
+    let blue = status["slots"]["blue"]["addr"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let green = status["slots"]["green"]["addr"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let pool = vec![green.clone(), blue];
+
+    for want in [pool, vec![green]] {
+        // Act
+        let (code, body) = a
+            .admin(Method::PUT, "/slots/green", Some(json!({ "addrs": want })))
+            .await;
+
+        // Assert
+        assert_eq!(code, StatusCode::OK, "{body}");
+        // B serves an adopted state a moment before it records its generation: both are
+        // awaited, the generation as the sign that B took in this very commit.
+        let wanted = &want;
+        let seen = eventually(
+            || async move {
+                let status = b.status().await;
+                members(&status, "green") == *wanted
+                    && generation(&status) == generation(&a.status().await)
+            },
+            TIMEOUT,
+        )
+        .await;
+        assert!(
+            seen,
+            "B's green never had the members {want:?} at A's generation: A {} B {}",
+            a.status().await,
+            b.status().await
+        );
+    }
 }

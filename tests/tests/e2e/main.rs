@@ -35,6 +35,8 @@
 //! - `dead_green`: a green that is not running is refused at the first probe.
 //! - `rollback`: a rollback returns to the slot that served before the last switch.
 //! - `restart`: the persisted state, not the config, decides the slot after a restart.
+//! - `pools`: three shorteners per slot on one PostgreSQL: a member or a whole slot killed
+//!   under load, a broken member refused by the gate, switches under load.
 //! - `switch_under_load`: fifty switches under concurrent users lose no request.
 //! - `takeover`: a second proxy takes the listeners over: twenty in a row under load lose no
 //!   request; an invalid or killed successor leaves the old one serving; the canary survives
@@ -89,6 +91,7 @@ mod canary_split;
 mod cluster;
 mod cross_release;
 mod dead_green;
+mod pools;
 mod reload;
 mod restart;
 mod rollback;

@@ -245,3 +245,82 @@ async fn check_config_reads_a_tls_slots_ca_file() {
         "the problem names the key, its line and the reason: {broken_text}"
     );
 }
+
+/// The status entry of `slot`'s member at `addr`.
+fn member<'a>(status: &'a Value, slot: &str, addr: &str) -> &'a Value {
+    status["slots"][slot]["members"]
+        .as_array()
+        .and_then(|members| members.iter().find(|m| m["addr"] == addr))
+        .unwrap_or_else(|| panic!("{slot} has no member {addr}: {status}"))
+}
+
+#[tokio::test]
+async fn each_member_of_a_tls_pool_is_verified_for_its_own_ip_and_the_gate_names_the_one_that_fails()
+ {
+    // Arrange: a pool of two TLS members and no server_name, so each certificate must name
+    // the member's IP; the second member's names another IP.
+    let dir = temp_dir();
+    let pki = Pki::new(dir.path());
+    let good = pki.issue("good", &["127.0.0.1"]);
+    let wrong = pki.issue("wrong", &["127.0.0.9"]);
+    let db = dir.path().join("links.db");
+    let blue = Shortener::builder()
+        .release("v1")
+        .db(&db)
+        .start(dir.path())
+        .await;
+    let green = Shortener::builder()
+        .release("v2")
+        .db(&db)
+        .start(dir.path())
+        .await;
+    let first = TlsTerminator::start(pki.server_config(&good), green.addr()).await;
+    let second = TlsTerminator::start(pki.server_config(&wrong), green.addr()).await;
+    let (first_at, second_at) = (first.addr.to_string(), second.addr.to_string());
+    let proxy = Proxy::builder()
+        .blue(blue.addr())
+        .pool("green", &[first.addr, second.addr])
+        .slot_toml(
+            "green",
+            &format!(
+                "tls = true\nca = {:?}\n",
+                pki.ca_file().display().to_string()
+            ),
+        )
+        .start(dir.path())
+        .await;
+
+    // Act
+    let checked = eventually(
+        || async {
+            let status = proxy.status().await;
+            member(&status, "green", &second_at)["last_error"].is_string()
+                && member(&status, "green", &first_at)["healthy"] == true
+        },
+        WAIT,
+    )
+    .await;
+    let status = proxy.status().await;
+    let (code, refusal) = proxy.switch("green").await;
+
+    // Assert
+    assert!(
+        checked,
+        "green's members were never checked: {status}\n{}",
+        proxy.log_tail()
+    );
+    let last_error = member(&status, "green", &second_at)["last_error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        last_error.contains("not valid for name"),
+        "the second member's error names the certificate: {status}"
+    );
+    assert_eq!(
+        member(&status, "green", &second_at)["healthy"],
+        false,
+        "{status}"
+    );
+    assert_eq!(code, StatusCode::CONFLICT, "{refusal}");
+    assert_eq!(refusal["failure"]["member"], second_at, "{refusal}");
+}
