@@ -283,9 +283,13 @@ impl Cluster {
                 return;
             }
         };
-        controller.adopt(&state).await;
+        // The generation is recorded with the routing it names, before the
+        // state file's write: `GET /status` never shows the new routing
+        // with the old generation.
+        controller.adopt(&state);
         self.served.store(row.generation, Ordering::SeqCst);
         tracing::info!(generation = row.generation, by = %row.by, change = %row.change, "serving routing generation {}", row.generation);
+        controller.cache_state(&state).await;
         *self.last.lock().expect("last lock is never poisoned") = Some((state, row.change));
     }
 

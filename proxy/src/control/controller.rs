@@ -927,11 +927,11 @@ impl Controller {
     }
 
     /// Serves a routing state another proxy committed to the shared store
-    /// (its gate ran there), and keeps it in the state file. A slot whose
+    /// (its gate ran there); `cache_state` keeps it in the state file. A slot whose
     /// member list changed gets a new pool, every member unknown until
     /// checked, as `set_addr` leaves it; a slot whose list is the same keeps
     /// its pool and the health verdicts on its members.
-    pub async fn adopt(&self, state: &PersistedState) {
+    pub fn adopt(&self, state: &PersistedState) {
         let config = self.config.load_full();
         let current = self.router.load_full();
         let addrs = state.addrs();
@@ -995,7 +995,13 @@ impl Controller {
         }
         self.metrics
             .set_routing(next.active, canary.map_or(0, |c| c.percent));
-        if let Err(e) = state::save(&config.state_file(), state).await {
+    }
+
+    /// Keeps `state`, adopted from the shared store, in the state file: the
+    /// cache a start reads while the store is unreachable.
+    pub async fn cache_state(&self, state: &PersistedState) {
+        let path = self.config.load().state_file();
+        if let Err(e) = state::save(&path, state).await {
             tracing::error!(error = %e, "could not write the state file, the routing store's cache");
         }
     }
