@@ -34,6 +34,20 @@ const POLL: Duration = Duration::from_millis(400);
 /// How often a proxy records the generation it serves.
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
+/// A committed change not yet applied by the controller: holds the cluster's
+/// turn until dropped. `None` without a cluster.
+#[must_use = "dropping it lets another generation be applied before this change is"]
+pub struct Applying {
+    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Applying {
+    /// Without a cluster: nothing to hold.
+    pub fn alone() -> Applying {
+        Applying { _turn: None }
+    }
+}
+
 /// Which generation a commit expects the row to be at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Base {
@@ -62,8 +76,11 @@ pub struct Cluster {
     /// the next commit is described against.
     last: Mutex<Option<(PersistedState, String)>>,
     /// One commit or one read-and-apply at a time, so a proxy never applies
-    /// its own commit as another's, nor an older generation over a newer.
-    turn: tokio::sync::Mutex<()>,
+    /// its own commit as another's, nor an older generation over a newer. A
+    /// commit holds it until the controller has applied the change
+    /// ([`Applying`]): a newer generation read meanwhile would otherwise be
+    /// served first and the older change applied over it.
+    turn: Arc<tokio::sync::Mutex<()>>,
     reachable: AtomicBool,
     migrated: AtomicBool,
     /// Every proxy's last heartbeat, as the last beat read it.
@@ -102,7 +119,7 @@ impl Cluster {
             served: AtomicU64::new(0),
             pinned: AtomicU64::new(0),
             last: Mutex::new(None),
-            turn: tokio::sync::Mutex::new(()),
+            turn: Arc::new(tokio::sync::Mutex::new(())),
             reachable: AtomicBool::new(true),
             migrated: AtomicBool::new(false),
             peers: Mutex::new(Vec::new()),
@@ -170,9 +187,15 @@ impl Cluster {
         self.pinned.store(self.served(), Ordering::SeqCst);
     }
 
-    /// Commits `state` if the row is still at the generation `base` names.
-    pub async fn commit(&self, state: &PersistedState, base: Base) -> Result<u64, ControlError> {
-        let _turn = self.turn.lock().await;
+    /// Commits `state` if the row is still at the generation `base` names;
+    /// the turn is held until the returned [`Applying`] is dropped, once the
+    /// change is applied (no other commit of this proxy may come before).
+    pub async fn commit(
+        &self,
+        state: &PersistedState,
+        base: Base,
+    ) -> Result<Applying, ControlError> {
+        let turn = Arc::clone(&self.turn).lock_owned().await;
         let served = self.served();
         let expected = match base {
             Base::Pinned => self.pinned.load(Ordering::SeqCst),
@@ -181,7 +204,9 @@ impl Cluster {
         let change = match &*self.last.lock().expect("last lock is never poisoned") {
             // What a change writes once applied, when the guard's part did
             // not move: the store holds it already.
-            Some((before, _)) if expected == served && before == state => return Ok(served),
+            Some((before, _)) if expected == served && before == state => {
+                return Ok(Applying { _turn: Some(turn) });
+            }
             Some((before, last)) => change::describe(before, state, last),
             None => "a change from a proxy that started on its state file".into(),
         };
@@ -200,7 +225,7 @@ impl Cluster {
                 *self.last.lock().expect("last lock is never poisoned") =
                     Some((state.clone(), change.clone()));
                 tracing::info!(generation, %change, "serving routing generation {generation}, committed here");
-                Ok(generation)
+                Ok(Applying { _turn: Some(turn) })
             }
             Ok(Err(winner)) => {
                 self.set_reachable(true, "");

@@ -14,7 +14,7 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::cluster::{Base, Cluster, ClusterView};
+use crate::cluster::{Applying, Base, Cluster, ClusterView};
 use crate::config::{Config, GuardCfg, Scenario, Step, StepBody, StepTarget};
 use crate::control::gate;
 use crate::control::guard::{
@@ -309,13 +309,14 @@ impl Controller {
         all[slot.index()].clone_from(&addrs);
         let mut vetted = current.vetted;
         vetted[slot.index()] = false;
-        self.persist(
-            &PersistedState::new(current.active, current.previous, all, current.last_switch)
-                .with_vetted(self.vetted_releases(vetted))
-                .with_canary(current.canary.map(persisted_canary))
-                .with_guard(self.guard_record()),
-        )
-        .await?;
+        let applying = self
+            .persist(
+                &PersistedState::new(current.active, current.previous, all, current.last_switch)
+                    .with_vetted(self.vetted_releases(vetted))
+                    .with_canary(current.canary.map(persisted_canary))
+                    .with_guard(self.guard_record()),
+            )
+            .await?;
         // Every member unknown until checked: never routed to before it is.
         let config = self.config.load();
         let pool = Arc::new(Pool::new(
@@ -331,6 +332,7 @@ impl Controller {
             next.vetted[slot.index()] = false;
             next
         });
+        drop(applying);
         *self.last_probe[slot.index()]
             .lock()
             .expect("probe report lock is never poisoned") = None;
@@ -388,13 +390,14 @@ impl Controller {
         if change == CanaryChange::Start {
             vetted[slot.index()] = true;
         }
-        self.persist(
-            &self
-                .state_of(&current)
-                .with_vetted(self.vetted_releases(vetted))
-                .with_canary(Some(PersistedCanary { slot, percent })),
-        )
-        .await?;
+        let applying = self
+            .persist(
+                &self
+                    .state_of(&current)
+                    .with_vetted(self.vetted_releases(vetted))
+                    .with_canary(Some(PersistedCanary { slot, percent })),
+            )
+            .await?;
         if change == CanaryChange::Start {
             // Armed before the first request can reach the canary.
             self.arm_tripwire(slot);
@@ -410,6 +413,7 @@ impl Controller {
             next
         });
         self.lock_guard().canary_set(change, over, Instant::now());
+        drop(applying);
         self.save_state().await;
         self.metrics.set_routing(next.active, percent);
         let (kind, reason) = match change {
@@ -468,8 +472,8 @@ impl Controller {
         let Some(canary) = current.canary else {
             return Err(ControlError::Conflict("there is no canary to abort".into()));
         };
-        self.commit_canary_end(&current, Base::Pinned).await?;
-        let (next, _) = self.clear_canary(canary, Base::Pinned).await;
+        let applying = self.commit_canary_end(&current, Base::Pinned).await?;
+        let (next, _) = self.clear_canary(canary, Base::Pinned, applying).await;
         self.metrics.aborts.inc();
         self.events.record(
             Event::new(EventKind::CanaryAbort, "an operator aborted the canary")
@@ -555,8 +559,8 @@ impl Controller {
         if !current.canary.is_some_and(|c| c.slot == canary.slot) {
             return;
         }
-        match self.commit_canary_end(&current, Base::Served).await {
-            Ok(()) => {}
+        let applying = match self.commit_canary_end(&current, Base::Served).await {
+            Ok(applying) => applying,
             // Another proxy's change came first: this proxy reads it now,
             // and judges again what it serves then.
             Err(ControlError::Conflict(why)) => {
@@ -565,9 +569,12 @@ impl Controller {
             }
             // Users first: the canary ends here, though the others still
             // serve it until the store is back.
-            Err(e) => tracing::warn!(error = %e, "the guard aborts the canary on this proxy only"),
-        }
-        let (next, cleared) = self.clear_canary(canary, Base::Served).await;
+            Err(e) => {
+                tracing::warn!(error = %e, "the guard aborts the canary on this proxy only");
+                Applying::alone()
+            }
+        };
+        let (next, cleared) = self.clear_canary(canary, Base::Served, applying).await;
         if !cleared {
             return;
         }
@@ -640,7 +647,12 @@ impl Controller {
 
     /// Removes `canary` from routing; `true` when this call removed it
     /// (not when it was already gone).
-    async fn clear_canary(&self, canary: Canary, base: Base) -> (Arc<Snapshot>, bool) {
+    async fn clear_canary(
+        &self,
+        canary: Canary,
+        base: Base,
+        applying: Applying,
+    ) -> (Arc<Snapshot>, bool) {
         let mut cleared = false;
         let next = self.router.update(|snap| {
             let mut next = snap.to_builder();
@@ -655,6 +667,7 @@ impl Controller {
         if self.traffic.watched() == Some(canary.slot) {
             self.traffic.unwatch();
         }
+        drop(applying);
         self.save_state_from(base).await;
         self.metrics.set_routing(next.active, 0);
         (next, cleared)
@@ -790,12 +803,13 @@ impl Controller {
         }
         let mut vetted = current.vetted;
         vetted[to.index()] = true;
-        self.persist(
-            &PersistedState::new(to, Some(from), addrs, Some(now))
-                .with_vetted(self.vetted_releases(vetted))
-                .with_guard(self.guard_record()),
-        )
-        .await?;
+        let applying = self
+            .persist(
+                &PersistedState::new(to, Some(from), addrs, Some(now))
+                    .with_vetted(self.vetted_releases(vetted))
+                    .with_guard(self.guard_record()),
+            )
+            .await?;
         let config = self.config.load_full();
         // Armed before the first request reaches the new active slot.
         if cutover.bakes() && !config.guard.bake.is_zero() {
@@ -816,6 +830,7 @@ impl Controller {
         });
         self.lock_guard()
             .switched(to, cutover, config.guard.bake, Instant::now(), now);
+        drop(applying);
         self.save_state().await;
         let kind = match cutover {
             Cutover::Switch => EventKind::Switch,
@@ -881,39 +896,51 @@ impl Controller {
 
     async fn save_state_from(&self, base: Base) {
         let state = self.state_of(&self.router.load());
+        // Applied already: nothing to hold the turn for.
         if let Err(e) = self.persist_from(&state, base).await {
             tracing::error!(error = %e, "could not save the routing state");
         }
     }
 
-    async fn persist(&self, state: &PersistedState) -> Result<(), ControlError> {
+    async fn persist(&self, state: &PersistedState) -> Result<Applying, ControlError> {
         self.persist_from(state, Base::Pinned).await
     }
 
     /// With a cluster, the commit to the shared store decides; the state
-    /// file is then its cache, and failing to write it is only logged.
-    async fn persist_from(&self, state: &PersistedState, base: Base) -> Result<(), ControlError> {
+    /// file is then its cache, and failing to write it is only logged. The
+    /// caller applies the change before it drops the `Applying`, and commits
+    /// nothing else meanwhile (the cluster's turn is held).
+    async fn persist_from(
+        &self,
+        state: &PersistedState,
+        base: Base,
+    ) -> Result<Applying, ControlError> {
         let path = self.config.load().state_file();
         let Some(cluster) = &self.cluster else {
-            return state::save(&path, state)
+            state::save(&path, state)
                 .await
-                .map_err(ControlError::Persist);
+                .map_err(ControlError::Persist)?;
+            return Ok(Applying::alone());
         };
-        cluster.commit(state, base).await?;
+        let applying = cluster.commit(state, base).await?;
         if let Err(e) = state::save(&path, state).await {
             tracing::error!(error = %e, "could not write the state file, the routing store's cache");
         }
-        Ok(())
+        Ok(applying)
     }
 
     /// With a cluster, commits the end of `current`'s canary before this
     /// proxy ends it, so that a change that lost changes nothing.
-    async fn commit_canary_end(&self, current: &Snapshot, base: Base) -> Result<(), ControlError> {
+    async fn commit_canary_end(
+        &self,
+        current: &Snapshot,
+        base: Base,
+    ) -> Result<Applying, ControlError> {
         let Some(cluster) = &self.cluster else {
-            return Ok(());
+            return Ok(Applying::alone());
         };
         let state = self.state_of(current).with_canary(None);
-        cluster.commit(&state, base).await.map(|_| ())
+        cluster.commit(&state, base).await
     }
 
     /// The routing and the guard as they stand, as the state file holds them.
