@@ -424,19 +424,7 @@ async fn sniff(stream: &mut TcpStream) -> io::Result<Option<(bool, Bytes)>> {
     }
     // A start of "PRI " in fewer than four bytes: a peek would see the same
     // bytes again at once, so take them and wait for the rest.
-    let mut len = 0;
-    while len < 4 {
-        let n = stream.read(&mut head[len..]).await?;
-        if n == 0 {
-            break;
-        }
-        len += n;
-        if head[..len] != H2_PREFACE_START[..len] {
-            break;
-        }
-    }
-    let http2 = head[..len] == H2_PREFACE_START[..];
-    Ok(Some((http2, Bytes::copy_from_slice(&head[..len]))))
+    read_first_bytes(stream).await
 }
 
 /// Reads just enough of a stream that cannot be peeked at (TLS) to tell
@@ -530,5 +518,58 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt as _;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// What `sniff` tells of a connection whose client sends `parts` one
+    /// write after another, with the bytes it took, and what the socket
+    /// still holds after them.
+    async fn sniffed(parts: &[&'static [u8]]) -> (bool, Vec<u8>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let parts = parts.to_vec();
+        let client = tokio::spawn(async move {
+            let mut stream = TcpStream::connect(addr).await.expect("connect");
+            for part in parts {
+                stream.write_all(part).await.expect("write");
+                stream.flush().await.expect("flush");
+                tokio::task::yield_now().await;
+            }
+            stream.shutdown().await.expect("shutdown");
+        });
+        let (mut server, _) = listener.accept().await.expect("accept");
+        let (http2, taken) = sniff(&mut server)
+            .await
+            .expect("no error")
+            .expect("bytes came");
+        let mut rest = Vec::new();
+        server.read_to_end(&mut rest).await.expect("read the rest");
+        client.await.expect("the client ran");
+        let mut all = taken.to_vec();
+        all.extend_from_slice(&rest);
+        (http2, all)
+    }
+
+    #[tokio::test]
+    async fn the_http2_preface_is_told_whole_or_in_pieces_and_no_byte_is_lost() {
+        let preface: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        for parts in [&[preface][..], &[b"PR", b"I * HTTP/2.0\r\n\r\nSM\r\n\r\n"]] {
+            assert_eq!(sniffed(parts).await, (true, preface.to_vec()), "{parts:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn http1_is_told_even_when_it_starts_like_the_preface_and_no_byte_is_lost() {
+        let request: &[u8] = b"PUT / HTTP/1.1\r\nhost: a\r\n\r\n";
+        for parts in [&[request][..], &[b"P", b"UT / HTTP/1.1\r\nhost: a\r\n\r\n"]] {
+            assert_eq!(sniffed(parts).await, (false, request.to_vec()), "{parts:?}");
+        }
     }
 }
