@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!  data plane (http/)
-//!  user ──> server ──> forward: routing::Snapshot (one ArcSwap load) ──> upstream (pool, conn) ──> release
+//!  user ──> server ──> forward: routing::Snapshot (one ArcSwap load) ──> pool (a member) ──> upstream (conn) ──> release
 //!                        │ outcome (tally)             ▲ new snapshots
 //!                        ▼                             │
 //!                     traffic (windows, totals)  ──────┼─────────────────────────────┐
