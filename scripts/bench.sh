@@ -77,7 +77,9 @@ Sections (--sections, default $SECTIONS):
   switch     wrk through our proxy in front of two shorteners (v1 on blue, v2 on
              green) while the admin API switches slots every half second; tallies
              which release answered (x-release) and every error kind
-             (scripts/bench/tally.lua).
+             (scripts/bench/tally.lua); four timed clients beside wrk give the
+             p99 of requests around a switch against between switches
+             (scripts/bench/switch_latency.py).
   tls        ours, nginx and HAProxy terminating TLS (the same self-signed ECDSA
              P-256 certificate, made with openssl; each with its default session
              resumption) in front of the nginx upstream, GET /: keep-alive
@@ -818,9 +820,11 @@ if want switch; then
     deadline=$((SECONDS + SWITCH_SECONDS))
     to=green
     while ((SECONDS < deadline)); do
+      printf 'BEGIN %s\n' "$(date +%s.%N)" >>"$WORK/switch-times.txt"
       code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 -X POST \
         -H @"$WORK/admin.header" -H 'Content-Type: application/json' \
         --data "{\"to\":\"$to\"}" "$ADMIN_URL/switch") || code=000
+      printf 'END %s\n' "$(date +%s.%N)" >>"$WORK/switch-times.txt"
       printf '%s %s\n' "$to" "$code"
       if [[ $code == 200 ]]; then to=$(other_slot "$to"); fi
       sleep 0.5
@@ -828,11 +832,19 @@ if want switch; then
   ) >"$WORK/switches.txt" 2>&1 &
   SWITCHER_PID=$!
   PIDS+=("$SWITCHER_PID")
+  # A few timed clients beside wrk: the latency around each switch against
+  # between switches (wrk's script cannot time a single request).
+  python3 "$BENCH_DIR/switch_latency.py" 127.0.0.1 "$SWITCH_PORT" "/$CODE" \
+    "$SWITCH_SECONDS" 4 "$WORK/switch-times.txt" >"$WORK/switch-latency.txt" 2>&1 &
+  LATENCY_PID=$!
+  PIDS+=("$LATENCY_PID")
   timeout $((SWITCH_SECONDS + 30)) "${PIN_LOAD[@]}" wrk -t1 -c "$CONNECTIONS" \
     -d "${SWITCH_SECONDS}s" -s "$BENCH_DIR/tally.lua" "http://127.0.0.1:$SWITCH_PORT/$CODE" \
     >"$WORK/tally.txt" 2>&1 || die "wrk failed in the switch run: $(cat "$WORK/tally.txt")"
   wait "$SWITCHER_PID" || true
   forget_pid "$SWITCHER_PID"
+  wait "$LATENCY_PID" || die "the timed clients failed: $(cat "$WORK/switch-latency.txt")"
+  forget_pid "$LATENCY_PID"
   SWITCH_REPORT=$(
     python3 - "$WORK/tally.txt" "$WORK/switches.txt" "$SWITCH_SECONDS" <<'PY'
 import sys
@@ -882,6 +894,7 @@ for c, n in sorted(switches.items()):
 print(f"\n{err.get('requests', 0):,} requests in {sys.argv[3]} s.")
 PY
   )
+  SWITCH_REPORT+=$'\n\n'$(cat "$WORK/switch-latency.txt")
 fi
 
 # --- Section: terminating TLS -----------------------------------------------
