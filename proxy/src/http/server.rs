@@ -31,8 +31,9 @@ const CUT_WRITE_TIME: Duration = Duration::from_secs(1);
 /// At most how long a drain lets HTTP/1 keep-alive connections end by
 /// themselves (their next answer carries `Connection: close`) before it
 /// closes the idle ones and sends HTTP/2 clients GOAWAY: closing an idle
-/// keep-alive connection races the request its client may be sending.
-const LINGER: Duration = Duration::from_secs(1);
+/// keep-alive connection races the request its client may be sending. The
+/// admin and status listeners linger as long (`takeover::side_listeners`).
+pub const LINGER: Duration = Duration::from_secs(1);
 /// How often the linger looks whether every connection has ended.
 const LINGER_POLL: Duration = Duration::from_millis(10);
 

@@ -10,7 +10,6 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -20,8 +19,8 @@ use axum::response::Response;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-/// How long open connections are still answered once the listener stops.
-pub const LINGER: Duration = Duration::from_secs(1);
+// Open connections are answered as long as the public listener's are.
+use crate::http::server::LINGER;
 
 /// Serves `app` on `listener` until `stop` turns true, then for [`LINGER`]
 /// more on the connections already open.

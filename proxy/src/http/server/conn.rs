@@ -38,7 +38,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::idle::{self, Activity, TimedIo};
+use super::idle::{self, Activity, Protocol, TimedIo};
 use crate::config::Limits;
 use crate::http::body::ProxyBody;
 use crate::http::forward::ClientConn;
@@ -320,6 +320,7 @@ where
     let limits = &settings.limits;
     let timed = TimedIo::new(
         io,
+        Protocol::Http2,
         Arc::clone(activity),
         limits.idle_timeout,
         limits.header_read_timeout,
@@ -371,6 +372,7 @@ where
     let limits = &settings.limits;
     let timed = TimedIo::new(
         io,
+        Protocol::Http1,
         Arc::clone(activity),
         limits.idle_timeout,
         limits.header_read_timeout,

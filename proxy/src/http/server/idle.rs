@@ -25,8 +25,6 @@ use tokio::time::{Instant, Sleep};
 
 /// A deadline no connection reaches.
 const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
-/// The first bytes of every HTTP/2 prior-knowledge connection.
-const H2_PREFACE_START: &[u8; 4] = b"PRI ";
 
 /// `now + after`; a timeout too long to add is as good as none.
 pub fn later(now: Instant, after: Duration) -> Instant {
@@ -162,14 +160,10 @@ enum Phase {
     Head,
 }
 
-/// The protocol, as far as the first bytes tell.
+/// The protocol of a connection, told by its first bytes before it is
+/// wrapped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Protocol {
-    /// Fewer than four bytes seen; the bytes so far.
-    Unknown {
-        seen: [u8; 4],
-        len: usize,
-    },
+pub enum Protocol {
     Http1,
     /// No request heads to time: any frame from the client is activity.
     Http2,
@@ -225,6 +219,7 @@ impl<T> TimedIo<T> {
     /// to be parked once it has had nothing in flight for that long.
     pub fn new(
         inner: T,
+        protocol: Protocol,
         activity: Arc<Activity>,
         idle_timeout: Duration,
         header_read_timeout: Duration,
@@ -241,10 +236,7 @@ impl<T> TimedIo<T> {
             park_after,
             write_blocked: false,
             phase: Phase::Head,
-            protocol: Protocol::Unknown {
-                seen: [0; 4],
-                len: 0,
-            },
+            protocol,
             seen,
             due: later(Instant::now(), header_read_timeout),
             restart: None,
@@ -340,20 +332,9 @@ impl<T> TimedIo<T> {
         Rang::Nothing
     }
 
-    /// Notes what bytes from the client say about the deadline.
-    fn received(&mut self, bytes: &[u8], busy: bool) {
-        if let Protocol::Unknown { mut seen, len } = self.protocol {
-            let take = bytes.len().min(4 - len);
-            seen[len..len + take].copy_from_slice(&bytes[..take]);
-            let len = len + take;
-            self.protocol = if len < 4 {
-                Protocol::Unknown { seen, len }
-            } else if &seen == H2_PREFACE_START {
-                Protocol::Http2
-            } else {
-                Protocol::Http1
-            };
-        }
+    /// Notes that bytes came from the client: what they mean for the
+    /// deadline.
+    fn received(&mut self, busy: bool) {
         if busy {
             return;
         }
@@ -362,7 +343,7 @@ impl<T> TimedIo<T> {
                 self.phase = Phase::Idle;
                 self.restart = Some(self.idle_timeout);
             }
-            Protocol::Http1 | Protocol::Unknown { .. } if self.phase == Phase::Idle => {
+            Protocol::Http1 if self.phase == Phase::Idle => {
                 self.phase = Phase::Head;
                 self.restart = Some(self.header_read_timeout);
             }
@@ -385,7 +366,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for TimedIo<T> {
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 if buf.filled().len() > before {
-                    this.received(&buf.filled()[before..], busy);
+                    this.received(busy);
                 }
                 Poll::Ready(Ok(()))
             }
@@ -461,10 +442,20 @@ mod tests {
         tokio::io::DuplexStream,
         Arc<Activity>,
     ) {
+        pair_of(Protocol::Http1)
+    }
+
+    fn pair_of(
+        protocol: Protocol,
+    ) -> (
+        TimedIo<tokio::io::DuplexStream>,
+        tokio::io::DuplexStream,
+        Arc<Activity>,
+    ) {
         let (server, client) = tokio::io::duplex(1024);
         let activity = Arc::new(Activity::new());
         (
-            TimedIo::new(server, Arc::clone(&activity), IDLE, HEAD, None),
+            TimedIo::new(server, protocol, Arc::clone(&activity), IDLE, HEAD, None),
             client,
             activity,
         )
@@ -584,7 +575,7 @@ mod tests {
 
     #[tokio::test]
     async fn http2_frames_with_nothing_in_flight_get_the_idle_timeout() {
-        let (mut io, mut client, _activity) = pair();
+        let (mut io, mut client, _activity) = pair_of(Protocol::Http2);
         client
             .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
             .await
@@ -607,7 +598,14 @@ mod tests {
     ) {
         let (server, client) = tokio::io::duplex(1024);
         let activity = Arc::new(Activity::new());
-        let io = TimedIo::new(server, Arc::clone(&activity), IDLE, IDLE, Some(PARK));
+        let io = TimedIo::new(
+            server,
+            Protocol::Http1,
+            Arc::clone(&activity),
+            IDLE,
+            IDLE,
+            Some(PARK),
+        );
         (io, client, activity)
     }
 
